@@ -1,0 +1,62 @@
+# reporun: `make run` starts the embedded service, `make test` runs the tests.
+# Both set up what they need: Debian packages (when root), a virtualenv and the Python packages.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SYSDEPS_STAMP := $(VENV)/.sysdeps
+# Debian packages the sandbox, the git server of the tests and PostgreSQL need.
+DEB_PACKAGES := bubblewrap git util-linux procps
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint format bench sysdeps clean
+
+help:
+	@echo "make run     start the embedded service on 127.0.0.1:8000"
+	@echo "make test    run the test suite (installs what it needs)"
+	@echo "make lint    ruff and mypy"
+	@echo "make bench   benchmarks (not part of the tests)"
+
+$(SYSDEPS_STAMP):
+	@missing=""; \
+	for tool in bwrap git prlimit setpriv; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages for:$$missing"; \
+	    (apt-get install -y -q $(DEB_PACKAGES) >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q $(DEB_PACKAGES) >/dev/null)) || exit 1; \
+	  else \
+	    echo "missing:$$missing - install them: sudo apt-get install $(DEB_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+sysdeps: $(SYSDEPS_STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
+	@touch $@
+
+run: $(SYSDEPS_STAMP) $(STAMP)
+	$(BIN)/reporun serve
+
+test: $(SYSDEPS_STAMP) $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: $(SYSDEPS_STAMP) $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

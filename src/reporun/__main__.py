@@ -1,0 +1,3 @@
+from reporun.cli import main
+
+main()

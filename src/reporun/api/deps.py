@@ -1,0 +1,54 @@
+"""Dependency aliases the routes use: the app's services and who is calling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from reporun.api.auth import Authenticator, Principal
+from reporun.config import Settings
+from reporun.errors import Forbidden, Unauthorized
+from reporun.queue import QueueBackend
+from reporun.store import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    queue: QueueBackend
+    auth: Authenticator
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def authenticated(request: Request, services: ServicesDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send Authorization: Bearer <token>")
+    return await services.auth.authenticate(token.strip())
+
+
+async def current_user(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+    if not principal.roles & {"user", "admin"}:
+        raise Forbidden("this call needs the role user or admin")
+    return principal
+
+
+async def admin_user(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("this call needs the role admin")
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
+AdminUser = Annotated[Principal, Depends(admin_user)]

@@ -1,0 +1,139 @@
+"""/v1/jobs: submit, list, show, logs (optionally followed) and cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse, StreamingResponse
+
+from reporun.api.auth import Principal
+from reporun.api.deps import CurrentUser, Services, ServicesDep
+from reporun.api.schemas import JobCreate, JobOut, JobPage
+from reporun.errors import IllegalTransition
+from reporun.jobs import Job, JobStatus, build_spec, url_policy
+from reporun.urlpolicy import check_addresses
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+FOLLOW_POLL = 0.2
+DNS_TIMEOUT = 2.0
+
+
+def owner_filter(user: Principal) -> str | None:
+    """Admins see every job; a user only their own."""
+    return None if user.is_admin else user.name
+
+
+async def submit_job(
+    services: Services,
+    user: Principal,
+    *,
+    repo: str,
+    ref: str | None = None,
+    command: str | None = None,
+    timeout: int | None = None,
+    env: Mapping[str, str] | None = None,
+    limits: Mapping[str, Any] | None = None,
+) -> Job:
+    """Check, store and enqueue a job: the one path every submission takes."""
+    spec, url = build_spec(
+        repo=repo,
+        ref=ref,
+        command=command,
+        timeout=timeout,
+        env=env,
+        limits=limits,
+        settings=services.settings,
+    )
+    if url.host is not None:
+        await _check_resolved(url.host, services)
+    job = await services.store.create_job(spec, user.name)
+    await services.queue.enqueue(job)
+    return job
+
+
+async def _check_resolved(host: str, services: Services) -> None:
+    """Refuse a host that resolves to a private address now; the worker checks again at clone
+    time. A host that does not resolve is left for the clone to fail with its own reason."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), DNS_TIMEOUT
+        )
+    except (OSError, TimeoutError):
+        return
+    check_addresses(host, [str(info[4][0]) for info in infos], url_policy(services.settings))
+
+
+@router.post("", status_code=202, response_model=JobOut, summary="Submit a job")
+async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> JobOut:
+    job = await submit_job(
+        services,
+        user,
+        repo=body.repo,
+        ref=body.ref,
+        command=body.command,
+        timeout=body.timeout,
+        env=body.env,
+        limits=body.limits.model_dump(exclude_none=True) if body.limits else None,
+    )
+    return JobOut.of(job)
+
+
+@router.get("", response_model=JobPage, summary="List jobs, newest first")
+async def list_jobs(
+    user: CurrentUser,
+    services: ServicesDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> JobPage:
+    page = await services.store.list_jobs(
+        owner=owner_filter(user), status=status, limit=limit, cursor=cursor
+    )
+    return JobPage(items=[JobOut.of(j) for j in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="Show a job")
+async def show(job_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> JobOut:
+    return JobOut.of(await services.store.get_job(job_id, owner=owner_filter(user)))
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_class=PlainTextResponse,
+    summary="A job's log; ?follow=true streams it until the job ends",
+)
+async def logs(
+    job_id: uuid.UUID, user: CurrentUser, services: ServicesDep, follow: bool = False
+) -> StreamingResponse:
+    store = services.store
+    await store.get_job(job_id, owner=owner_filter(user))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        seq = -1
+        while True:
+            ended = (await store.get_job(job_id)).status.terminal
+            for seq, data in await store.read_log(job_id, after=seq):  # noqa: B007
+                yield data
+            if not follow or ended:
+                return
+            await asyncio.sleep(FOLLOW_POLL)
+
+    return StreamingResponse(chunks(), media_type="text/plain; charset=utf-8")
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, summary="Cancel a job")
+async def cancel(job_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> JobOut:
+    job = await services.store.cancel(job_id, owner=owner_filter(user))
+    if job.status.terminal and job.status is not JobStatus.CANCELLED:
+        raise IllegalTransition(f"the job already ended ({job.status.value})")
+    return JobOut.of(job)
+
+
+__all__ = ["router", "submit_job"]

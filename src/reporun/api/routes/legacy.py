@@ -1,0 +1,55 @@
+"""The seed's calls, unchanged for its curl users: /add, /all, /status, /healthcheck."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse
+
+from reporun.api.deps import CurrentUser, ServicesDep
+from reporun.api.routes.jobs import owner_filter, submit_job
+from reporun.jobs import Job, JobStatus
+
+router = APIRouter(tags=["legacy"])
+
+LEGACY_STATUS = {
+    JobStatus.QUEUED: "Queued",
+    JobStatus.RUNNING: "Running",
+    JobStatus.SUCCEEDED: "Finished",
+}
+ALL_LIMIT = 1000
+
+
+def legacy_view(job: Job) -> dict[str, str]:
+    return {
+        "usuario": job.owner,
+        "key": str(job.id),
+        "status": LEGACY_STATUS.get(job.status, "Failed"),
+    }
+
+
+@router.get("/add", response_class=PlainTextResponse, summary="Submit a job (seed)")
+async def add(
+    url: Annotated[str, Query(max_length=4096)], user: CurrentUser, services: ServicesDep
+) -> PlainTextResponse:
+    job = await submit_job(services, user, repo=url)
+    return PlainTextResponse(f"Job added: {job.id}\n")
+
+
+@router.get("/all", summary="The caller's jobs, newest first (seed; admins see all)")
+async def all_jobs(user: CurrentUser, services: ServicesDep) -> list[dict[str, str]]:
+    page = await services.store.list_jobs(owner=owner_filter(user), limit=ALL_LIMIT)
+    return [legacy_view(job) for job in page.items]
+
+
+@router.get("/status", summary="One job's status (seed)")
+async def status(key: uuid.UUID, user: CurrentUser, services: ServicesDep) -> list[dict[str, str]]:
+    job = await services.store.get_job(key, owner=owner_filter(user))
+    return [legacy_view(job)]
+
+
+@router.get("/healthcheck", response_class=PlainTextResponse, summary="Liveness (seed)")
+async def healthcheck() -> str:
+    return "OK"

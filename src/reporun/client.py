@@ -1,0 +1,91 @@
+"""The HTTP client the CLI uses (async, httpx)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from reporun.errors import ClientError
+
+
+class ApiError(ClientError):
+    """The server refused the request."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+def find_token(explicit: str | None, data_dir: Path) -> str | None:
+    """REPORUN_TOKEN wins; else the admin token `reporun serve` stored in its data dir."""
+    if explicit:
+        return explicit
+    path = data_dir / "admin.token"
+    if path.is_file() and os.access(path, os.R_OK):
+        return path.read_text().strip() or None
+    return None
+
+
+class ApiClient:
+    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach {self.http.base_url}: {exc}") from None
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _detail(response))
+        return response
+
+    async def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict((await self._request("POST", "/v1/jobs", json=body)).json())
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return dict((await self._request("GET", f"/v1/jobs/{job_id}")).json())
+
+    async def jobs(self, *, status: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if cursor:
+            params["cursor"] = cursor
+        return dict((await self._request("GET", "/v1/jobs", params=params)).json())
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return dict((await self._request("POST", f"/v1/jobs/{job_id}/cancel")).json())
+
+    async def logs(self, job_id: str, *, follow: bool) -> AsyncIterator[bytes]:
+        params = {"follow": "true"} if follow else {}
+        try:
+            async with self.http.stream(
+                "GET", f"/v1/jobs/{job_id}/logs", params=params, timeout=None
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise ApiError(response.status_code, _detail(response))
+                async for chunk in response.aiter_bytes():
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach {self.http.base_url}: {exc}") from None
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        detail = body.get("detail") if isinstance(body, dict) else None
+    except ValueError:
+        detail = None
+    return f"{response.status_code}: {detail or response.text[:200] or response.reason_phrase}"

@@ -1,0 +1,192 @@
+"""The one Settings object, read once at start (never at import) and passed down."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import tempfile
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from reporun.errors import ConfigError
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+# Secrets that ship in examples; a server refuses to start with them.
+KNOWN_WEAK_SECRETS = frozenset({"", "changeme", "secret", "postgres", "reporun", "admin"})
+
+
+def _csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REPORUN_", extra="ignore")
+
+    # Where the embedded service keeps its database, tokens, mirrors and workspaces.
+    data_dir: Path = Path(".reporun")
+    # Where checkouts wait for their sandbox; must be reachable by the jobs' uids.
+    work_dir: Path | None = None
+    database_url: str | None = None
+    queue: Literal["sql", "kafka"] = "sql"
+    kafka_bootstrap: str | None = Field(
+        None, validation_alias=AliasChoices("REPORUN_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP")
+    )
+    # The seed's compose environment.
+    postgres_host: str | None = Field(None, validation_alias="POSTGRES_HOST")
+    postgres_port: int = Field(5432, validation_alias="POSTGRES_PORT")
+    postgres_db: str = Field("postgres", validation_alias="POSTGRES_DB")
+    postgres_user: str = Field("postgres", validation_alias="POSTGRES_USER")
+    postgres_password: SecretStr | None = Field(None, validation_alias="POSTGRES_PASSWORD")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    url: str = "http://127.0.0.1:8000"
+    token: SecretStr | None = None
+
+    auth: Literal["local", "oidc"] = "local"
+    secret_key: SecretStr | None = None
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_roles_claim: str = "realm_access.roles"
+    # Serve /metrics without a token (a scraper inside a private network).
+    metrics_public: bool = False
+
+    # Limits: what a job gets unless it asks for less, and the most it may ask for.
+    timeout_default: int = Field(600, ge=1)
+    timeout_max: int = Field(3600, ge=1)
+    memory_default: int = Field(1 * GiB, ge=16 * MiB)
+    memory_max: int = Field(4 * GiB, ge=16 * MiB)
+    processes_default: int = Field(256, ge=8)
+    processes_max: int = Field(1024, ge=8)
+    log_limit_default: int = Field(1 * MiB, ge=1 * KiB)
+    log_limit_max: int = Field(16 * MiB, ge=1 * KiB)
+    disk_default: int = Field(1 * GiB, ge=1 * MiB)
+    disk_max: int = Field(4 * GiB, ge=1 * MiB)
+    network_allowed: bool = False
+    env_max_vars: int = 64
+    env_max_bytes: int = 32 * KiB
+    command_max_bytes: int = 8 * KiB
+    max_body_bytes: int = 64 * KiB
+
+    # Repository URLs.
+    allowed_schemes: Annotated[list[str], NoDecode] = ["https"]
+    allowed_hosts: Annotated[list[str], NoDecode] = []
+    # Hosts that may resolve to private or loopback addresses (a company's own GitLab).
+    trusted_hosts: Annotated[list[str], NoDecode] = []
+    # Accept local paths, file:// and loopback hosts (set by `reporun serve`).
+    allow_local_repos: bool = False
+
+    sandbox: Literal["bwrap", "none"] = "bwrap"
+    # First uid of the range jobs run as when the worker is root.
+    sandbox_uid_base: int = 1_100_000
+    sandbox_uid_count: int = 65_536
+    checkout_timeout: float = 300.0
+
+    worker_id: str | None = None
+    lease_seconds: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    poll_interval: float = Field(0.2, gt=0)
+    drain_grace: float = Field(600.0, ge=0)
+    workers: int = Field(2, ge=0, le=64)
+
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+
+    @field_validator("allowed_schemes", "allowed_hosts", "trusted_hosts", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        return _csv(value)
+
+    @model_validator(mode="after")
+    def _limits_within_maxima(self) -> Settings:
+        for name in ("timeout", "memory", "processes", "log_limit", "disk"):
+            if getattr(self, f"{name}_default") > getattr(self, f"{name}_max"):
+                raise ValueError(f"{name}_default is above {name}_max")
+        return self
+
+    # Derived paths -------------------------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        if self.postgres_host:
+            password = self.postgres_password.get_secret_value() if self.postgres_password else ""
+            auth = f"{self.postgres_user}:{password}" if password else self.postgres_user
+            return (
+                f"postgresql+asyncpg://{auth}@{self.postgres_host}:"
+                f"{self.postgres_port}/{self.postgres_db}"
+            )
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'reporun.db').resolve()}"
+
+    @property
+    def mirrors_dir(self) -> Path:
+        return self.data_dir / "mirrors"
+
+    @property
+    def job_work_dir(self) -> Path:
+        if self.work_dir is not None:
+            return self.work_dir
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / "reporun-work" / digest
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin.token"
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.data_dir / "secret.key"
+
+    def check_secure(self, *, embedded: bool) -> None:
+        """Refuse insecure settings at start, with one clear line."""
+        loopback = _is_loopback(self.host)
+        if self.auth == "local" and not embedded:
+            key = self.secret_key.get_secret_value() if self.secret_key else ""
+            if key in KNOWN_WEAK_SECRETS or len(key) < 32:
+                raise ConfigError(
+                    "REPORUN_SECRET_KEY must be set to a random value of at least 32 characters "
+                    "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                )
+        if self.auth == "oidc" and not self.oidc_issuer:
+            raise ConfigError("REPORUN_AUTH=oidc needs REPORUN_OIDC_ISSUER")
+        if self.allow_local_repos and not loopback:
+            raise ConfigError("local repositories are allowed only on a loopback address")
+        if self.sandbox == "none" and not loopback:
+            raise ConfigError("REPORUN_SANDBOX=none is allowed only on a loopback address")
+        password = self.postgres_password.get_secret_value() if self.postgres_password else None
+        if (
+            not loopback
+            and self.postgres_host
+            and not self.database_url
+            and password in KNOWN_WEAK_SECRETS
+        ):
+            raise ConfigError("POSTGRES_PASSWORD is a default value; set a real one off loopback")
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the URLs people write and pick the async driver for them."""
+    for prefix, driver in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("sqlite:///", "sqlite+aiosqlite:///"),
+    ):
+        if url.startswith(prefix):
+            return driver + url[len(prefix) :]
+    return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

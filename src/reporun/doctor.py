@@ -1,0 +1,77 @@
+"""`reporun doctor`: whether this host can run jobs safely, and if not, why."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+
+from reporun.config import Settings
+from reporun.jobs import Limits
+from reporun.store import Store
+from reporun.store.migrate import is_current
+from reporun.worker.sandbox import Bubblewrap, UidPool
+
+
+async def _sandbox_works(settings: Settings) -> str | None:
+    problems = Bubblewrap.problems()
+    if problems:
+        return "; ".join(problems)
+    output = bytearray()
+
+    async def keep(chunk: bytes) -> None:
+        output.extend(chunk)
+
+    limits = Limits(timeout=20, memory=256 << 20, processes=32, log=4096, disk=16 << 20)
+    with tempfile.TemporaryDirectory(prefix="reporun-doctor-") as tmp:
+        workspace = Path(tmp) / "ws"
+        workspace.mkdir(mode=0o755)
+        Path(tmp).chmod(0o755)
+        try:
+            result = await Bubblewrap(UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)).run(
+                workspace=workspace,
+                command="echo sandbox-ok",
+                env={},
+                limits=limits,
+                on_output=keep,
+                stop=asyncio.Event(),
+            )
+        except Exception as exc:
+            return f"{exc} (output: {output.decode(errors='replace').strip()[:300]})"
+    if result.exit_code != 0 or b"sandbox-ok" not in output:
+        text = output.decode(errors="replace").strip()[:300]
+        return f"bubblewrap exited {result.exit_code}: {text or 'no output'}"
+    return None
+
+
+async def diagnose(settings: Settings) -> bool:
+    ok = True
+
+    def report(name: str, problem: str | None, hint: str = "") -> None:
+        nonlocal ok
+        if problem is None:
+            print(f"ok    {name}")
+        else:
+            ok = False
+            print(f"FAIL  {name}: {problem}{' - ' + hint if hint else ''}")
+
+    report("git", None if shutil.which("git") else "git is not installed", "apt-get install git")
+    if settings.sandbox == "none":
+        report("sandbox", "REPORUN_SANDBOX=none: jobs run unconfined (trusted code only)")
+    else:
+        report(
+            "sandbox (bubblewrap)",
+            await _sandbox_works(settings),
+            "needs bubblewrap and unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)",
+        )
+    store = Store.open(settings.db_url)
+    try:
+        await asyncio.wait_for(store.ping(), 5)
+        current = await is_current(store.engine)
+        report("database", None if current else "schema is not current", "run `reporun db upgrade`")
+    except Exception as exc:
+        report("database", f"{type(exc).__name__}: {str(exc)[:200]}")
+    finally:
+        await store.close()
+    return ok

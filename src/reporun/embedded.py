@@ -1,0 +1,86 @@
+"""`reporun serve`: the API, a pool of worker processes and local tokens, in one command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from reporun.api.auth import LocalAuth, load_or_create_key, write_token_file
+from reporun.config import Settings
+from reporun.observer.scalers import LocalScaler
+from reporun.runtime import build_sandbox, run_api
+from reporun.store import Store
+from reporun.store.migrate import upgrade
+
+# Ctrl-C on a laptop should not wait ten minutes for a job: running jobs go back to the queue.
+SERVE_DRAIN_GRACE = 10.0
+LOCAL_SCHEMES = ("https", "http", "git", "ssh")
+
+
+def embedded_settings(settings: Settings) -> Settings:
+    """Single user on loopback: local repositories and loopback hosts are fine."""
+    update: dict[str, object] = {
+        "data_dir": settings.data_dir.resolve(),
+        "allow_local_repos": True,
+        "allowed_schemes": sorted(set(settings.allowed_schemes) | set(LOCAL_SCHEMES)),
+    }
+    if "drain_grace" not in settings.model_fields_set:
+        update["drain_grace"] = SERVE_DRAIN_GRACE
+    return settings.model_copy(update=update)
+
+
+def _worker_env(settings: Settings) -> dict[str, str]:
+    return {
+        "REPORUN_DATA_DIR": str(settings.data_dir),
+        "REPORUN_DATABASE_URL": settings.db_url,
+        "REPORUN_ALLOW_LOCAL_REPOS": "true",
+        "REPORUN_ALLOWED_SCHEMES": ",".join(settings.allowed_schemes),
+        "REPORUN_SANDBOX": settings.sandbox,
+        "REPORUN_DRAIN_GRACE": str(settings.drain_grace),
+        "REPORUN_LOG_FORMAT": settings.log_format,
+    }
+
+
+def _cli_name() -> str:
+    exe = shutil.which("reporun")
+    if exe and Path(exe).resolve() == Path(sys.argv[0]).resolve():
+        return "reporun"
+    return os.path.relpath(sys.argv[0]) if sys.argv[0] else "reporun"
+
+
+async def serve(settings: Settings) -> None:
+    settings = embedded_settings(settings)
+    settings.check_secure(embedded=True)
+    build_sandbox(settings)  # refuse to start without a working sandbox, with the reason
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    auth = LocalAuth(load_or_create_key(settings.secret_key_path))
+    token_path = settings.admin_token_path
+    if not token_path.exists():
+        write_token_file(token_path, auth.mint("admin", "admin"))
+    store = Store.open(settings.db_url)
+    await upgrade(store.engine)
+    scaler = LocalScaler(_worker_env(settings), drain_grace=settings.drain_grace)
+    await scaler.start(settings.workers)
+
+    async def banner() -> None:
+        cli = _cli_name()
+        url = f"http://{settings.host}:{settings.port}"
+        print(
+            f"reporun is serving on {url} with {settings.workers} worker(s) "
+            f"(API docs: {url}/docs)\n"
+            f"admin token: {token_path} (mode 0600; the CLI on this machine uses it)\n"
+            f"first job, this repository's own files:\n"
+            f"  {cli} submit . --command 'ls -la' --follow\n"
+            f"or with curl:\n"
+            f'  curl -H "Authorization: Bearer $(cat {token_path})" '
+            f'"{url}/add?url={Path.cwd()}"',
+            flush=True,
+        )
+
+    try:
+        await run_api(settings, store, auth, on_started=banner)
+    finally:
+        await scaler.stop()
+        await store.close()

@@ -1,0 +1,66 @@
+"""One root exception, a subclass per part. The docstring is the default message."""
+
+from __future__ import annotations
+
+
+class ReporunError(Exception):
+    """reporun failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class InvalidInput(ReporunError):
+    """The request is not valid."""
+
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ConfigError(ReporunError):
+    """The configuration is not valid."""
+
+
+class NotFound(ReporunError):
+    """No such job."""
+
+
+class IllegalTransition(ReporunError):
+    """The job cannot move to that state."""
+
+
+class AuthError(ReporunError):
+    """Authentication failed."""
+
+
+class Unauthorized(AuthError):
+    """A valid bearer token is required."""
+
+
+class Forbidden(AuthError):
+    """The token does not carry the role this call needs."""
+
+
+class StoreError(ReporunError):
+    """The database failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The database is not answering."""
+
+
+class CheckoutError(ReporunError):
+    """The repository could not be cloned."""
+
+
+class SandboxError(ReporunError):
+    """The sandbox could not start the job."""
+
+
+class ClientError(ReporunError):
+    """The server refused the request."""

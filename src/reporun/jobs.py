@@ -1,0 +1,250 @@
+"""The job: its states, the legal moves between them, and what a submission may ask for.
+
+Pure code: no I/O. The store applies every state change through `check_transition`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from reporun.config import Settings
+from reporun.errors import IllegalTransition, InvalidInput
+from reporun.urlpolicy import RepoUrl, UrlPolicy, parse_repo_url
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset(
+    {
+        JobStatus.SUCCEEDED,
+        JobStatus.FAILED,
+        JobStatus.TIMED_OUT,
+        JobStatus.CANCELLED,
+        JobStatus.ERROR,
+    }
+)
+
+TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    # running -> queued only when a worker is lost and attempts remain.
+    JobStatus.RUNNING: TERMINAL | {JobStatus.QUEUED},
+}
+
+
+def check_transition(source: JobStatus, target: JobStatus) -> None:
+    """Raise IllegalTransition unless `source -> target` is a legal move."""
+    if target not in TRANSITIONS.get(source, frozenset()):
+        raise IllegalTransition(f"a {source.value} job cannot become {target.value}")
+
+
+def sources_of(target: JobStatus) -> frozenset[JobStatus]:
+    """Every state a job may be in to move to `target`."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+class Limits(BaseModel):
+    """What one job may use. Bytes for sizes, seconds for time."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    timeout: int
+    memory: int
+    processes: int
+    log: int
+    disk: int
+    network: bool = False
+    # Whether the submission set the timeout (else reporun.toml's may replace the default).
+    timeout_set: bool = False
+
+
+class JobSpec(BaseModel):
+    """A checked submission: what the worker runs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    repo: str
+    ref: str | None = None
+    command: str | None = None
+    env: dict[str, str] = {}
+    limits: Limits
+
+
+class Job(BaseModel):
+    """A job as stored and shown (`GET /v1/jobs/{id}`)."""
+
+    id: uuid.UUID
+    owner: str
+    repo: str
+    ref: str | None
+    commit: str | None
+    command: str | None
+    status: JobStatus
+    exit_code: int | None
+    reason: str | None
+    attempts: int
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    log_bytes: int
+    log_truncated: bool
+    limits: Limits
+    env: dict[str, str] = {}
+    cancel_requested: bool = False
+
+    @property
+    def wait_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return max(0.0, (self.started_at - self.created_at).total_seconds())
+
+    @property
+    def run_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, (self.finished_at - self.started_at).total_seconds())
+
+    @property
+    def spec(self) -> JobSpec:
+        return JobSpec(
+            repo=self.repo, ref=self.ref, command=self.command, env=self.env, limits=self.limits
+        )
+
+
+# Submission checks ---------------------------------------------------------------------------
+
+_REF = re.compile(r"^[A-Za-z0-9._/+-]{1,255}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Names a job may not set: they steer the loader, the shell or reporun itself.
+_RESERVED_ENV = re.compile(r"^(LD_.*|REPORUN_.*|PATH|HOME|TMPDIR|BASH_ENV|ENV|SHELLOPTS|IFS)$")
+
+
+def url_policy(settings: Settings) -> UrlPolicy:
+    return UrlPolicy.of(
+        settings.allowed_schemes,
+        settings.allowed_hosts,
+        settings.trusted_hosts,
+        settings.allow_local_repos,
+    )
+
+
+def check_ref(ref: str) -> str:
+    """A branch, tag or commit name, as git's check-ref-format would take it."""
+    if (
+        not _REF.match(ref)
+        or ref.startswith(("-", "/", "."))
+        or ref.endswith(("/", ".", ".lock"))
+        or ".." in ref
+        or "//" in ref
+        or "/." in ref
+    ):
+        raise InvalidInput(f"ref {ref[:80]!r} is not a valid branch, tag or commit", field="ref")
+    return ref
+
+
+def check_command(command: str, settings: Settings) -> str:
+    if not command.strip():
+        raise InvalidInput("command must not be empty", field="command")
+    if "\x00" in command:
+        raise InvalidInput("command must not contain NUL bytes", field="command")
+    if len(command.encode()) > settings.command_max_bytes:
+        raise InvalidInput(
+            f"command is longer than {settings.command_max_bytes} bytes", field="command"
+        )
+    return command
+
+
+def check_env(env: Mapping[str, str], settings: Settings) -> dict[str, str]:
+    if len(env) > settings.env_max_vars:
+        raise InvalidInput(f"env has more than {settings.env_max_vars} variables", field="env")
+    total = 0
+    for name, value in env.items():
+        if not _ENV_NAME.match(name):
+            raise InvalidInput(f"env name {name[:80]!r} is not a valid name", field="env")
+        if _RESERVED_ENV.match(name):
+            raise InvalidInput(f"env name {name!r} is reserved", field="env")
+        if "\x00" in value:
+            raise InvalidInput(f"env {name} must not contain NUL bytes", field="env")
+        total += len(name) + len(value.encode())
+    if total > settings.env_max_bytes:
+        raise InvalidInput(f"env is larger than {settings.env_max_bytes} bytes", field="env")
+    return dict(env)
+
+
+_LIMIT_FIELDS = {
+    "timeout": "timeout",
+    "memory": "memory",
+    "processes": "processes",
+    "log": "log_limit",
+    "disk": "disk",
+}
+
+
+def _limit(name: str, value: object, settings: Settings, field: str) -> int:
+    setting = _LIMIT_FIELDS[name]
+    if value is None:
+        return int(getattr(settings, f"{setting}_default"))
+    maximum = getattr(settings, f"{setting}_max")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(f"{name} must be a positive integer", field=field)
+    if value > maximum:
+        raise InvalidInput(f"{name} {value} is above this server's maximum {maximum}", field=field)
+    return value
+
+
+def resolve_limits(
+    asked: Mapping[str, Any], settings: Settings, *, timeout: int | None = None
+) -> Limits:
+    """The server's defaults, lowered or raised (up to the maxima) by what the job asks."""
+    values: dict[str, Any] = {
+        name: _limit(name, asked.get(name), settings, f"limits.{name}") for name in _LIMIT_FIELDS
+    }
+    if timeout is not None:
+        values["timeout"] = _limit("timeout", timeout, settings, "timeout")
+    values["timeout_set"] = timeout is not None or asked.get("timeout") is not None
+    network = bool(asked.get("network") or False)
+    if network and not settings.network_allowed:
+        raise InvalidInput("this server does not give jobs a network", field="limits.network")
+    values["network"] = network
+    return Limits(**values)
+
+
+def build_spec(
+    *,
+    repo: str,
+    ref: str | None,
+    command: str | None,
+    timeout: int | None,
+    env: Mapping[str, str] | None,
+    limits: Mapping[str, Any] | None,
+    settings: Settings,
+) -> tuple[JobSpec, RepoUrl]:
+    """Check a submission against the server's policy; raise InvalidInput naming the field."""
+    repo_url = parse_repo_url(repo, url_policy(settings))
+    spec = JobSpec(
+        repo=repo_url.url,
+        ref=check_ref(ref) if ref is not None else None,
+        command=check_command(command, settings) if command is not None else None,
+        env=check_env(env or {}, settings),
+        limits=resolve_limits(limits or {}, settings, timeout=timeout),
+    )
+    return spec, repo_url

@@ -1,0 +1,1 @@
+"""Elasticity: a pure policy decides how many workers; scalers make it so."""

@@ -1,0 +1,123 @@
+"""Wiring: build the parts a command needs from the one Settings object, and run them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+
+import uvicorn
+
+from reporun.api.app import create_app
+from reporun.api.auth import Authenticator, LocalAuth
+from reporun.api.deps import Services
+from reporun.config import Settings
+from reporun.errors import ConfigError
+from reporun.queue import QueueBackend
+from reporun.queue.sql import SqlQueue
+from reporun.store import Store
+from reporun.store.migrate import is_current
+from reporun.worker.loop import Worker
+from reporun.worker.sandbox import Bubblewrap, Sandbox, UidPool, Unsandboxed
+
+logger = logging.getLogger("reporun")
+
+
+def build_queue(settings: Settings, store: Store) -> QueueBackend:
+    if settings.queue == "kafka":
+        raise ConfigError("REPORUN_QUEUE=kafka is not available in this version; use sql")
+    return SqlQueue(
+        store,
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts,
+        poll_interval=settings.poll_interval,
+    )
+
+
+def build_auth(settings: Settings, *, key: str | None = None) -> Authenticator:
+    if settings.auth == "oidc":
+        raise ConfigError("REPORUN_AUTH=oidc is not available in this version; use local")
+    if key is None:
+        if settings.secret_key is None:
+            raise ConfigError("REPORUN_SECRET_KEY is required for local tokens")
+        key = settings.secret_key.get_secret_value()
+    return LocalAuth(key)
+
+
+def build_sandbox(settings: Settings) -> Sandbox:
+    if settings.sandbox == "none":
+        logger.warning(
+            "REPORUN_SANDBOX=none: jobs run unconfined as this user; trusted code only",
+            extra={"action": "sandbox_off"},
+        )
+        return Unsandboxed()
+    problems = Bubblewrap.problems()
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return Bubblewrap(UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count))
+
+
+async def check_schema(store: Store) -> None:
+    if not await is_current(store.engine):
+        raise ConfigError("the database schema is not current: run `reporun db upgrade`")
+
+
+@contextlib.contextmanager
+def stop_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set `stop`; the previous handlers come back on exit."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, previous[sig])
+
+
+async def run_worker(settings: Settings) -> None:
+    store = Store.open(settings.db_url)
+    try:
+        await check_schema(store)
+        queue = build_queue(settings, store)
+        worker = Worker(settings=settings, store=store, queue=queue, sandbox=build_sandbox(settings))
+        stop = asyncio.Event()
+        with stop_signals(stop):
+            await worker.run(stop)
+        await queue.close()
+    finally:
+        await store.close()
+
+
+async def run_api(
+    settings: Settings,
+    store: Store,
+    auth: Authenticator,
+    *,
+    on_started: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    queue = build_queue(settings, store)
+    app = create_app(Services(settings, store, queue, auth))
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    if on_started is None:
+        await server.serve()
+        return
+    serving = asyncio.create_task(server.serve())
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    if server.started:
+        await on_started()
+    await serving

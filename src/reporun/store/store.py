@@ -1,0 +1,327 @@
+"""Repository functions over the tables. Every job state change goes through `transition`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from reporun.errors import InvalidInput, NotFound
+from reporun.jobs import TERMINAL, Job, JobSpec, JobStatus, check_transition, sources_of
+from reporun.store.dialect import seconds_between
+from reporun.store.engine import create_engine
+from reporun.store.tables import job_logs, jobs, workers
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    id: str
+    host: str
+    pid: int
+    state: str
+    current_job: uuid.UUID | None
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Job]
+    next_cursor: str | None
+
+
+def job_of(row: sa.Row[Any]) -> Job:
+    return Job.model_validate(dict(row._mapping))
+
+
+def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, job_id = raw.split("|")
+        created_at = datetime.fromisoformat(stamp)
+        if created_at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return created_at, uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidInput("cursor is not one this server gave out", field="cursor") from None
+
+
+class Store:
+    """Jobs, their logs and the workers, on SQLite or PostgreSQL."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        return cls(create_engine(url))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    # State changes --------------------------------------------------------------------------
+    @staticmethod
+    async def transition(
+        conn: AsyncConnection,
+        job_id: uuid.UUID | sa.ScalarSelect[Any],
+        target: JobStatus,
+        *,
+        sources: Iterable[JobStatus] | None = None,
+        where: Sequence[sa.ColumnElement[bool]] = (),
+        values: dict[str, Any] | None = None,
+    ) -> Job | None:
+        """Move a job to `target` if it is in one of `sources`; None when it was not."""
+        allowed = frozenset(sources) if sources is not None else sources_of(target)
+        for source in allowed:
+            check_transition(source, target)
+        stmt = (
+            sa.update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in allowed]), *where)
+            .values(status=target.value, **(values or {}))
+            .returning(*jobs.c)
+        )
+        row = (await conn.execute(stmt)).first()
+        return job_of(row) if row is not None else None
+
+    # Jobs -----------------------------------------------------------------------------------
+    async def create_job(self, spec: JobSpec, owner: str, *, now: datetime | None = None) -> Job:
+        now = now or utcnow()
+        job_id = uuid.uuid4()
+        async with self.engine.begin() as conn:
+            tag = await self._fair_tag(conn, owner)
+            await conn.execute(
+                sa.insert(jobs).values(
+                    id=job_id,
+                    owner=owner,
+                    repo=spec.repo,
+                    ref=spec.ref,
+                    command=spec.command,
+                    env=spec.env,
+                    limits=spec.limits.model_dump(),
+                    status=JobStatus.QUEUED.value,
+                    fair_tag=tag,
+                    created_at=now,
+                )
+            )
+            row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one()
+        return job_of(row)
+
+    @staticmethod
+    async def _fair_tag(conn: AsyncConnection, owner: str) -> int:
+        """Start-time fair queuing: an owner's next job goes one step after its last queued
+        one, but never before the head of the queue, so a newcomer waits only for the jobs
+        already at the front, not for another owner's whole backlog."""
+        queued = jobs.c.status == JobStatus.QUEUED.value
+        head = (await conn.execute(sa.select(sa.func.min(jobs.c.fair_tag)).where(queued))).scalar()
+        if head is None:
+            head = (await conn.execute(sa.select(sa.func.max(jobs.c.fair_tag)))).scalar() or 0
+        last = (
+            await conn.execute(
+                sa.select(sa.func.max(jobs.c.fair_tag)).where(queued, jobs.c.owner == owner)
+            )
+        ).scalar()
+        return max(int(head), int(last) + 1 if last is not None else 0)
+
+    async def get_job(self, job_id: uuid.UUID, *, owner: str | None = None) -> Job:
+        """The job; NotFound also when `owner` is given and the job is someone else's."""
+        stmt = sa.select(jobs).where(jobs.c.id == job_id)
+        if owner is not None:
+            stmt = stmt.where(jobs.c.owner == owner)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(stmt)).first()
+        if row is None:
+            raise NotFound(f"no job {job_id}")
+        return job_of(row)
+
+    async def list_jobs(
+        self,
+        *,
+        owner: str | None,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Newest first, keyset-paginated (no OFFSET)."""
+        stmt = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1)
+        if owner is not None:
+            stmt = stmt.where(jobs.c.owner == owner)
+        if status is not None:
+            stmt = stmt.where(jobs.c.status == status.value)
+        if cursor:
+            created_at, job_id = decode_cursor(cursor)
+            stmt = stmt.where(
+                sa.or_(
+                    jobs.c.created_at < created_at,
+                    sa.and_(jobs.c.created_at == created_at, jobs.c.id < job_id),
+                )
+            )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        items = [job_of(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more else None
+        return Page(items, next_cursor)
+
+    async def cancel(self, job_id: uuid.UUID, *, owner: str | None = None) -> Job:
+        """A queued job is cancelled at once; a running one is flagged for its worker to kill."""
+        job = await self.get_job(job_id, owner=owner)
+        async with self.engine.begin() as conn:
+            if job.status is JobStatus.QUEUED:
+                done = await self.transition(
+                    conn,
+                    job_id,
+                    JobStatus.CANCELLED,
+                    sources=[JobStatus.QUEUED],
+                    values={"finished_at": utcnow(), "reason": "cancelled before it started"},
+                )
+                if done is not None:
+                    return done
+            await conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
+                .values(cancel_requested=True)
+            )
+        return await self.get_job(job_id)
+
+    async def cancel_requested(self, job_id: uuid.UUID) -> bool:
+        async with self.engine.connect() as conn:
+            value = (
+                await conn.execute(
+                    sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)
+                )
+            ).scalar()
+        return bool(value)
+
+    # Logs -----------------------------------------------------------------------------------
+    async def append_log(
+        self, job_id: uuid.UUID, seq: int, data: bytes, *, truncated: bool = False
+    ) -> None:
+        async with self.engine.begin() as conn:
+            if data:
+                await conn.execute(sa.insert(job_logs).values(job_id=job_id, seq=seq, data=data))
+            values: dict[str, Any] = {"log_bytes": jobs.c.log_bytes + len(data)}
+            if truncated:
+                values["log_truncated"] = True
+            await conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
+
+    async def reset_log(self, job_id: uuid.UUID) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(job_logs).where(job_logs.c.job_id == job_id))
+            await conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(log_bytes=0, log_truncated=False)
+            )
+
+    async def read_log(self, job_id: uuid.UUID, *, after: int = -1) -> list[tuple[int, bytes]]:
+        stmt = (
+            sa.select(job_logs.c.seq, job_logs.c.data)
+            .where(job_logs.c.job_id == job_id, job_logs.c.seq > after)
+            .order_by(job_logs.c.seq)
+        )
+        async with self.engine.connect() as conn:
+            return [(row.seq, bytes(row.data)) for row in await conn.execute(stmt)]
+
+    # Workers --------------------------------------------------------------------------------
+    async def worker_heartbeat(
+        self,
+        worker_id: str,
+        *,
+        host: str,
+        pid: int,
+        state: str,
+        current_job: uuid.UUID | None,
+    ) -> None:
+        now = utcnow()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(workers)
+                .where(workers.c.id == worker_id)
+                .values(state=state, current_job=current_job, heartbeat_at=now)
+            )
+            if result.rowcount == 0:
+                await conn.execute(
+                    sa.insert(workers).values(
+                        id=worker_id,
+                        host=host,
+                        pid=pid,
+                        state=state,
+                        current_job=current_job,
+                        started_at=now,
+                        heartbeat_at=now,
+                    )
+                )
+
+    async def list_workers(self, *, alive_within: float | None = None) -> list[WorkerRecord]:
+        stmt = sa.select(workers).order_by(workers.c.started_at)
+        if alive_within is not None:
+            stmt = stmt.where(workers.c.heartbeat_at >= utcnow() - timedelta(seconds=alive_within))
+        async with self.engine.connect() as conn:
+            return [WorkerRecord(**dict(row._mapping)) for row in await conn.execute(stmt)]
+
+    async def remove_worker(self, worker_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(workers).where(workers.c.id == worker_id))
+
+    async def prune_workers(self, *, older_than: float) -> int:
+        """Forget workers whose heartbeat stopped long ago."""
+        cutoff = utcnow() - timedelta(seconds=older_than)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(sa.delete(workers).where(workers.c.heartbeat_at < cutoff))
+        return int(result.rowcount or 0)
+
+    # Figures for /metrics -------------------------------------------------------------------
+    async def status_counts(self) -> dict[str, int]:
+        stmt = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
+        async with self.engine.connect() as conn:
+            return {row[0]: int(row[1]) for row in await conn.execute(stmt)}
+
+    async def duration_histograms(
+        self, buckets: Sequence[float]
+    ) -> dict[str, tuple[list[int], float, int]]:
+        """Cumulative bucket counts, sum and count of queue wait and run time, over ended jobs."""
+        dialect = self.engine.dialect.name
+        spans = {
+            "wait": seconds_between(jobs.c.created_at, jobs.c.started_at, dialect),
+            "run": seconds_between(jobs.c.started_at, jobs.c.finished_at, dialect),
+        }
+        ended = sa.and_(
+            jobs.c.status.in_([s.value for s in TERMINAL]),
+            jobs.c.started_at.is_not(None),
+            jobs.c.finished_at.is_not(None),
+        )
+        result: dict[str, tuple[list[int], float, int]] = {}
+        async with self.engine.connect() as conn:
+            for name, span in spans.items():
+                columns = [
+                    sa.func.coalesce(sa.func.sum(sa.case((span <= b, 1), else_=0)), 0)
+                    for b in buckets
+                ]
+                row = (
+                    await conn.execute(
+                        sa.select(*columns, sa.func.coalesce(sa.func.sum(span), 0.0), sa.func.count())
+                        .where(ended)
+                    )
+                ).one()
+                result[name] = ([int(v) for v in row[: len(buckets)]], float(row[-2]), int(row[-1]))
+        return result

@@ -1,0 +1,1 @@
+"""The worker: checkout (mirror cache), sandbox (bubblewrap) and the claim-run-report loop."""

@@ -1,0 +1,197 @@
+"""Repositories into workspaces, through a mirror cache per repository.
+
+The first job on a repository clones a bare mirror; later jobs fetch into it. Each job gets the
+resolved commit's files (no `.git`, nothing of the mirror) in a private directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from reporun.errors import CheckoutError, InvalidInput
+from reporun.urlpolicy import RepoUrl, UrlPolicy, check_addresses, parse_repo_url
+
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_MAX_REASON = 400
+
+
+class GitFailed(CheckoutError):
+    """git failed."""
+
+
+class Mirrors:
+    def __init__(self, root: Path, policy: UrlPolicy, *, timeout: float) -> None:
+        self.root = root
+        self.policy = policy
+        self.timeout = timeout
+
+    def _env(self) -> dict[str, str]:
+        # Nothing of the worker's environment: no credentials, no config, no prompts.
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.root),
+            "LANG": "C",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_ASKPASS": "/bin/false",
+            "SSH_ASKPASS": "/bin/false",
+            "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
+        }
+
+    def _config(self) -> list[str]:
+        options = ["protocol.allow=never", "gc.auto=0", "maintenance.auto=false"]
+        options += [f"protocol.{p}.allow=always" for p in sorted(self.policy.git_protocols)]
+        options += ["http.followRedirects=false", "core.hooksPath=/dev/null", "fetch.fsckObjects=false"]
+        return [arg for option in options for arg in ("-c", option)]
+
+    async def _git(self, *args: str, env: dict[str, str] | None = None) -> str:
+        process = await asyncio.create_subprocess_exec(
+            "git",
+            *self._config(),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**self._env(), **(env or {})},
+            start_new_session=True,
+        )
+        try:
+            out, err = await asyncio.wait_for(process.communicate(), self.timeout)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise GitFailed(f"git {args[0]} took longer than {self.timeout:.0f} s") from None
+        except asyncio.CancelledError:
+            process.kill()
+            await process.wait()
+            raise
+        if process.returncode != 0:
+            raise GitFailed(_last_lines(err.decode(errors="replace")) or f"git {args[0]} failed")
+        return out.decode(errors="replace").strip()
+
+    async def checkout(self, repo: str, ref: str | None, dest: Path) -> str:
+        """Put `repo` at `ref` (default branch when None) into `dest`; return the commit."""
+        url = await self._checked(repo)
+        mirror = self.root / (hashlib.sha256(url.url.encode()).hexdigest()[:40] + ".git")
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        async with _locked(mirror.with_suffix(".lock")):
+            try:
+                if not (mirror / "HEAD").exists():
+                    await self._clone(url, mirror)
+                elif not (ref and _FULL_SHA.match(ref) and await self._has_commit(mirror, ref)):
+                    await self._git("--git-dir", str(mirror), "fetch", "--prune", "--quiet", "origin")
+            except GitFailed as exc:
+                raise CheckoutError(f"clone of {url.url} failed: {exc.message}") from None
+            commit = await self._resolve(mirror, ref)
+        await self._export(mirror, commit, dest)
+        return commit
+
+    async def _checked(self, repo: str) -> RepoUrl:
+        try:
+            url = parse_repo_url(repo, self.policy)
+            if url.host is not None:
+                check_addresses(url.host, await _resolve_host(url.host), self.policy)
+        except InvalidInput as exc:
+            raise CheckoutError(exc.message) from None
+        return url
+
+    async def _clone(self, url: RepoUrl, mirror: Path) -> None:
+        partial = mirror.with_suffix(".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        source = url.url
+        if url.scheme == "file" and not source.startswith("file://"):
+            source = "file://" + source
+        try:
+            await self._git("clone", "--mirror", "--quiet", "--", source, str(partial))
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        partial.rename(mirror)
+
+    async def _has_commit(self, mirror: Path, sha: str) -> bool:
+        try:
+            await self._git("--git-dir", str(mirror), "cat-file", "-e", f"{sha}^{{commit}}")
+        except GitFailed:
+            return False
+        return True
+
+    async def _resolve(self, mirror: Path, ref: str | None) -> str:
+        candidates = ["HEAD"] if ref is None else [f"refs/heads/{ref}", f"refs/tags/{ref}", ref]
+        for candidate in candidates:
+            with contextlib.suppress(GitFailed):
+                return await self._git(
+                    "--git-dir",
+                    str(mirror),
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    "--end-of-options",
+                    f"{candidate}^{{commit}}",
+                )
+        if ref is None:
+            raise CheckoutError("the repository has no commits on its default branch")
+        raise CheckoutError(f"ref {ref!r} is not a branch, tag or commit of the repository")
+
+    async def _export(self, mirror: Path, commit: str, dest: Path) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        index = dest.parent / (dest.name + ".index")
+        try:
+            await self._git(
+                "--git-dir",
+                str(mirror),
+                "--work-tree",
+                str(dest),
+                "checkout",
+                "--quiet",
+                commit,
+                "--",
+                ".",
+                env={"GIT_INDEX_FILE": str(index)},
+            )
+        except GitFailed as exc:
+            if "did not match any file" not in exc.message:
+                raise CheckoutError(f"checkout of {commit} failed: {exc.message}") from None
+        finally:
+            index.unlink(missing_ok=True)
+
+
+async def _resolve_host(host: str) -> list[str]:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout=10
+        )
+    except (OSError, TimeoutError) as exc:
+        raise CheckoutError(f"cannot resolve host {host!r}: {exc}") from None
+    return [str(info[4][0]) for info in infos]
+
+
+@contextlib.asynccontextmanager
+async def _locked(path: Path) -> AsyncIterator[None]:
+    """An exclusive lock across the worker processes sharing this mirror."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _last_lines(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " / ".join(lines[-3:])[:_MAX_REASON]

@@ -1,0 +1,87 @@
+"""What runs, first match wins (DESIGN.md): the request's command, `command` in reporun.toml,
+an executable run.sh, a Makefile, main.py.
+
+The workspace holds untrusted files: they are looked at without following links.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from reporun.errors import ReporunError
+
+TOML_NAME = "reporun.toml"
+MAX_TOML_BYTES = 64 * 1024
+
+
+class NoEntryPoint(ReporunError):
+    """no entry point"""
+
+
+class BadRepoConfig(ReporunError):
+    """reporun.toml is not valid."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    command: str
+    timeout: int | None = None  # from reporun.toml
+    network: bool | None = None  # from reporun.toml
+
+
+def _regular(path: Path) -> os.stat_result | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info if stat.S_ISREG(info.st_mode) else None
+
+
+def read_repo_config(workspace: Path) -> dict[str, object]:
+    path = workspace / TOML_NAME
+    if _regular(path) is None:
+        return {}
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read(MAX_TOML_BYTES + 1)
+    except OSError as exc:
+        raise BadRepoConfig(f"{TOML_NAME}: cannot read it ({exc.strerror})") from None
+    if len(raw) > MAX_TOML_BYTES:
+        raise BadRepoConfig(f"{TOML_NAME} is larger than {MAX_TOML_BYTES} bytes")
+    try:
+        data = tomllib.loads(raw.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BadRepoConfig(f"{TOML_NAME}: {exc}") from None
+    return data
+
+
+def pick_entry(workspace: Path, requested: str | None) -> Entry:
+    config = read_repo_config(workspace)
+    command = config.get("command")
+    timeout = config.get("timeout")
+    network = config.get("network")
+    if command is not None and (not isinstance(command, str) or not command.strip()):
+        raise BadRepoConfig(f"{TOML_NAME}: command must be a non-empty string")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
+        raise BadRepoConfig(f"{TOML_NAME}: timeout must be a positive integer of seconds")
+    if network is not None and not isinstance(network, bool):
+        raise BadRepoConfig(f"{TOML_NAME}: network must be true or false")
+
+    if requested:
+        chosen = requested
+    elif command:
+        chosen = command
+    elif (info := _regular(workspace / "run.sh")) is not None and info.st_mode & 0o111:
+        chosen = "./run.sh"
+    elif _regular(workspace / "Makefile") is not None:
+        chosen = "make"
+    elif _regular(workspace / "main.py") is not None:
+        chosen = "python3 main.py"
+    else:
+        raise NoEntryPoint()
+    return Entry(chosen, timeout, network)

@@ -1,0 +1,325 @@
+"""The worker: claim a job, check it out, run it in the sandbox, report once; heartbeat and
+reap lost workers' jobs on the side; on stop, take nothing new and finish what it has."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reporun.config import Settings
+from reporun.errors import CheckoutError, SandboxError
+from reporun.jobs import Job, JobStatus, url_policy
+from reporun.queue import Outcome, QueueBackend
+from reporun.retry import compute_backoff
+from reporun.store import Store
+from reporun.worker.checkout import Mirrors
+from reporun.worker.entrypoint import BadRepoConfig, NoEntryPoint, pick_entry
+from reporun.worker.sandbox import RunResult, Sandbox
+
+logger = logging.getLogger("reporun.worker")
+
+CANCEL_POLL = 0.25
+LOG_FLUSH_BYTES = 64 * 1024
+LOG_FLUSH_SECONDS = 0.25
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class LogWriter:
+    """Batches a job's output into log chunks in the store."""
+
+    def __init__(self, store: Store, job_id: uuid.UUID) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.seq = 0
+        self.buffer = bytearray()
+        self.flushed_at = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def write(self, data: bytes) -> None:
+        self.buffer += data
+        if len(self.buffer) >= LOG_FLUSH_BYTES or time.monotonic() - self.flushed_at > LOG_FLUSH_SECONDS:
+            await self.flush()
+
+    async def flush(self, *, truncated: bool = False) -> None:
+        async with self._lock:
+            data, self.buffer = bytes(self.buffer), bytearray()
+            self.flushed_at = time.monotonic()
+            if data or truncated:
+                await self.store.append_log(self.job_id, self.seq, data, truncated=truncated)
+                self.seq += 1
+
+
+@dataclass
+class Watch:
+    """What the side task learnt about a running job."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_requested: bool = False
+    lease_lost: bool = False
+    drained: bool = False
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        queue: QueueBackend,
+        sandbox: Sandbox,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.queue = queue
+        self.sandbox = sandbox
+        self.id = worker_id or settings.worker_id or new_worker_id()
+        self.mirrors = Mirrors(
+            settings.mirrors_dir, url_policy(settings), timeout=settings.checkout_timeout
+        )
+        self.work_dir = settings.job_work_dir
+        self.state = "idle"
+        self.current: Job | None = None
+        self._watch: Watch | None = None
+
+    def _log(self, action: str, job: Job | None = None, **fields: object) -> dict[str, object]:
+        extra: dict[str, object] = {"action": action, "worker": self.id, **fields}
+        if job is not None:
+            extra["job_id"] = str(job.id)
+        return extra
+
+    # Main loop --------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        _make_traversable(self.work_dir)
+        logger.info("worker started", extra=self._log("start", sandbox=self.sandbox.name))
+        side = [
+            asyncio.create_task(self._every(self.settings.lease_seconds / 3, self._heartbeat)),
+            asyncio.create_task(self._every(self.settings.lease_seconds / 2, self._reap)),
+        ]
+        try:
+            while not stop.is_set():
+                job = await self._claim()
+                if job is None:
+                    await _first(stop.wait(), self.queue.wait(self.settings.poll_interval))
+                    continue
+                await self._run_draining(job, stop)
+        finally:
+            self.state = "stopped"
+            for task in side:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.remove_worker(self.id))
+            logger.info("worker stopped", extra=self._log("stop"))
+
+    async def _claim(self) -> Job | None:
+        try:
+            return await self.queue.claim(self.id)
+        except Exception:
+            logger.warning("claim failed", exc_info=True, extra=self._log("claim"))
+            await asyncio.sleep(compute_backoff(3))
+            return None
+
+    async def _run_draining(self, job: Job, stop: asyncio.Event) -> None:
+        """Run the job; a stop request lets it finish, up to the drain grace period."""
+        task = asyncio.create_task(self.process(job))
+        await _first(asyncio.shield(task), stop.wait())
+        if not task.done():
+            self.state = "draining"
+            logger.info("draining", extra=self._log("drain", job))
+            done, _ = await asyncio.wait({task}, timeout=self.settings.drain_grace)
+            if not done and self._watch is not None:
+                self._watch.drained = True
+                self._watch.stop.set()
+            await task
+
+    async def _every(self, seconds: float, action: Callable[[], Awaitable[object]]) -> None:
+        while True:
+            try:
+                await action()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("side task failed", exc_info=True, extra=self._log("side"))
+            await asyncio.sleep(seconds)
+
+    async def _heartbeat(self) -> None:
+        await self.store.worker_heartbeat(
+            self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            state=self.state,
+            current_job=self.current.id if self.current else None,
+        )
+
+    async def _reap(self) -> None:
+        if reaped := await self.queue.reap():
+            logger.warning("reaped jobs of lost workers", extra=self._log("reap", count=reaped))
+        await self.store.prune_workers(older_than=self.settings.lease_seconds * 10)
+
+    # One job ----------------------------------------------------------------------------------
+    async def process(self, job: Job) -> None:
+        self.state, self.current = "busy", job
+        self._watch = watch = Watch()
+        workspace = self.work_dir / str(job.id)
+        log = LogWriter(self.store, job.id)
+        logger.info("job claimed", extra=self._log("claim", job, attempt=job.attempts))
+        monitor = asyncio.create_task(self._monitor(job, watch, log))
+        outcome: Outcome | None = None
+        try:
+            if job.attempts > 1:
+                await self.store.reset_log(job.id)
+            outcome = await self._execute(job, workspace, watch, log)
+        except SandboxError as exc:
+            await self._give_back(job, f"sandbox failed: {exc.message}")
+        except Exception as exc:
+            logger.exception("job crashed the worker", extra=self._log("crash", job))
+            await self._give_back(job, f"worker error: {type(exc).__name__}")
+        finally:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+            shutil.rmtree(workspace, ignore_errors=True)
+            self.state, self.current, self._watch = "idle", None, None
+        if outcome is not None:
+            await asyncio.shield(self._report(job, outcome))
+        elif watch.drained:
+            await asyncio.shield(self._give_back(job, "its worker stopped before the job ended"))
+
+    async def _execute(self, job: Job, workspace: Path, watch: Watch, log: LogWriter) -> Outcome | None:
+        try:
+            commit = await self.mirrors.checkout(job.repo, job.ref, workspace)
+            entry = pick_entry(workspace, job.command)
+        except (CheckoutError, NoEntryPoint, BadRepoConfig) as exc:
+            return Outcome(JobStatus.FAILED, reason=exc.message)
+        limits = job.limits
+        if entry.timeout is not None and not limits.timeout_set:
+            limits = limits.model_copy(update={"timeout": min(entry.timeout, self.settings.timeout_max)})
+        if entry.network and not limits.network:
+            if not self.settings.network_allowed:
+                return Outcome(JobStatus.FAILED, reason="reporun.toml asks for a network; this server gives none")
+            limits = limits.model_copy(update={"network": True})
+        await self.queue.started(job, self.id, commit=commit, command=entry.command)
+        if watch.stop.is_set():
+            return self._outcome(None, watch, limits.timeout)
+        result = await self.sandbox.run(
+            workspace=workspace,
+            command=entry.command,
+            env=job.env,
+            limits=limits,
+            on_output=log.write,
+            stop=watch.stop,
+        )
+        await log.flush(truncated=result.truncated)
+        logger.info(
+            "job ran",
+            extra=self._log("ran", job, exit_code=result.exit_code, seconds=round(result.seconds, 3)),
+        )
+        return self._outcome(result, watch, limits.timeout)
+
+    def _outcome(self, result: RunResult | None, watch: Watch, timeout: int) -> Outcome | None:
+        if watch.lease_lost or watch.drained:
+            return None
+        if watch.cancel_requested:
+            return Outcome(JobStatus.CANCELLED, reason="cancelled while running")
+        assert result is not None
+        if result.timed_out:
+            return Outcome(JobStatus.TIMED_OUT, reason=f"timed out after {timeout} s")
+        code = result.exit_code
+        if code == 0:
+            return Outcome(JobStatus.SUCCEEDED, exit_code=0)
+        if code is not None and code < 0:
+            return Outcome(JobStatus.FAILED, exit_code=code, reason=f"killed by signal {-code}")
+        return Outcome(JobStatus.FAILED, exit_code=code, reason=f"exit code {code}")
+
+    async def _monitor(self, job: Job, watch: Watch, log: LogWriter) -> None:
+        """Renew the lease, notice cancel requests, flush quiet logs; kill the run when the lease
+        cannot be held (another worker may get the job: never run it twice at once)."""
+        renew_every = self.settings.lease_seconds / 3
+        held_until = time.monotonic() + self.settings.lease_seconds
+        last_renew = time.monotonic()
+        while True:
+            await asyncio.sleep(CANCEL_POLL)
+            now = time.monotonic()
+            try:
+                if now - last_renew >= renew_every:
+                    lease = await self.queue.renew(job, self.id)
+                    if not lease.held:
+                        watch.lease_lost = True
+                    else:
+                        last_renew, held_until = now, now + self.settings.lease_seconds
+                    watch.cancel_requested |= lease.cancel_requested
+                elif not watch.cancel_requested:
+                    watch.cancel_requested = await self.store.cancel_requested(job.id)
+                await log.flush()
+            except Exception:
+                logger.warning("lease renewal failed", exc_info=True, extra=self._log("renew", job))
+            if time.monotonic() > held_until - renew_every / 2:
+                watch.lease_lost = True
+            if watch.lease_lost:
+                logger.warning("lease lost; stopping the run", extra=self._log("lease_lost", job))
+            if watch.lease_lost or watch.cancel_requested:
+                watch.stop.set()
+                if watch.lease_lost:
+                    return
+
+    async def _report(self, job: Job, outcome: Outcome) -> None:
+        """Write the terminal record, retrying through database outages while the lease holds."""
+        for attempt in range(1000):
+            try:
+                done = await self.queue.finish(job, self.id, outcome)
+            except Exception:
+                logger.warning("report failed; retrying", exc_info=True, extra=self._log("report", job))
+                await asyncio.sleep(compute_backoff(attempt, cap=5.0))
+                continue
+            if done is None:
+                logger.warning("job was no longer ours; result dropped", extra=self._log("report", job))
+            else:
+                logger.info(
+                    "job finished",
+                    extra=self._log("finish", job, status=done.status.value, reason=done.reason),
+                )
+            return
+
+    async def _give_back(self, job: Job, reason: str) -> None:
+        logger.warning("platform fault", extra=self._log("release", job, reason=reason))
+        for attempt in range(100):
+            try:
+                await self.queue.release(job, self.id, reason)
+                return
+            except Exception:
+                await asyncio.sleep(compute_backoff(attempt, cap=5.0))
+
+
+async def _first(*aws: Awaitable[object]) -> None:
+    """Wait until the first of `aws` completes; cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+
+
+def _make_traversable(path: Path) -> None:
+    """The work dir and its parents we create: others may pass through, not list."""
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(directory, 0o711)
