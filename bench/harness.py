@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import httpx
 
@@ -24,6 +24,8 @@ LOOPBACK = "127.0.0.1"
 RUN_SH = "#!/bin/sh\necho ok\n"
 STOP_GRACE = 20.0
 STARTUP_TIMEOUT = 60.0
+DAEMON_TIMEOUT = 15.0
+GIT_TIMEOUT = 60.0
 
 
 class BenchError(Exception):
@@ -56,8 +58,9 @@ def git_env(home: Path) -> dict[str, str]:
     }
 
 
-async def run_git(*args: str, cwd: Path, timeout: float = 60.0) -> str:
-    """Run git, return its stdout; BenchError with its stderr when it fails or hangs."""
+async def run_git(*args: str, cwd: Path) -> str:
+    """Run git, return its stdout; BenchError with its stderr when it fails. Killed when the
+    caller's deadline (asyncio.timeout) or GIT_TIMEOUT passes."""
     process = await asyncio.create_subprocess_exec(
         "git",
         *args,
@@ -68,12 +71,13 @@ async def run_git(*args: str, cwd: Path, timeout: float = 60.0) -> str:
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except (TimeoutError, asyncio.CancelledError):
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
-        raise
+        async with asyncio.timeout(GIT_TIMEOUT):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
     if process.returncode != 0:
         raise BenchError(f"git {' '.join(args)} failed: {err.decode(errors='replace').strip()}")
     return out.decode(errors="replace").strip()
@@ -94,7 +98,7 @@ async def make_repository(base: Path) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def git_daemon(base: Path, timeout: float = 15.0) -> AsyncIterator[str]:
+async def git_daemon(base: Path) -> AsyncIterator[str]:
     """Serve `base` over git:// on loopback; yield the URL of `repo.git` once it answers."""
     port = free_port()
     process = await asyncio.create_subprocess_exec(
@@ -114,23 +118,24 @@ async def git_daemon(base: Path, timeout: float = 15.0) -> AsyncIterator[str]:
     )
     url = f"git://{LOOPBACK}:{port}/repo.git"
     try:
-        await _wait_for_git(url, process, base, timeout)
+        await _wait_for_git(url, process, base)
         yield url
     finally:
         await stop_process(process, grace=5.0)
 
 
-async def _wait_for_git(url: str, process: Any, cwd: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_for_git(url: str, process: asyncio.subprocess.Process, cwd: Path) -> None:
+    deadline = time.monotonic() + DAEMON_TIMEOUT
     while True:
         if process.returncode is not None:
             raise BenchError(f"git daemon exited with {process.returncode}")
         try:
-            await run_git("ls-remote", url, cwd=cwd, timeout=5.0)
+            async with asyncio.timeout(5.0):
+                await run_git("ls-remote", url, cwd=cwd)
             return
         except (BenchError, TimeoutError):
             if time.monotonic() > deadline:
-                raise BenchError(f"git daemon did not answer on {url} in {timeout:.0f} s") from None
+                raise BenchError(f"git daemon did not answer on {url}") from None
             await asyncio.sleep(0.1)
 
 

@@ -8,9 +8,9 @@ import itertools
 import random
 import shutil
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -88,22 +88,21 @@ async def list_all(http: httpx.AsyncClient) -> list[dict[str, Any]]:
         params["cursor"] = page["next_cursor"]
 
 
-async def wait_idle(http: httpx.AsyncClient, timeout: float, poll: float = 0.25) -> None:
-    """Until no job is queued or running (cheap queries, so polling barely loads the API)."""
-    deadline = time.monotonic() + timeout
-    while await _count(http, "queued") or await _count(http, "running"):
-        if time.monotonic() > deadline:
-            raise BenchError(f"jobs were still queued or running after {timeout:.0f} s")
+async def wait_idle(http: httpx.AsyncClient, poll: float = 0.25) -> None:
+    """Until no job is queued or running (cheap queries, so polling barely loads the API).
+    Like every wait here it has no deadline of its own: run.py bounds each phase."""
+    while True:
+        if not (await _count(http, "queued") or await _count(http, "running")):
+            return
         await asyncio.sleep(poll)
 
 
-async def wait_job(http: httpx.AsyncClient, job_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (record := await job(http, job_id))["status"] not in TERMINAL:
-        if time.monotonic() > deadline:
-            raise BenchError(f"job {job_id} still {record['status']} after {timeout:.0f} s")
+async def wait_job(http: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    while True:
+        record = await job(http, job_id)
+        if record["status"] in TERMINAL:
+            return record
         await asyncio.sleep(POLL)
-    return record
 
 
 async def require_succeeded(http: httpx.AsyncClient, records: list[dict[str, Any]]) -> None:
@@ -118,12 +117,12 @@ async def require_succeeded(http: httpx.AsyncClient, records: list[dict[str, Any
 
 
 async def run_batch(
-    http: httpx.AsyncClient, repo: str, count: int, timeout: float
+    http: httpx.AsyncClient, repo: str, count: int
 ) -> tuple[float, list[dict[str, Any]]]:
     """Submit `count` jobs at once, wait until all ended; (wall time at first POST, records)."""
     started = time.time()
     ids = [await submit(http, repo) for _ in range(count)]
-    await wait_idle(http, timeout)
+    await wait_idle(http)
     wanted = set(ids)
     records = [r for r in await list_all(http) if r["id"] in wanted]
     if len(records) != count:
@@ -133,23 +132,23 @@ async def run_batch(
 
 
 # The measurements ---------------------------------------------------------------------------
-async def warm_up(http: httpx.AsyncClient, server: Reporun, repo: str, timeout: float) -> None:
+async def warm_up(http: httpx.AsyncClient, server: Reporun, repo: str) -> None:
     """Run jobs until every worker has run one: the mirror is cloned, every worker process is
     up and past its first job, so the timed batch measures the steady state."""
     seen: set[str] = set()
     for _ in range(10):
-        _, records = await run_batch(http, repo, 2 * server.workers, timeout)
+        _, records = await run_batch(http, repo, 2 * server.workers)
         seen |= {r["worker"] for r in records}
         if len(seen) >= server.workers:
             return
     raise BenchError(f"only {len(seen)} of {server.workers} workers ran a warm-up job")
 
 
-async def reporun_throughput(server: Reporun, repo: str, jobs: int, timeout: float) -> Throughput:
+async def reporun_throughput(server: Reporun, repo: str, jobs: int) -> Throughput:
     """M jobs submitted at once; seconds from the first POST to the last finished_at."""
     async with server.client() as http:
-        await warm_up(http, server, repo, timeout)
-        started, records = await run_batch(http, repo, jobs, timeout)
+        await warm_up(http, server, repo)
+        started, records = await run_batch(http, repo, jobs)
     ended = max(_stamp(r["finished_at"]) for r in records)
     waits = [float(r["wait_seconds"]) for r in records]
     runs = [float(r["run_seconds"]) for r in records]
@@ -161,9 +160,7 @@ async def reporun_throughput(server: Reporun, repo: str, jobs: int, timeout: flo
     return Throughput(server.workers, jobs, ended - started, extra)
 
 
-async def dispatch_latency(
-    server: Reporun, repo: str, count: int, timeout: float
-) -> dict[str, float]:
+async def dispatch_latency(server: Reporun, repo: str, count: int) -> dict[str, float]:
     """One job at a time on idle workers: created_at -> started_at (`wait_seconds`).
 
     A random pause before each submission lets the workers fall idle and spreads the
@@ -173,7 +170,7 @@ async def dispatch_latency(
     async with server.client() as http:
         for _ in range(count):
             await asyncio.sleep(random.uniform(0.1, 0.4))
-            record = await wait_job(http, await submit(http, repo), timeout)
+            record = await wait_job(http, await submit(http, repo))
             await require_succeeded(http, [record])
             waits.append(float(record["wait_seconds"]))
             runs.append(float(record["run_seconds"]))
@@ -186,9 +183,7 @@ async def dispatch_latency(
     }
 
 
-async def submission_rate(
-    server: Reporun, repo: str, posts: int, clients: int, timeout: float
-) -> dict[str, float]:
+async def submission_rate(server: Reporun, repo: str, posts: int, clients: int) -> dict[str, float]:
     """`posts` POST /v1/jobs from `clients` concurrent connections; nothing runs the jobs.
     The clock starts once every client has connected and made one untimed POST."""
     numbers = itertools.count()
@@ -208,7 +203,7 @@ async def submission_rate(
                 await submit(http, repo)
                 latencies.append(time.monotonic() - begun)
 
-    await gather_all([client_loop() for _ in range(clients)], timeout)
+    await gather_all([client_loop() for _ in range(clients)])
     seconds = time.monotonic() - connected[-1]
     return {
         "posts": posts,
@@ -244,21 +239,17 @@ async def hand_job(sandbox: Bubblewrap, repo: str, dest: Path) -> None:
         shutil.rmtree(dest, ignore_errors=True)
 
 
-async def hand_throughput(
-    work: Path, repo: str, jobs: int, lanes: int, warmup: int, timeout: float
-) -> Throughput:
+async def hand_throughput(work: Path, repo: str, jobs: int, lanes: int, warmup: int) -> Throughput:
     """`jobs` hand jobs pulled by `lanes` concurrent loops; seconds for the whole set."""
     sandbox = Bubblewrap(UidPool(1_100_000, 65_536))
     traversable_dir(work)
-    await _hand_lanes(sandbox, repo, work / "warmup", warmup, lanes, timeout)
+    await _hand_lanes(sandbox, repo, work / "warmup", warmup, lanes)
     started = time.monotonic()
-    await _hand_lanes(sandbox, repo, work, jobs, lanes, timeout)
+    await _hand_lanes(sandbox, repo, work, jobs, lanes)
     return Throughput(lanes, jobs, time.monotonic() - started)
 
 
-async def _hand_lanes(
-    sandbox: Bubblewrap, repo: str, work: Path, jobs: int, lanes: int, timeout: float
-) -> None:
+async def _hand_lanes(sandbox: Bubblewrap, repo: str, work: Path, jobs: int, lanes: int) -> None:
     traversable_dir(work)
     numbers = itertools.count()
 
@@ -266,21 +257,17 @@ async def _hand_lanes(
         while (number := next(numbers)) < jobs:
             await hand_job(sandbox, repo, work / f"job-{number}")
 
-    await gather_all([lane() for _ in range(lanes)], timeout)
+    await gather_all([lane() for _ in range(lanes)])
 
 
-async def gather_all(coros: list[Coroutine[Any, Any, None]], timeout: float) -> None:
-    """Run all; the first failure (or the timeout) cancels the others and is raised."""
+async def gather_all(coros: list[Coroutine[Any, Any, None]]) -> None:
+    """Run all; the first failure cancels the others and is raised (so does a cancel)."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
-        done, pending = await asyncio.wait(
-            tasks, timeout=timeout, return_when=asyncio.FIRST_EXCEPTION
-        )
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             if (error := task.exception()) is not None:
                 raise error
-        if pending:
-            raise BenchError(f"still running after {timeout:.0f} s")
     finally:
         for task in tasks:
             task.cancel()

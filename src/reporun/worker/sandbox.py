@@ -190,6 +190,9 @@ def bwrap_argv(
         "--ro-bind",
         str(workspace),
         "/src",
+        # bwrap's root is a tmpfs; read-only, it cannot hold files (no unbounded RAM disk).
+        "--remount-ro",
+        "/",
         "--chdir",
         JOB_HOME,
         "--",

@@ -1,0 +1,245 @@
+"""A job is hostile code: each escape a repository might try, tried for real."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from reporun.config import Settings
+from tests.conftest import GitServer
+from tests.integration.conftest import Api, WorkerFactory
+
+SECRET_NAME = "REPORUN_TEST_SERVER_SECRET"
+
+
+@pytest.fixture
+def server_secret(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A secret in the environment of the process that runs the worker."""
+    value = f"s3cr3t-{secrets.token_hex(12)}"
+    monkeypatch.setenv(SECRET_NAME, value)
+    return value
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A TCP port on the host's loopback (standing in for the API and the database)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(sock.getsockname()[1])
+    stop.set()
+    thread.join()
+    assert accepted == [], "the job reached a port on the host"
+    sock.close()
+
+
+async def run_script(api: Api, git_server: GitServer, script: str, **body: object) -> tuple[dict, str]:
+    repo = git_server.make_repo({"run.sh": "#!/bin/sh\n" + script})
+    job = await api.wait((await api.submit(repo=repo, **body))["id"], timeout=90)
+    return job, (await api.log(job["id"])).decode(errors="replace")
+
+
+async def test_cannot_see_the_worker_environment(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory, server_secret: str
+) -> None:
+    start_worker()
+    job, log = await run_script(
+        api,
+        git_server,
+        "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; cat /proc/1/cmdline;"
+        " ps -ef 2>/dev/null || ls /proc\n",
+    )
+    assert job["status"] == "succeeded", (job, log)
+    assert "HOME=/work" in log
+    assert server_secret not in log
+    assert SECRET_NAME not in log
+
+
+async def test_cannot_read_the_data_dir(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory, settings: Settings
+) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = f"admin-token-{secrets.token_hex(8)}"
+    (settings.data_dir / "admin.token").write_text(token)
+    start_worker()
+    data = settings.data_dir.resolve()
+    job, log = await run_script(
+        api,
+        git_server,
+        f"cat {data}/admin.token; ls -la {data} {data}/mirrors; cat {data}/reporun.db | head -c 100;"
+        " find / \\( -name 'reporun.db*' -o -name admin.token -o -name '*.git' \\)"
+        " -printf 'FOUND %p\\n' 2>/dev/null; echo probe-done\n",
+    )
+    assert "probe-done" in log, log
+    assert token not in log
+    assert "FOUND" not in log, log
+    assert "SQLite format" not in log
+
+
+async def test_cannot_connect_to_the_host(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory, listener: int
+) -> None:
+    start_worker()
+    job, log = await run_script(
+        api,
+        git_server,
+        "python3 - <<'EOF'\n"
+        "import socket\n"
+        f"for host, port in [('127.0.0.1', {listener}), ('127.0.0.1', {git_server.port}),"
+        " ('127.0.0.1', 5432), ('10.0.2.2', 80)]:\n"
+        "    try:\n"
+        "        socket.create_connection((host, port), timeout=2).close()\n"
+        "        print('CONNECTED', host, port)\n"
+        "    except OSError as exc:\n"
+        "        print('refused', host, port, exc.errno)\n"
+        "EOF\n",
+    )
+    assert job["status"] == "succeeded", (job, log)
+    assert "CONNECTED" not in log
+    assert log.count("refused") == 4
+
+
+async def test_cannot_write_outside_its_workspace_and_tmp(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory
+) -> None:
+    start_worker()
+    marker = secrets.token_hex(6)
+    job, log = await run_script(
+        api,
+        git_server,
+        f"for path in /usr/{marker} /etc/{marker} /{marker} /src/{marker} /proc/{marker}; do\n"
+        f"  (echo x > $path) 2>/dev/null && echo WROTE $path || echo denied $path\n"
+        "done\n"
+        "echo ok > $HOME/mine && echo ok > /tmp/mine && echo wrote-allowed\n",
+    )
+    assert "WROTE" not in log, log
+    assert log.count("denied") == 5 and "wrote-allowed" in log
+    for path in (f"/usr/{marker}", f"/etc/{marker}", f"/{marker}"):
+        assert not os.path.exists(path)
+
+
+async def test_a_fork_bomb_stops_at_the_process_limit(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory, settings: Settings
+) -> None:
+    start_worker()
+    job, log = await run_script(
+        api,
+        git_server,
+        "python3 - <<'EOF'\n"
+        "import subprocess\n"
+        "spawned = []\n"
+        "for _ in range(100):\n"
+        "    try:\n"
+        "        spawned.append(subprocess.Popen(['sleep', '30'], start_new_session=True))\n"
+        "    except OSError:\n"
+        "        break\n"
+        "print('spawned', len(spawned), flush=True)\n"
+        "EOF\n"
+        "bomb() { bomb | bomb & }; bomb 2>/dev/null\n"
+        "sleep 30\n",
+        timeout=5,
+        limits={"processes": 32},
+    )
+    assert job["status"] in {"failed", "timed_out"}, (job, log)
+    spawned = int(log.split("spawned ")[1].split()[0])
+    assert spawned < 32, log
+    # Nothing of the job is left on the host, and the next job runs normally.
+    uids = range(settings.sandbox_uid_base, settings.sandbox_uid_base + settings.sandbox_uid_count)
+    left = [p for p in os.listdir("/proc") if p.isdigit() and _uid_of(p) in uids]
+    assert left == []
+    after, log = await run_script(api, git_server, "echo next job ran\n")
+    assert after["status"] == "succeeded" and "next job ran" in log
+
+
+def _uid_of(pid: str) -> int:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return -1
+
+
+async def test_cannot_allocate_past_the_memory_limit(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory
+) -> None:
+    start_worker()
+    job, log = await run_script(
+        api,
+        git_server,
+        "python3 -c 'x = bytearray(512 * 1024 * 1024); print(\"ALLOCATED\")'\n",
+        limits={"memory": 256 * 1024 * 1024},
+    )
+    assert job["status"] == "failed", (job, log)
+    assert "MemoryError" in log and "ALLOCATED" not in log
+
+
+async def test_cannot_write_past_the_disk_limit(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory
+) -> None:
+    start_worker()
+    job, log = await run_script(
+        api,
+        git_server,
+        "dd if=/dev/zero of=$HOME/big bs=1M count=100 2>&1 | tail -1\n"
+        "for i in 1 2 3 4 5 6 7 8; do head -c 8388608 /dev/zero > $HOME/many$i 2>/dev/null; done\n"
+        "dd if=/dev/zero of=/tmp/big bs=1M count=100 2>&1 | tail -1\n"
+        "du -sm $HOME /tmp\n",
+        limits={"disk": 32 * 1024 * 1024},
+    )
+    assert job["status"] == "succeeded", (job, log)
+    assert any(m in log for m in ("No space left", "File too large", "File size limit")), log
+    sizes = [int(line.split()[0]) for line in log.splitlines() if line.endswith(("/work", "/tmp"))]
+    assert sizes and all(size <= 32 for size in sizes), log
+
+
+async def test_cannot_kill_the_worker(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory
+) -> None:
+    start_worker()
+    me = os.getpid()
+    job, log = await run_script(
+        api,
+        git_server,
+        f"kill -9 {me} 2>&1; kill -9 -1 2>&1; pkill -9 -f pytest 2>&1; echo tried\n",
+    )
+    assert "tried" in log or job["status"] in {"failed", "succeeded"}
+    # This process (the worker's) is alive to read the answer, and the worker runs the next job.
+    after, log = await run_script(api, git_server, "echo worker alive\n")
+    assert after["status"] == "succeeded" and "worker alive" in log
+
+
+async def test_symlinked_reporun_toml_is_not_followed_by_the_worker(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory, settings: Settings
+) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secret_file = settings.data_dir / "secret-config.toml"
+    secret_file.write_text('command = "echo LEAKED-CONFIG"\n')
+    repo = git_server.make_repo({"run.sh": "#!/bin/sh\necho normal entry\n"}, name=f"link-{secrets.token_hex(3)}")
+    source = git_server.work / repo.rsplit("/", 1)[1].removesuffix(".git")
+    (source / "reporun.toml").symlink_to(secret_file.resolve())
+    git_server.commit(source, {})
+    name = source.name
+    from tests.conftest import run_git
+
+    run_git("push", "-q", str(git_server.base / f"{name}.git"), "main", cwd=source)
+    start_worker()
+    job = await api.wait((await api.submit(repo=repo))["id"])
+    log = (await api.log(job["id"])).decode()
+    assert "LEAKED-CONFIG" not in log and job["command"] == "./run.sh", (job, log)
