@@ -31,6 +31,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def processes_with(marker: str) -> list[str]:
+    """Command lines of live processes on the host that mention `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline and "pytest" not in cmdline:
+            found.append(f"{entry.name}: {cmdline}")
+    return found
+
+
 def run_git(*args: str, cwd: Path | None = None) -> str:
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -91,7 +106,11 @@ class GitServer:
         return f"git://127.0.0.1:{self.port}/{name}.git"
 
     def make_repo(
-        self, files: dict[str, str], *, executable: tuple[str, ...] = ("run.sh",), name: str | None = None
+        self,
+        files: dict[str, str],
+        *,
+        executable: tuple[str, ...] = ("run.sh",),
+        name: str | None = None,
     ) -> str:
         """A repository with `files` (one commit, branch main); returns its git:// URL."""
         name = name or f"repo-{secrets.token_hex(4)}"

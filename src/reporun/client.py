@@ -33,7 +33,9 @@ def find_token(explicit: str | None, data_dir: Path) -> str | None:
 class ApiClient:
     def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self.http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout
+        )
 
     async def __aenter__(self) -> ApiClient:
         return self

@@ -29,7 +29,9 @@ async def _sandbox_works(settings: Settings) -> str | None:
         workspace.mkdir(mode=0o755)
         Path(tmp).chmod(0o755)
         try:
-            result = await Bubblewrap(UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)).run(
+            result = await Bubblewrap(
+                UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)
+            ).run(
                 workspace=workspace,
                 command="echo sandbox-ok",
                 env={},

@@ -85,7 +85,9 @@ async def run_worker(settings: Settings) -> None:
     try:
         await check_schema(store)
         queue = build_queue(settings, store)
-        worker = Worker(settings=settings, store=store, queue=queue, sandbox=build_sandbox(settings))
+        worker = Worker(
+            settings=settings, store=store, queue=queue, sandbox=build_sandbox(settings)
+        )
         stop = asyncio.Event()
         with stop_signals(stop):
             await worker.run(stop)

@@ -38,7 +38,9 @@ class Api:
         return dict(response.json())
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        response = await self.client.get(f"/v1/jobs/{job_id}", headers=self.headers("root", "admin"))
+        response = await self.client.get(
+            f"/v1/jobs/{job_id}", headers=self.headers("root", "admin")
+        )
         assert response.status_code == 200, response.text
         return dict(response.json())
 

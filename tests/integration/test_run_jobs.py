@@ -6,26 +6,10 @@ import asyncio
 import os
 import secrets
 import time
-from pathlib import Path
 
 from reporun.config import MiB
-from tests.conftest import GitServer
+from tests.conftest import GitServer, processes_with
 from tests.integration.conftest import Api, WorkerFactory
-
-
-def processes_with(marker: str) -> list[str]:
-    """Command lines of live processes on the host that mention `marker`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmdline and "pytest" not in cmdline:
-            found.append(f"{entry.name}: {cmdline}")
-    return found
 
 
 async def test_run_sh_success_keeps_its_output(
@@ -42,7 +26,9 @@ async def test_run_sh_success_keeps_its_output(
     assert b"hello from the job" in await api.log(job["id"])
 
 
-async def test_exit_code_3_is_failed(api: Api, git_server: GitServer, start_worker: WorkerFactory) -> None:
+async def test_exit_code_3_is_failed(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory
+) -> None:
     repo = git_server.make_repo({"run.sh": "#!/bin/sh\necho about to fail\nexit 3\n"})
     start_worker()
     job = await api.wait((await api.submit(repo=repo))["id"])
@@ -67,8 +53,12 @@ async def test_reporun_toml_command_is_honoured(
     assert b"built by toml" in log and b"wrong entry point" not in log
 
 
-async def test_entry_points_in_order(api: Api, git_server: GitServer, start_worker: WorkerFactory) -> None:
-    makefile = git_server.make_repo({"Makefile": "all:\n\t@echo from make\n", "main.py": "print('py')\n"})
+async def test_entry_points_in_order(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory
+) -> None:
+    makefile = git_server.make_repo(
+        {"Makefile": "all:\n\t@echo from make\n", "main.py": "print('py')\n"}
+    )
     python = git_server.make_repo({"main.py": "print('from python')\n"})
     start_worker()
     made = await api.wait((await api.submit(repo=makefile))["id"])
@@ -228,7 +218,7 @@ async def test_follow_streams_the_log_until_the_end(
 async def test_the_job_environment_is_only_what_it_asked_for(
     api: Api, git_server: GitServer, start_worker: WorkerFactory
 ) -> None:
-    repo = git_server.make_repo({"run.sh": "#!/bin/sh\necho \"GREETING=$GREETING\"\n"})
+    repo = git_server.make_repo({"run.sh": '#!/bin/sh\necho "GREETING=$GREETING"\n'})
     start_worker()
     job = await api.wait((await api.submit(repo=repo, env={"GREETING": "hola"}))["id"])
     assert b"GREETING=hola" in await api.log(job["id"])

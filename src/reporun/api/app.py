@@ -48,7 +48,9 @@ class BodyLimit:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problems.problem(413, f"the request body is larger than {self.limit} bytes", field="body")
+        response = problems.problem(
+            413, f"the request body is larger than {self.limit} bytes", field="body"
+        )
         await response(scope, receive, send)
 
 
@@ -56,7 +58,9 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(services: Services, *, on_shutdown: Callable[[], Awaitable[None]] | None = None) -> FastAPI:
+def create_app(
+    services: Services, *, on_shutdown: Callable[[], Awaitable[None]] | None = None
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -83,7 +87,9 @@ def create_app(services: Services, *, on_shutdown: Callable[[], Awaitable[None]]
     app.include_router(health.router)
 
     @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "unmatched")

@@ -117,14 +117,16 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(DBAPIError)
     async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
         logger.warning("database error: %s", exc.__class__.__name__, extra={"action": "db_error"})
-        return problem(503, "the database is not answering; try again shortly",
-                       headers={"Retry-After": "2"})
+        return problem(
+            503, "the database is not answering; try again shortly", headers={"Retry-After": "2"}
+        )
 
     @app.exception_handler(OSError)
     async def _os(request: Request, exc: OSError) -> JSONResponse:
         logger.warning("backend unreachable: %s", exc, extra={"action": "backend_error"})
-        return problem(503, "a backend is not answering; try again shortly",
-                       headers={"Retry-After": "2"})
+        return problem(
+            503, "a backend is not answering; try again shortly", headers={"Retry-After": "2"}
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

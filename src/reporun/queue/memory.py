@@ -110,7 +110,9 @@ class MemoryQueue:
     def _give_back(self, job: Job, reason: str) -> Job:
         self.leases.pop(job.id, None)
         if job.cancel_requested:
-            return self._move(job, JobStatus.CANCELLED, finished_at=utcnow(), reason=f"cancelled; {reason}")
+            return self._move(
+                job, JobStatus.CANCELLED, finished_at=utcnow(), reason=f"cancelled; {reason}"
+            )
         if job.attempts < self.max_attempts:
             return self._move(job, JobStatus.QUEUED, worker=None, started_at=None)
         return self._move(

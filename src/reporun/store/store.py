@@ -206,9 +206,7 @@ class Store:
     async def cancel_requested(self, job_id: uuid.UUID) -> bool:
         async with self.engine.connect() as conn:
             value = (
-                await conn.execute(
-                    sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)
-                )
+                await conn.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id))
             ).scalar()
         return bool(value)
 
@@ -228,9 +226,7 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(sa.delete(job_logs).where(job_logs.c.job_id == job_id))
             await conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == job_id)
-                .values(log_bytes=0, log_truncated=False)
+                sa.update(jobs).where(jobs.c.id == job_id).values(log_bytes=0, log_truncated=False)
             )
 
     async def read_log(self, job_id: uuid.UUID, *, after: int = -1) -> list[tuple[int, bytes]]:
@@ -319,8 +315,9 @@ class Store:
                 ]
                 row = (
                     await conn.execute(
-                        sa.select(*columns, sa.func.coalesce(sa.func.sum(span), 0.0), sa.func.count())
-                        .where(ended)
+                        sa.select(
+                            *columns, sa.func.coalesce(sa.func.sum(span), 0.0), sa.func.count()
+                        ).where(ended)
                     )
                 ).one()
                 result[name] = ([int(v) for v in row[: len(buckets)]], float(row[-2]), int(row[-1]))

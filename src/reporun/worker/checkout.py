@@ -51,7 +51,11 @@ class Mirrors:
     def _config(self) -> list[str]:
         options = ["protocol.allow=never", "gc.auto=0", "maintenance.auto=false"]
         options += [f"protocol.{p}.allow=always" for p in sorted(self.policy.git_protocols)]
-        options += ["http.followRedirects=false", "core.hooksPath=/dev/null", "fetch.fsckObjects=false"]
+        options += [
+            "http.followRedirects=false",
+            "core.hooksPath=/dev/null",
+            "fetch.fsckObjects=false",
+        ]
         return [arg for option in options for arg in ("-c", option)]
 
     async def _git(self, *args: str, env: dict[str, str] | None = None) -> str:
@@ -89,7 +93,9 @@ class Mirrors:
                 if not (mirror / "HEAD").exists():
                     await self._clone(url, mirror)
                 elif not (ref and _FULL_SHA.match(ref) and await self._has_commit(mirror, ref)):
-                    await self._git("--git-dir", str(mirror), "fetch", "--prune", "--quiet", "origin")
+                    await self._git(
+                        "--git-dir", str(mirror), "fetch", "--prune", "--quiet", "origin"
+                    )
             except GitFailed as exc:
                 raise CheckoutError(f"clone of {url.url} failed: {exc.message}") from None
             commit = await self._resolve(mirror, ref)

@@ -67,7 +67,9 @@ def pick_entry(workspace: Path, requested: str | None) -> Entry:
     network = config.get("network")
     if command is not None and (not isinstance(command, str) or not command.strip()):
         raise BadRepoConfig(f"{TOML_NAME}: command must be a non-empty string")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1
+    ):
         raise BadRepoConfig(f"{TOML_NAME}: timeout must be a positive integer of seconds")
     if network is not None and not isinstance(network, bool):
         raise BadRepoConfig(f"{TOML_NAME}: network must be true or false")

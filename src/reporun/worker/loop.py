@@ -49,7 +49,10 @@ class LogWriter:
 
     async def write(self, data: bytes) -> None:
         self.buffer += data
-        if len(self.buffer) >= LOG_FLUSH_BYTES or time.monotonic() - self.flushed_at > LOG_FLUSH_SECONDS:
+        if (
+            len(self.buffer) >= LOG_FLUSH_BYTES
+            or time.monotonic() - self.flushed_at > LOG_FLUSH_SECONDS
+        ):
             await self.flush()
 
     async def flush(self, *, truncated: bool = False) -> None:
@@ -197,7 +200,9 @@ class Worker:
         elif watch.drained:
             await asyncio.shield(self._give_back(job, "its worker stopped before the job ended"))
 
-    async def _execute(self, job: Job, workspace: Path, watch: Watch, log: LogWriter) -> Outcome | None:
+    async def _execute(
+        self, job: Job, workspace: Path, watch: Watch, log: LogWriter
+    ) -> Outcome | None:
         try:
             commit = await self.mirrors.checkout(job.repo, job.ref, workspace)
             entry = pick_entry(workspace, job.command)
@@ -205,10 +210,15 @@ class Worker:
             return Outcome(JobStatus.FAILED, reason=exc.message)
         limits = job.limits
         if entry.timeout is not None and not limits.timeout_set:
-            limits = limits.model_copy(update={"timeout": min(entry.timeout, self.settings.timeout_max)})
+            limits = limits.model_copy(
+                update={"timeout": min(entry.timeout, self.settings.timeout_max)}
+            )
         if entry.network and not limits.network:
             if not self.settings.network_allowed:
-                return Outcome(JobStatus.FAILED, reason="reporun.toml asks for a network; this server gives none")
+                return Outcome(
+                    JobStatus.FAILED,
+                    reason="reporun.toml asks for a network; this server gives none",
+                )
             limits = limits.model_copy(update={"network": True})
         await self.queue.started(job, self.id, commit=commit, command=entry.command)
         if watch.stop.is_set():
@@ -224,7 +234,9 @@ class Worker:
         await log.flush(truncated=result.truncated)
         logger.info(
             "job ran",
-            extra=self._log("ran", job, exit_code=result.exit_code, seconds=round(result.seconds, 3)),
+            extra=self._log(
+                "ran", job, exit_code=result.exit_code, seconds=round(result.seconds, 3)
+            ),
         )
         return self._outcome(result, watch, limits.timeout)
 
@@ -280,11 +292,15 @@ class Worker:
             try:
                 done = await self.queue.finish(job, self.id, outcome)
             except Exception:
-                logger.warning("report failed; retrying", exc_info=True, extra=self._log("report", job))
+                logger.warning(
+                    "report failed; retrying", exc_info=True, extra=self._log("report", job)
+                )
                 await asyncio.sleep(compute_backoff(attempt, cap=5.0))
                 continue
             if done is None:
-                logger.warning("job was no longer ours; result dropped", extra=self._log("report", job))
+                logger.warning(
+                    "job was no longer ours; result dropped", extra=self._log("report", job)
+                )
             else:
                 logger.info(
                     "job finished",

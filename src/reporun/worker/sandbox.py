@@ -236,7 +236,9 @@ class Bubblewrap:
         found = []
         for tool in ("bwrap", "prlimit", "setpriv"):
             if shutil.which(tool) is None:
-                found.append(f"{tool} is not installed (Debian: apt-get install bubblewrap util-linux)")
+                found.append(
+                    f"{tool} is not installed (Debian: apt-get install bubblewrap util-linux)"
+                )
         return found
 
     async def run(

@@ -63,13 +63,17 @@ async def metrics(request: Request, services: ServicesDep) -> Response:
     histograms = await store.duration_histograms(BUCKETS)
     workers = await store.list_workers(alive_within=services.settings.lease_seconds)
 
-    ended = CounterMetricFamily("reporun_jobs_finished", "Jobs that ended, by final status", labels=["status"])
+    ended = CounterMetricFamily(
+        "reporun_jobs_finished", "Jobs that ended, by final status", labels=["status"]
+    )
     for status in sorted(TERMINAL):
         ended.add_metric([status.value], counts.get(status.value, 0))
     pending = GaugeMetricFamily("reporun_jobs_pending", "Jobs queued or running", labels=["status"])
     for status in (JobStatus.QUEUED, JobStatus.RUNNING):
         pending.add_metric([status.value], counts.get(status.value, 0))
-    alive = GaugeMetricFamily("reporun_workers", "Workers with a recent heartbeat", labels=["state"])
+    alive = GaugeMetricFamily(
+        "reporun_workers", "Workers with a recent heartbeat", labels=["state"]
+    )
     states: dict[str, int] = {}
     for worker in workers:
         states[worker.state] = states.get(worker.state, 0) + 1
