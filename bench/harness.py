@@ -163,9 +163,10 @@ class Reporun:
     log_path: Path
 
     def client(self, timeout: float = 30.0) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         return httpx.AsyncClient(
             base_url=self.url,
-            headers={"Authorization": f"Bearer {self.token}"},
+            headers=headers,
             timeout=timeout,
             trust_env=False,  # loopback only: no proxy from the environment
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from reporun.config import Settings
+from reporun.config import MiB, Settings
 from reporun.errors import IllegalTransition, InvalidInput
 from reporun.urlpolicy import RepoUrl, UrlPolicy, parse_repo_url
 
@@ -199,13 +199,19 @@ _LIMIT_FIELDS = {
 }
 
 
+# Below these a job cannot even start its shell.
+_LIMIT_MINIMUMS = {"timeout": 1, "memory": 16 * MiB, "processes": 8, "log": 0, "disk": 1 * MiB}
+
+
 def _limit(name: str, value: object, settings: Settings, field: str) -> int:
     setting = _LIMIT_FIELDS[name]
     if value is None:
         return int(getattr(settings, f"{setting}_default"))
     maximum = getattr(settings, f"{setting}_max")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput(f"{name} must be a positive integer", field=field)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{name} must be an integer", field=field)
+    if value < _LIMIT_MINIMUMS[name]:
+        raise InvalidInput(f"{name} must be at least {_LIMIT_MINIMUMS[name]}", field=field)
     if value > maximum:
         raise InvalidInput(f"{name} {value} is above this server's maximum {maximum}", field=field)
     return value

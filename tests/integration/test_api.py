@@ -1,0 +1,232 @@
+"""The HTTP API: bad input gets a 4xx problem+json naming the field; auth and ownership."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Api
+
+PROBLEM = "application/problem+json"
+REPO = "https://example.org/octo/hello.git"
+
+
+def assert_problem(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM), response.headers
+    body = dict(response.json())
+    assert body["status"] == status and body["detail"]
+    if field is not None:
+        assert body.get("field") == field, body
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        (b"{not json", 400, "body"),
+        (b"[]", 422, "body"),
+        (b"{}", 422, "repo"),
+        (b'{"repo": 42}', 422, "repo"),
+        (b'{"repo": "file:///etc"}', 400, "repo"),
+        (b'{"repo": "ext::sh -c touch% /tmp/pwned"}', 400, "repo"),
+        (b'{"repo": "-uhttps://example.org/x.git"}', 400, "repo"),
+        (b'{"repo": "--upload-pack=touch /tmp/x"}', 400, "repo"),
+        (b'{"repo": "/etc"}', 400, "repo"),
+        (b'{"repo": "http://example.org/x.git"}', 400, "repo"),
+        (b'{"repo": "https://127.0.0.2/x.git"}', 400, "repo"),
+        (b'{"repo": "https://169.254.169.254/latest"}', 400, "repo"),
+        (b'{"repo": "https://10.1.2.3/x.git"}', 400, "repo"),
+        (b'{"repo": "https://localhost/x.git"}', 400, "repo"),
+        (b'{"repo": "https://[::1]/x.git"}', 400, "repo"),
+        (b'{"repo": "https://user:pw@example.org/x.git"}', 400, "repo"),
+        (b'{"repo": "https://example.org/x.git", "ref": "--force"}', 400, "ref"),
+        (b'{"repo": "https://example.org/x.git", "ref": "a..b"}', 400, "ref"),
+        (b'{"repo": "https://example.org/x.git", "command": ""}', 400, "command"),
+        (b'{"repo": "https://example.org/x.git", "timeout": 0}', 400, "timeout"),
+        (b'{"repo": "https://example.org/x.git", "timeout": 999999}', 400, "timeout"),
+        (b'{"repo": "https://example.org/x.git", "timeout": "soon"}', 422, "timeout"),
+        (b'{"repo": "https://example.org/x.git", "env": {"1BAD": "x"}}', 400, "env"),
+        (b'{"repo": "https://example.org/x.git", "env": {"LD_PRELOAD": "x"}}', 400, "env"),
+        (b'{"repo": "https://example.org/x.git", "env": {"A": 1}}', 422, "env.A"),
+        (b'{"repo": "https://example.org/x.git", "limits": {"memory": 1}}', 400, "limits.memory"),
+        (b'{"repo": "https://example.org/x.git", "limits": {"network": true}}', 400, "limits.network"),
+        (b'{"repo": "https://example.org/x.git", "limits": {"cpu": 2}}', 422, "limits.cpu"),
+        (b'{"repo": "https://example.org/x.git", "surprise": 1}', 422, "surprise"),
+    ],
+)
+async def test_bad_submissions_are_4xx_naming_the_field(
+    api: Api, body: bytes, status: int, field: str
+) -> None:
+    response = await api.client.post(
+        "/v1/jobs",
+        content=body,
+        headers={**api.headers(), "content-type": "application/json"},
+    )
+    assert_problem(response, status, field)
+
+
+async def test_a_10_megabyte_body_is_refused(api: Api) -> None:
+    big = b'{"repo": "' + b"a" * (10 * 1024 * 1024) + b'"}'
+    response = await api.client.post(
+        "/v1/jobs", content=big, headers={**api.headers(), "content-type": "application/json"}
+    )
+    assert_problem(response, 413, "body")
+
+
+async def test_a_huge_env_is_refused(api: Api) -> None:
+    env = {f"V{i}": "x" * 1000 for i in range(60)}
+    response = await api.client.post("/v1/jobs", json={"repo": REPO, "env": env}, headers=api.headers())
+    assert_problem(response, 400, "env")
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "field"),
+    [
+        (f"/v1/jobs/{uuid.uuid4()}", 404, None),
+        ("/v1/jobs/not-a-uuid", 422, "job_id"),
+        (f"/v1/jobs/{uuid.uuid4()}/logs", 404, None),
+        ("/v1/jobs/123/logs", 422, "job_id"),
+        ("/v1/jobs?cursor=garbage!!", 400, "cursor"),
+        ("/v1/jobs?cursor=" + "x" * 600, 422, "cursor"),
+        ("/v1/jobs?status=sleeping", 422, "status"),
+        ("/v1/jobs?limit=0", 422, "limit"),
+        ("/v1/jobs?limit=many", 422, "limit"),
+        ("/status?key=nope", 422, "key"),
+        (f"/status?key={uuid.uuid4()}", 404, None),
+        ("/status", 422, "key"),
+        ("/add", 422, "url"),
+        ("/add?url=file:///etc/passwd", 400, "repo"),
+        ("/add?url=ext::sh", 400, "repo"),
+        ("/no/such/route", 404, None),
+    ],
+)
+async def test_bad_reads_are_4xx(api: Api, path: str, status: int, field: str | None) -> None:
+    assert_problem(await api.client.get(path, headers=api.headers()), status, field)
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [(f"/v1/jobs/{uuid.uuid4()}/cancel", 404), ("/v1/jobs/zzz/cancel", 422)],
+)
+async def test_bad_cancels_are_4xx(api: Api, path: str, status: int) -> None:
+    assert_problem(await api.client.post(path, headers=api.headers()), status)
+
+
+async def test_wrong_method_is_405(api: Api) -> None:
+    assert_problem(await api.client.delete("/v1/jobs", headers=api.headers()), 405)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/jobs", f"/v1/jobs/{uuid.uuid4()}", "/all", "/status?key=x", "/add?url=x", "/metrics"],
+)
+@pytest.mark.parametrize("header", [None, "Bearer", "Bearer garbage", "Basic YTpi", "Bearer a.b.c"])
+async def test_no_or_bad_token_is_401(api: Api, path: str, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    body = assert_problem(await api.client.get(path, headers=headers), 401)
+    assert "token" in body["detail"].lower() or "bearer" in body["detail"].lower()
+
+
+async def test_a_token_signed_by_another_key_is_401(api: Api) -> None:
+    from reporun.api.auth import LocalAuth
+
+    forged = LocalAuth("another-key-" + "x" * 40).mint("alice", "admin")
+    response = await api.client.get("/v1/jobs", headers={"Authorization": f"Bearer {forged}"})
+    assert_problem(response, 401)
+
+
+async def test_health_needs_no_token(api: Api) -> None:
+    assert (await api.client.get("/healthz")).status_code == 200
+    assert (await api.client.get("/healthcheck")).status_code == 200
+    ready = await api.client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "queue": "ok"}
+
+
+async def test_users_see_their_own_jobs_and_admins_all(api: Api) -> None:
+    alice = await api.submit("alice", repo=REPO)
+    bob = await api.submit("bob", repo=REPO)
+    own = (await api.client.get("/v1/jobs", headers=api.headers("alice"))).json()
+    assert [j["id"] for j in own["items"]] == [alice["id"]]
+    assert_problem(await api.client.get(f"/v1/jobs/{bob['id']}", headers=api.headers("alice")), 404)
+    assert_problem(
+        await api.client.get(f"/v1/jobs/{bob['id']}/logs", headers=api.headers("alice")), 404
+    )
+    assert_problem(
+        await api.client.post(f"/v1/jobs/{bob['id']}/cancel", headers=api.headers("alice")), 404
+    )
+    assert (await api.job(bob["id"]))["status"] == "queued"  # alice's cancel did nothing
+    every = (await api.client.get("/v1/jobs", headers=api.headers("root", "admin"))).json()
+    assert {j["id"] for j in every["items"]} == {alice["id"], bob["id"]}
+    shown = await api.client.get(f"/v1/jobs/{alice['id']}", headers=api.headers("root", "admin"))
+    assert shown.status_code == 200 and shown.json()["owner"] == "alice"
+    cancelled = await api.client.post(
+        f"/v1/jobs/{bob['id']}/cancel", headers=api.headers("root", "admin")
+    )
+    assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
+
+
+async def test_metrics_are_for_admins(api: Api) -> None:
+    assert_problem(await api.client.get("/metrics", headers=api.headers("alice")), 403)
+    await api.submit(repo=REPO)
+    response = await api.client.get("/metrics", headers=api.headers("root", "admin"))
+    assert response.status_code == 200
+    text = response.text
+    assert 'reporun_jobs_pending{status="queued"} 1.0' in text
+    assert "reporun_job_wait_seconds_bucket" in text and "reporun_job_run_seconds_count" in text
+    assert 'reporun_jobs_finished_total{status="succeeded"} 0.0' in text
+
+
+async def test_job_json_has_the_contract_fields(api: Api) -> None:
+    job = await api.submit(repo=REPO, ref="main", command="make test", timeout=30, env={"A": "1"})
+    for name in (
+        "id owner repo ref commit command status exit_code reason attempts worker created_at "
+        "started_at finished_at wait_seconds run_seconds log_bytes log_truncated"
+    ).split():
+        assert name in job
+    assert (job["status"], job["ref"], job["command"], job["owner"]) == (
+        "queued",
+        "main",
+        "make test",
+        "alice",
+    )
+    assert job["created_at"].endswith("Z") and job["limits"]["timeout"] == 30
+    assert job["env"] == ["A"]  # names only: values are not shown back
+
+
+async def test_cursor_pagination_walks_every_job_once(api: Api) -> None:
+    ids = {(await api.submit(repo=REPO))["id"] for _ in range(7)}
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+        page = (await api.client.get("/v1/jobs", params=params, headers=api.headers())).json()
+        seen += [j["id"] for j in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 7 and set(seen) == ids
+    created = [(await api.job(i))["created_at"] for i in seen]
+    assert created == sorted(created, reverse=True)
+
+
+async def test_legacy_calls_keep_the_seed_shapes(api: Api) -> None:
+    added = await api.client.get("/add", params={"url": REPO}, headers=api.headers("alice"))
+    assert added.status_code == 200 and added.headers["content-type"].startswith("text/plain")
+    assert added.text.startswith("Job added: ")
+    key = added.text.split(": ")[1].strip()
+    uuid.UUID(key)
+    listed = (await api.client.get("/all", headers=api.headers("alice"))).json()
+    assert listed == [{"usuario": "alice", "key": key, "status": "Queued"}]
+    one = (await api.client.get("/status", params={"key": key}, headers=api.headers("alice"))).json()
+    assert one == [{"usuario": "alice", "key": key, "status": "Queued"}]
+    assert (await api.client.get("/all", headers=api.headers("bob"))).json() == []
+    admin_view = (await api.client.get("/all", headers=api.headers("root", "admin"))).json()
+    assert key in {j["key"] for j in admin_view}
+
+
+async def test_openapi_is_served(api: Api) -> None:
+    spec = (await api.client.get("/openapi.json")).json()
+    assert "/v1/jobs" in spec["paths"] and "/add" in spec["paths"]
