@@ -1,0 +1,179 @@
+"""The queue contract, the same tests over every backend: leases, reaping, fairness, one end."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from reporun.jobs import Job, JobSpec, JobStatus, Limits
+from reporun.queue import Outcome, QueueBackend
+from reporun.queue.memory import MemoryQueue
+from reporun.queue.sql import SqlQueue
+from reporun.store import Store
+
+LIMITS = Limits(timeout=60, memory=1 << 30, processes=64, log=1 << 20, disk=1 << 30)
+
+
+def spec(n: int = 0) -> JobSpec:
+    return JobSpec(repo=f"https://example.org/r{n}.git", limits=LIMITS)
+
+
+@dataclass
+class Backend:
+    queue: QueueBackend
+    add: Callable[[JobSpec, str], "asyncio.Future[Job] | Job"]
+    get: Callable[[uuid.UUID], "asyncio.Future[Job] | Job"]
+    cancel: Callable[[uuid.UUID], object]
+
+    async def submit(self, owner: str = "alice", n: int = 0) -> Job:
+        result = self.add(spec(n), owner)
+        return await result if asyncio.isfuture(result) or asyncio.iscoroutine(result) else result
+
+    async def job(self, job_id: uuid.UUID) -> Job:
+        result = self.get(job_id)
+        return await result if asyncio.iscoroutine(result) else result  # type: ignore[return-value]
+
+    async def request_cancel(self, job_id: uuid.UUID) -> None:
+        result = self.cancel(job_id)
+        if asyncio.iscoroutine(result):
+            await result
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def backend(request: pytest.FixtureRequest, store: Store) -> AsyncIterator[Backend]:
+    lease = 0.3
+    if request.param == "memory":
+        memory = MemoryQueue(lease_seconds=lease, max_attempts=2)
+        yield Backend(memory, memory.add, lambda i: memory.jobs[i], memory.cancel)
+        return
+    sql = SqlQueue(store, lease_seconds=lease, max_attempts=2, poll_interval=0.05)
+    yield Backend(
+        sql,
+        lambda s, o: store.create_job(s, o),
+        store.get_job,
+        lambda i: store.cancel(i),
+    )
+
+
+async def test_claim_takes_the_oldest_then_none(backend: Backend) -> None:
+    first = await backend.submit(n=1)
+    second = await backend.submit(n=2)
+    claimed = await backend.queue.claim("w1")
+    assert claimed is not None and claimed.id == first.id
+    assert (claimed.status, claimed.attempts, claimed.worker) == (JobStatus.RUNNING, 1, "w1")
+    again = await backend.queue.claim("w2")
+    assert again is not None and again.id == second.id
+    assert await backend.queue.claim("w3") is None
+
+
+async def test_finish_writes_one_terminal_record(backend: Backend) -> None:
+    await backend.submit()
+    job = await backend.queue.claim("w1")
+    assert job is not None
+    done = await backend.queue.finish(job, "w1", Outcome(JobStatus.SUCCEEDED, exit_code=0))
+    assert done is not None and done.status is JobStatus.SUCCEEDED and done.finished_at
+    # A redelivered report (or another worker's) changes nothing.
+    assert await backend.queue.finish(job, "w1", Outcome(JobStatus.FAILED, exit_code=1)) is None
+    assert await backend.queue.finish(job, "w2", Outcome(JobStatus.FAILED, exit_code=1)) is None
+    assert (await backend.job(job.id)).status is JobStatus.SUCCEEDED
+
+
+async def test_an_expired_lease_requeues_then_errors_past_max_attempts(backend: Backend) -> None:
+    submitted = await backend.submit()
+    first = await backend.queue.claim("lost-1")
+    assert first is not None
+    await asyncio.sleep(0.4)
+    assert await backend.queue.reap() == 1
+    assert (await backend.job(submitted.id)).status is JobStatus.QUEUED
+    second = await backend.queue.claim("lost-2")
+    assert second is not None and second.attempts == 2
+    # The first worker comes back: it no longer holds the job and cannot report it.
+    assert not (await backend.queue.renew(first, "lost-1")).held
+    assert await backend.queue.finish(first, "lost-1", Outcome(JobStatus.SUCCEEDED)) is None
+    await asyncio.sleep(0.4)
+    assert await backend.queue.reap() == 1
+    ended = await backend.job(submitted.id)
+    assert ended.status is JobStatus.ERROR and "lost-2" in (ended.reason or "")
+
+
+async def test_renewal_keeps_the_lease(backend: Backend) -> None:
+    await backend.submit()
+    job = await backend.queue.claim("w1")
+    assert job is not None
+    for _ in range(4):
+        await asyncio.sleep(0.15)
+        assert (await backend.queue.renew(job, "w1")).held
+    assert await backend.queue.reap() == 0
+
+
+async def test_cancel_of_a_running_job_is_seen_on_renewal(backend: Backend) -> None:
+    submitted = await backend.submit()
+    job = await backend.queue.claim("w1")
+    assert job is not None
+    await backend.request_cancel(submitted.id)
+    lease = await backend.queue.renew(job, "w1")
+    assert lease.held and lease.cancel_requested
+
+
+async def test_a_lost_worker_with_a_cancel_request_ends_cancelled(backend: Backend) -> None:
+    submitted = await backend.submit()
+    assert await backend.queue.claim("w1") is not None
+    await backend.request_cancel(submitted.id)
+    await asyncio.sleep(0.4)
+    await backend.queue.reap()
+    assert (await backend.job(submitted.id)).status is JobStatus.CANCELLED
+
+
+async def test_release_is_a_platform_fault_retried(backend: Backend) -> None:
+    submitted = await backend.submit()
+    job = await backend.queue.claim("w1")
+    assert job is not None
+    released = await backend.queue.release(job, "w1", "sandbox failed")
+    assert released is not None and released.status is JobStatus.QUEUED
+    again = await backend.queue.claim("w2")
+    assert again is not None and again.id == submitted.id and again.attempts == 2
+
+
+async def test_one_owner_backlog_does_not_starve_another(backend: Backend) -> None:
+    for n in range(200):
+        await backend.submit("hoarder", n)
+    for _ in range(5):
+        assert await backend.queue.claim("w") is not None
+    single = await backend.submit("newcomer")
+    order = []
+    for _ in range(3):
+        job = await backend.queue.claim("w")
+        assert job is not None
+        order.append(job.id)
+    assert single.id in order
+
+
+async def test_fair_order_interleaves_owners(backend: Backend) -> None:
+    for n in range(6):
+        await backend.submit("a", n)
+    for n in range(3):
+        await backend.submit("b", n)
+    owners = []
+    while (job := await backend.queue.claim("w")) is not None:
+        owners.append(job.owner)
+    assert owners[:6] == ["a", "b", "a", "b", "a", "b"]
+    assert owners.count("a") == 6 and owners.count("b") == 3
+
+
+async def test_concurrent_claims_never_hand_out_a_job_twice(backend: Backend) -> None:
+    for n in range(40):
+        await backend.submit(f"owner{n % 3}", n)
+
+    async def drain(worker: str) -> list[uuid.UUID]:
+        got = []
+        while (job := await backend.queue.claim(worker)) is not None:
+            got.append(job.id)
+        return got
+
+    results = await asyncio.gather(*(drain(f"w{i}") for i in range(6)))
+    claimed = [job_id for batch in results for job_id in batch]
+    assert len(claimed) == 40 and len(set(claimed)) == 40

@@ -1,0 +1,80 @@
+"""The schema and the store's repository functions on a real database file."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection
+
+from reporun.config import Settings
+from reporun.errors import InvalidInput, NotFound
+from reporun.jobs import JobSpec, JobStatus, Limits
+from reporun.store import Store
+from reporun.store.migrate import is_current, upgrade
+from reporun.store.tables import metadata
+
+LIMITS = Limits(timeout=60, memory=1 << 30, processes=64, log=1 << 20, disk=1 << 30)
+
+
+async def test_upgrading_from_empty_gives_the_schema_the_code_expects(settings: Settings) -> None:
+    store = Store.open(settings.db_url)
+    try:
+        assert not await is_current(store.engine)
+        await upgrade(store.engine)
+        assert await is_current(store.engine)
+        await upgrade(store.engine)  # idempotent
+
+        def diff(connection: Connection) -> list[object]:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return list(compare_metadata(context, metadata))
+
+        async with store.engine.connect() as conn:
+            assert await conn.run_sync(diff) == []
+    finally:
+        await store.close()
+
+
+async def test_jobs_round_trip_with_aware_utc_times(store: Store) -> None:
+    job = await store.create_job(
+        JobSpec(repo="https://example.org/x.git", ref="v1", env={"A": "b"}, limits=LIMITS), "alice"
+    )
+    again = await store.get_job(job.id)
+    assert again == job
+    assert again.created_at.utcoffset() is not None and again.created_at.utcoffset().total_seconds() == 0
+    assert again.status is JobStatus.QUEUED and again.env == {"A": "b"} and again.limits == LIMITS
+    with pytest.raises(NotFound):
+        await store.get_job(job.id, owner="bob")
+    with pytest.raises(NotFound):
+        await store.get_job(uuid.uuid4())
+
+
+@pytest.mark.parametrize("cursor", ["!!", "aGVsbG8", "MjAyNi0wMS0wMXxub3QtYS11dWlk", "fA"])
+async def test_foreign_cursors_are_refused(store: Store, cursor: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        await store.list_jobs(owner=None, cursor=cursor)
+    assert caught.value.field == "cursor"
+
+
+async def test_logs_append_in_order_and_reset(store: Store) -> None:
+    job = await store.create_job(JobSpec(repo="https://example.org/x.git", limits=LIMITS), "a")
+    await store.append_log(job.id, 0, b"one ")
+    await store.append_log(job.id, 1, b"two", truncated=True)
+    assert b"".join(d for _, d in await store.read_log(job.id)) == b"one two"
+    assert [s for s, _ in await store.read_log(job.id, after=0)] == [1]
+    shown = await store.get_job(job.id)
+    assert (shown.log_bytes, shown.log_truncated) == (7, True)
+    await store.reset_log(job.id)
+    assert await store.read_log(job.id) == []
+    assert (await store.get_job(job.id)).log_bytes == 0
+
+
+async def test_workers_heartbeat_and_prune(store: Store) -> None:
+    await store.worker_heartbeat("w1", host="h", pid=1, state="idle", current_job=None)
+    await store.worker_heartbeat("w1", host="h", pid=1, state="busy", current_job=None)
+    workers = await store.list_workers(alive_within=60)
+    assert [(w.id, w.state) for w in workers] == [("w1", "busy")]
+    assert await store.prune_workers(older_than=3600) == 0
+    assert await store.prune_workers(older_than=-1) == 1
