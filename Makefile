@@ -41,7 +41,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 run: $(SYSDEPS_STAMP) $(STAMP)
-	$(BIN)/reporun serve
+	$(BIN)/reporun serve $(RUN_ARGS)
 
 test: $(SYSDEPS_STAMP) $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -201,6 +201,8 @@ def _show(job: dict[str, Any]) -> str:
         parts.append(f"exit={job['exit_code']}")
     if job.get("reason"):
         parts.append(f"({job['reason']})")
+    if job.get("cancel_requested") and job["status"] not in TERMINAL:
+        parts.append("(cancel requested)")
     return " ".join(parts)
 
 

@@ -1,0 +1,227 @@
+"""`make run` / `reporun serve`, the CLI, and the seed's curl calls, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.acceptance.conftest import ROOT, Process, cli_env, reporun
+from tests.conftest import GitServer, free_port, require_tool
+
+
+def test_make_run_serves_healthz(tmp_path: Path, processes: list[Process]) -> None:
+    require_tool("make", "make run")
+    port = free_port()
+    env = cli_env(tmp_path / "data", port)
+    process = Process(
+        ["make", "-C", str(ROOT), "run", f"RUN_ARGS=--port {port} --data-dir {tmp_path / 'data'}"],
+        env,
+        tmp_path / "make-run.log",
+    )
+    processes.append(process)
+    process.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=600)
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+    token = tmp_path / "data" / "admin.token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+    assert process.stop(signal.SIGINT) in (0, 2, 130, -2)
+    output = process.log.read_text()
+    assert "reporun is serving on" in output and "submit" in output
+
+
+def test_seed_calls_with_curl(served: dict, git_server: GitServer) -> None:
+    curl = require_tool("curl", "the seed's curl calls")
+    base = f"http://127.0.0.1:{served['port']}"
+    auth = f"Authorization: Bearer {served['token']}"
+    repo = git_server.make_repo({"run.sh": "#!/bin/sh\necho seed job\n"})
+
+    def call(path: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [curl, "-s", "-H", auth, "-w", "\n%{http_code}", f"{base}{path}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    added = call(f"/add?url={repo}")
+    body, code = added.stdout.rsplit("\n", 1)
+    assert code == "200" and body.startswith("Job added: "), added.stdout
+    key = body.removeprefix("Job added: ").strip()
+    uuid.UUID(key)
+    deadline = time.monotonic() + 60
+    while True:
+        body, code = call(f"/status?key={key}").stdout.rsplit("\n", 1)
+        status = json.loads(body)
+        assert code == "200" and status[0]["key"] == key and status[0]["usuario"] == "admin"
+        if status[0]["status"] in ("Finished", "Failed"):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status == [{"usuario": "admin", "key": key, "status": "Finished"}]
+    body, code = call("/all").stdout.rsplit("\n", 1)
+    assert code == "200" and {"usuario": "admin", "key": key, "status": "Finished"} in json.loads(body)
+    health = subprocess.run(
+        [curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{base}/healthcheck"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert health.stdout == "200"
+    unauthorized = subprocess.run(
+        [curl, "-s", "-w", "\n%{http_code}", f"{base}/add?url={repo}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    body, code = unauthorized.stdout.rsplit("\n", 1)
+    assert code == "401" and json.loads(body)["status"] == 401
+
+
+def test_cli_submit_wait_follow_status_logs_cancel(served: dict, git_server: GitServer) -> None:
+    env = served["env"]
+    good = git_server.make_repo({"run.sh": "#!/bin/sh\necho cli says hi\n"})
+    bad = git_server.make_repo({"run.sh": "#!/bin/sh\necho failing\nexit 4\n"})
+
+    ok = reporun("submit", good, "--wait", env=env)
+    assert ok.returncode == 0, ok.stderr
+    job_id = ok.stdout.split()[0]
+    assert "succeeded" in ok.stdout
+
+    failed = reporun("submit", bad, "--wait", "--json", env=env)
+    assert failed.returncode == 1
+    assert json.loads(failed.stdout)["exit_code"] == 4
+
+    followed = reporun("submit", good, "--follow", env=env)
+    assert followed.returncode == 0 and "cli says hi" in followed.stdout
+
+    assert "cli says hi" in reporun("logs", job_id, env=env).stdout
+    status = reporun("status", job_id, "--json", env=env)
+    assert json.loads(status.stdout)["status"] == "succeeded"
+    listed = reporun("jobs", "--json", "--all", "--limit", "2", env=env)
+    assert len(json.loads(listed.stdout)) == 3
+
+    slow = reporun("submit", good, "--command", "sleep 600", env=env).stdout.strip()
+    cancelled = reporun("cancel", slow, env=env)
+    assert cancelled.returncode == 0 and "cancel" in cancelled.stdout
+
+    local = reporun("submit", str(ROOT), "--command", "test -f pyproject.toml", "--wait", env=env)
+    assert local.returncode == 0, local.stdout + local.stderr
+
+
+def test_cli_usage_errors_exit_2_with_one_line(served: dict) -> None:
+    env = served["env"]
+    for args in (
+        ["submit"],
+        ["submit", "x", "--timeout", "soon"],
+        ["submit", "x", "--wait", "--follow"],
+        ["submit", "file:///etc", "--env", "novalue"],
+        ["nope"],
+        ["jobs", "--status", "sleeping"],
+        ["status", "not-a-uuid"],
+        ["status", str(uuid.uuid4())],
+        ["submit", "ext::sh -c id"],
+    ):
+        result = reporun(*args, env=env)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_cli_without_a_server_says_so(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, free_port(), REPORUN_TOKEN="x")
+    result = reporun("jobs", env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("reporun: cannot reach") and "Traceback" not in result.stderr
+
+
+def test_kill_9_a_worker_mid_job_runs_it_again_once(
+    tmp_path: Path, git_server: GitServer, processes: list[Process]
+) -> None:
+    require_tool("bwrap", "the job sandbox")
+    port = free_port()
+    data = tmp_path / "data"
+    env = cli_env(data, port)
+    api = Process(
+        [*_python(), "-m", "reporun", "serve", "--workers", "0", "--port", str(port)],
+        env,
+        tmp_path / "serve.log",
+    )
+    processes.append(api)
+    api.wait_http(f"http://127.0.0.1:{port}/healthz")
+    worker_env = {
+        **env,
+        "REPORUN_DATABASE_URL": f"sqlite:///{data / 'reporun.db'}",
+        "REPORUN_ALLOWED_SCHEMES": "https,git",
+        "REPORUN_TRUSTED_HOSTS": "127.0.0.1",
+        "REPORUN_LEASE_SECONDS": "2",
+        "REPORUN_POLL_INTERVAL": "0.05",
+    }
+    marker = f"{uuid.uuid4().int % 10**6 + 1000}"
+    repo = git_server.make_repo(
+        {"run.sh": f"#!/bin/sh\necho attempt starts\nsleep 0.{marker}\nsleep 2\necho done\n"}
+    )
+    submitted = reporun("submit", repo, "--json", env=env)
+    job_id = json.loads(submitted.stdout)["id"]
+    first = Process([*_python(), "-m", "reporun", "worker"], worker_env, tmp_path / "w1.log")
+    processes.append(first)
+    headers = {"Authorization": f"Bearer {(data / 'admin.token').read_text().strip()}"}
+    url = f"http://127.0.0.1:{port}/v1/jobs/{job_id}"
+
+    def job() -> dict:
+        return dict(httpx.get(url, headers=headers, timeout=5).json())
+
+    deadline = time.monotonic() + 60
+    while job()["status"] != "running":
+        assert time.monotonic() < deadline, first.log.read_text()
+        time.sleep(0.05)
+    first.stop(signal.SIGKILL)
+    second = Process([*_python(), "-m", "reporun", "worker"], worker_env, tmp_path / "w2.log")
+    processes.append(second)
+    deadline = time.monotonic() + 60
+    while (current := job())["status"] not in ("succeeded", "failed", "error", "timed_out"):
+        assert time.monotonic() < deadline, (current, second.log.read_text())
+        time.sleep(0.1)
+    assert current["status"] == "succeeded", current
+    assert current["attempts"] == 2
+    log = httpx.get(f"{url}/logs", headers=headers, timeout=5).text
+    assert log.count("done") == 1 and log.count("attempt starts") == 1
+    time.sleep(1)
+    assert job() == current  # one terminal record: nothing changes afterwards
+
+
+def _python() -> list[str]:
+    return [sys.executable]
+
+
+def test_reporun_api_refuses_weak_settings_and_serves_with_minted_tokens(
+    tmp_path: Path, processes: list[Process]
+) -> None:
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 'cluster.db'}"
+    env = cli_env(tmp_path, port, REPORUN_DATABASE_URL=db)
+    refused = reporun("api", "--port", str(port), env=env)
+    assert refused.returncode == 2
+    assert "REPORUN_SECRET_KEY" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    env["REPORUN_SECRET_KEY"] = "k" * 8 + os.urandom(16).hex()
+    not_migrated = reporun("api", "--port", str(port), env=env)
+    assert not_migrated.returncode == 2 and "reporun db upgrade" in not_migrated.stderr
+    assert reporun("db", "upgrade", env=env).returncode == 0
+    off_loopback = reporun("api", "--host", "0.0.0.0", "--port", str(port), env={**env, "REPORUN_SANDBOX": "none"})
+    assert off_loopback.returncode == 2 and "loopback" in off_loopback.stderr
+    server = Process([*_python(), "-m", "reporun", "api", "--port", str(port)], env, tmp_path / "api.log")
+    processes.append(server)
+    server.wait_http(f"http://127.0.0.1:{port}/healthz")
+    token = reporun("token", "create", "bob", "--role", "user", env=env).stdout.strip()
+    response = httpx.get(
+        f"http://127.0.0.1:{port}/v1/jobs", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 200 and response.json() == {"items": [], "next_cursor": None}
+    assert reporun("token", "create", "x", "--role", "root", env=env).returncode == 2
