@@ -27,6 +27,9 @@ How to read the ratios
   more than the service costs. The goal is >= 1.0 with 2 workers. The figures are wall-clock
   on a shared machine: compare runs made on the same host, and expect a few percent of noise.
 
+Each throughput cell is one round of M jobs; `--repeat R` runs R rounds and reports the
+median (worth it before deciding anything on a few percent).
+
 The results are printed as a table, as one `summary:` line per figure, and written to
 bench/results/latest.json. Exit status 1 when a job fails or a step times out.
 """
@@ -71,6 +74,7 @@ class Options:
     posts: int
     clients: int
     warmup: int
+    rounds: int
     timeout: float
     output: Path
     quick: bool
@@ -83,7 +87,10 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument("--latency-jobs", type=int, help="sequential jobs (default 30)")
     parser.add_argument("--posts", type=int, help="POSTs for the submission rate (default 300)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent submitting clients")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds for any one wait")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="throughput rounds per cell; the median counts"
+    )
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds for any one phase")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write JSON")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -93,12 +100,13 @@ def parse_args(argv: list[str]) -> Options:
         posts=args.posts or (40 if quick else 300),
         clients=args.clients,
         warmup=2,
+        rounds=args.repeat,
         timeout=args.timeout,
         output=args.output,
         quick=quick,
     )
-    if min(options.jobs, options.latency_jobs, options.posts, options.clients) < 1:
-        parser.error("--jobs, --latency-jobs, --posts and --clients must be at least 1")
+    if min(options.jobs, options.latency_jobs, options.posts, options.clients, options.rounds) < 1:
+        parser.error("--jobs, --latency-jobs, --posts, --clients and --repeat must be >= 1")
     return options
 
 
@@ -145,13 +153,13 @@ async def measure_throughput(
     progress(f"hand loop: {options.jobs} jobs, {lanes} lane(s)")
     async with bounded(f"hand loop with {lanes} lane(s)", options.timeout):
         hand = await hand_throughput(
-            root / f"hand-{lanes}", repo, options.jobs, lanes, options.warmup
+            root / f"hand-{lanes}", repo, options.jobs, lanes, options.warmup, options.rounds
         )
     progress(f"reporun: {options.jobs} jobs, {lanes} worker(s)")
     latency = None
     async with reporun_serve(root, f"workers-{lanes}", workers=lanes) as server:
         async with bounded(f"reporun with {lanes} worker(s)", options.timeout):
-            served = await reporun_throughput(server, repo, options.jobs)
+            served = await reporun_throughput(server, repo, options.jobs, options.rounds)
         if lanes == LATENCY_WORKERS:
             progress(f"dispatch latency: {options.latency_jobs} jobs one at a time")
             async with bounded("dispatch latency", options.timeout):
@@ -161,8 +169,10 @@ async def measure_throughput(
         "jobs": options.jobs,
         "reporun_seconds": served.seconds,
         "reporun_jobs_per_second": served.per_second,
+        "reporun_rounds_seconds": served.rounds,
         "hand_seconds": hand.seconds,
         "hand_jobs_per_second": hand.per_second,
+        "hand_rounds_seconds": hand.rounds,
         "ratio": served.per_second / hand.per_second,
         **{f"reporun_{key}": value for key, value in served.extra.items()},
     }
@@ -174,16 +184,20 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         "",
         f"{'parallelism':<12} {'reporun jobs/s':>15} {'hand jobs/s':>12} {'reporun/hand':>13}"
-        f" {'job run_s p50':>14}",
+        f" {'reporun run_s p50':>18}",
     ]
     for row in results["throughput"]:
         lines.append(
             f"{row['parallelism']:<12} {row['reporun_jobs_per_second']:>15.2f}"
             f" {row['hand_jobs_per_second']:>12.2f} {row['ratio']:>13.2f}"
-            f" {row['reporun_run_seconds_p50']:>14.3f}"
+            f" {row['reporun_run_seconds_p50']:>18.3f}"
         )
-    jobs = results["throughput"][0]["jobs"]
-    lines.append(f"({jobs} jobs per cell; parallelism = reporun workers = hand-loop lanes)")
+    first = results["throughput"][0]
+    rounds = len(first["reporun_rounds_seconds"])
+    lines.append(
+        f"({first['jobs']} jobs per cell, median of {rounds} round(s); parallelism = reporun"
+        " workers = hand-loop lanes; run_s = a job's claimed -> finished)"
+    )
     latency = results["dispatch_latency"]
     lines.append(
         f"dispatch latency, {LATENCY_WORKERS} idle workers, {latency['jobs']} jobs:"
@@ -220,11 +234,12 @@ def _git_version() -> str:
     return "unknown"
 
 
-def environment(options: Options, seconds: float) -> dict[str, Any]:
+def environment(options: Options, seconds: float, load_before: float) -> dict[str, Any]:
     return {
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "total_seconds": round(seconds, 1),
         "cpus": os.cpu_count(),
+        "load_average_1min_before": load_before,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "git": _git_version(),
@@ -255,6 +270,9 @@ async def bench(options: Options) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     options = parse_args(argv)
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5:
+        progress(f"warning: load average {load_before:.2f} before starting: figures will be noisy")
     try:
         results = asyncio.run(bench(options))
     except BenchError as exc:
@@ -266,7 +284,10 @@ def main(argv: list[str]) -> int:
     print(table(results))
     print()
     print(summary(results))
-    document = {**results, "environment": environment(options, time.monotonic() - started)}
+    document = {
+        **results,
+        "environment": environment(options, time.monotonic() - started, load_before),
+    }
     write_json(options.output, document)
     progress(f"results written to {options.output} in {time.monotonic() - started:.0f} s")
     return 0

@@ -1,0 +1,141 @@
+"""The state machine and the submission checks, table-driven."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from reporun.config import GiB, MiB, Settings
+from reporun.errors import IllegalTransition, InvalidInput
+from reporun.jobs import (
+    TERMINAL,
+    JobStatus,
+    build_spec,
+    check_env,
+    check_ref,
+    check_transition,
+    resolve_limits,
+    sources_of,
+)
+
+S = JobStatus
+LEGAL = {
+    (S.QUEUED, S.RUNNING),
+    (S.QUEUED, S.CANCELLED),
+    (S.RUNNING, S.QUEUED),
+    (S.RUNNING, S.SUCCEEDED),
+    (S.RUNNING, S.FAILED),
+    (S.RUNNING, S.TIMED_OUT),
+    (S.RUNNING, S.CANCELLED),
+    (S.RUNNING, S.ERROR),
+}
+
+
+@pytest.mark.parametrize(("source", "target"), list(itertools.product(S, S)))
+def test_every_transition_is_legal_exactly_when_designed(source: S, target: S) -> None:
+    if (source, target) in LEGAL:
+        check_transition(source, target)
+    else:
+        with pytest.raises(IllegalTransition):
+            check_transition(source, target)
+
+
+def test_terminal_states_have_no_way_out() -> None:
+    assert {s for s in S if s.terminal} == TERMINAL
+    assert all(sources_of(t) <= {S.QUEUED, S.RUNNING} for t in S)
+    assert sources_of(S.QUEUED) == {S.RUNNING}
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(secret_key="x" * 40)
+
+
+@pytest.mark.parametrize("ref", ["main", "v1.2.3", "feature/x-y", "a" * 40, "release_2024"])
+def test_good_refs(ref: str) -> None:
+    assert check_ref(ref) == ref
+
+
+@pytest.mark.parametrize(
+    "ref", ["", "-f", "--upload-pack=x", "a..b", "/abs", "end/", "x.lock", "a b", "a~1", "a^", "a:b", "@{-1}", "x" * 300]
+)
+def test_bad_refs(ref: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check_ref(ref)
+    assert caught.value.field == "ref"
+
+
+def test_limits_default_lower_and_raise_to_the_maximum(settings: Settings) -> None:
+    default = resolve_limits({}, settings)
+    assert (default.timeout, default.memory, default.processes, default.log, default.disk) == (
+        600,
+        1 * GiB,
+        256,
+        1 * MiB,
+        1 * GiB,
+    )
+    assert not default.network and not default.timeout_set
+    lowered = resolve_limits({"memory": 64 * MiB}, settings, timeout=5)
+    assert (lowered.memory, lowered.timeout, lowered.timeout_set) == (64 * MiB, 5, True)
+    raised = resolve_limits({"processes": settings.processes_max}, settings)
+    assert raised.processes == settings.processes_max
+
+
+@pytest.mark.parametrize(
+    ("asked", "timeout", "field"),
+    [
+        ({"memory": 4 * GiB + 1}, None, "limits.memory"),
+        ({"memory": 1}, None, "limits.memory"),
+        ({"disk": "big"}, None, "limits.disk"),
+        ({"processes": True}, None, "limits.processes"),
+        ({}, 0, "timeout"),
+        ({}, 10**6, "timeout"),
+        ({"network": True}, None, "limits.network"),
+    ],
+)
+def test_limits_out_of_bounds(settings: Settings, asked: dict, timeout: int | None, field: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        resolve_limits(asked, settings, timeout=timeout)
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"1X": "a"},
+        {"A-B": "a"},
+        {"PATH": "/evil"},
+        {"LD_PRELOAD": "x.so"},
+        {"REPORUN_TOKEN": "x"},
+        {"A": "nul\x00byte"},
+        {f"V{i}": "x" for i in range(65)},
+        {"BIG": "x" * (33 * 1024)},
+    ],
+)
+def test_bad_env(settings: Settings, env: dict[str, str]) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check_env(env, settings)
+    assert caught.value.field == "env"
+
+
+def test_build_spec_checks_everything(settings: Settings) -> None:
+    spec, url = build_spec(
+        repo="https://example.org/a/b.git",
+        ref="main",
+        command="make test",
+        timeout=30,
+        env={"A": "1"},
+        limits={"disk": 64 * MiB},
+        settings=settings,
+    )
+    assert (url.scheme, url.host) == ("https", "example.org")
+    assert (spec.ref, spec.command, spec.env, spec.limits.timeout, spec.limits.disk) == (
+        "main",
+        "make test",
+        {"A": "1"},
+        30,
+        64 * MiB,
+    )
+    with pytest.raises(InvalidInput, match="command"):
+        build_spec(repo="https://example.org/a", ref=None, command=" ", timeout=None, env=None, limits=None, settings=settings)

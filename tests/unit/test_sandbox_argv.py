@@ -1,0 +1,62 @@
+"""The bubblewrap command line: what the job is given, and nothing more."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reporun.jobs import Limits
+from reporun.worker.sandbox import bwrap_argv, job_environment
+
+LIMITS = Limits(timeout=60, memory=256 << 20, processes=32, log=1 << 20, disk=64 << 20)
+
+
+def argv(**overrides: object) -> list[str]:
+    options: dict[str, object] = {
+        "workspace": Path("/srv/ws/job"),
+        "command": "make test",
+        "env": {"GREETING": "hola"},
+        "limits": LIMITS,
+        "uid": 1_100_042,
+        "nproc": 32,
+    }
+    options.update(overrides)
+    return bwrap_argv(**options)  # type: ignore[arg-type]
+
+
+def pairs(args: list[str], flag: str) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == flag]
+
+
+def test_drops_to_the_job_uid_then_limits_then_bubblewrap() -> None:
+    args = argv()
+    assert args[:2] == ["setpriv", "--reuid=1100042"]
+    assert args.index("prlimit") < args.index("bwrap")
+    for limit in ("--as=268435456", "--nproc=32", "--fsize=67108864", "--core=0"):
+        assert limit in args
+
+
+def test_namespaces_session_and_a_clean_environment() -> None:
+    args = argv()
+    for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--clearenv"):
+        assert flag in args
+    assert "--share-net" not in args
+    assert "--share-net" in argv(limits=LIMITS.model_copy(update={"network": True}))
+    env = dict(zip(pairs(args, "--setenv")[::1], [args[i + 2] for i, a in enumerate(args) if a == "--setenv"], strict=True))
+    assert env == job_environment({"GREETING": "hola"})
+    assert all(not name.startswith("REPORUN_") or name == "REPORUN" for name in env)
+
+
+def test_filesystem_is_read_only_but_workspace_and_tmp_capped() -> None:
+    args = argv()
+    assert ["--ro-bind", "/usr", "/usr"] == args[args.index("--ro-bind") : args.index("--ro-bind") + 3]
+    assert pairs(args, "--size") == [str(64 << 20)] * 2
+    assert pairs(args, "--tmpfs") == ["/tmp", "/work"]
+    assert pairs(args, "--remount-ro") == ["/"]
+    binds = pairs(args, "--bind")
+    assert binds == []  # nothing of the host is writable
+    assert args[args.index("/srv/ws/job") + 1] == "/src"
+    assert args[-1] == "make test"
+
+
+def test_without_root_no_uid_switch() -> None:
+    assert argv(uid=None)[0] == "prlimit"
