@@ -194,10 +194,8 @@ def table(results: dict[str, Any]) -> str:
         )
     first = results["throughput"][0]
     rounds = len(first["reporun_rounds_seconds"])
-    lines.append(
-        f"({first['jobs']} jobs per cell, median of {rounds} round(s); parallelism = reporun"
-        " workers = hand-loop lanes; run_s = a job's claimed -> finished)"
-    )
+    lines.append(f"({first['jobs']} jobs per cell, median of {rounds} round(s);")
+    lines.append(" parallelism = reporun workers = hand-loop lanes; run_s = claimed -> finished)")
     latency = results["dispatch_latency"]
     lines.append(
         f"dispatch latency, {LATENCY_WORKERS} idle workers, {latency['jobs']} jobs:"

@@ -65,7 +65,8 @@ async def diagnose(settings: Settings) -> bool:
         report(
             "sandbox (bubblewrap)",
             await _sandbox_works(settings),
-            "needs bubblewrap and unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)",
+            "needs bubblewrap and unprivileged user namespaces"
+            " (sysctl kernel.unprivileged_userns_clone=1)",
         )
     store = Store.open(settings.db_url)
     try:

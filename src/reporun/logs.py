@@ -8,7 +8,8 @@ import sys
 from typing import Any
 
 FIELDS = ("action", "job_id", "worker", "status", "reason", "exit_code", "seconds")
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Attributes every record has, and uvicorn's colour copy of its message.
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -32,7 +33,8 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = " ".join(f"{k}={v}" for k, v in extra_fields(record).items())
-        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname.lower():7} {record.getMessage()}"
+        stamp = self.formatTime(record, "%H:%M:%S")
+        line = f"{stamp} {record.levelname.lower():7} {record.getMessage()}"
         line = f"{line} {fields}" if fields else line
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,7 +30,9 @@ def cli_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def reporun(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def reporun(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "reporun", *args],
         env=env,
@@ -88,10 +91,8 @@ def processes() -> Iterator[list[Process]]:
     yield started
     for process in started:
         if process.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             process.popen.wait()
         process.handle.close()
 

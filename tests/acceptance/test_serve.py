@@ -67,7 +67,9 @@ def test_seed_calls_with_curl(served: dict, git_server: GitServer) -> None:
         time.sleep(0.2)
     assert status == [{"usuario": "admin", "key": key, "status": "Finished"}]
     body, code = call("/all").stdout.rsplit("\n", 1)
-    assert code == "200" and {"usuario": "admin", "key": key, "status": "Finished"} in json.loads(body)
+    assert code == "200" and {"usuario": "admin", "key": key, "status": "Finished"} in json.loads(
+        body
+    )
     health = subprocess.run(
         [curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{base}/healthcheck"],
         capture_output=True,
@@ -214,9 +216,13 @@ def test_reporun_api_refuses_weak_settings_and_serves_with_minted_tokens(
     not_migrated = reporun("api", "--port", str(port), env=env)
     assert not_migrated.returncode == 2 and "reporun db upgrade" in not_migrated.stderr
     assert reporun("db", "upgrade", env=env).returncode == 0
-    off_loopback = reporun("api", "--host", "0.0.0.0", "--port", str(port), env={**env, "REPORUN_SANDBOX": "none"})
+    off_loopback = reporun(
+        "api", "--host", "0.0.0.0", "--port", str(port), env={**env, "REPORUN_SANDBOX": "none"}
+    )
     assert off_loopback.returncode == 2 and "loopback" in off_loopback.stderr
-    server = Process([*_python(), "-m", "reporun", "api", "--port", str(port)], env, tmp_path / "api.log")
+    server = Process(
+        [*_python(), "-m", "reporun", "api", "--port", str(port)], env, tmp_path / "api.log"
+    )
     processes.append(server)
     server.wait_http(f"http://127.0.0.1:{port}/healthz")
     token = reporun("token", "create", "bob", "--role", "user", env=env).stdout.strip()

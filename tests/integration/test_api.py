@@ -52,7 +52,11 @@ def assert_problem(response: Any, status: int, field: str | None = None) -> dict
         (b'{"repo": "https://example.org/x.git", "env": {"LD_PRELOAD": "x"}}', 400, "env"),
         (b'{"repo": "https://example.org/x.git", "env": {"A": 1}}', 422, "env.A"),
         (b'{"repo": "https://example.org/x.git", "limits": {"memory": 1}}', 400, "limits.memory"),
-        (b'{"repo": "https://example.org/x.git", "limits": {"network": true}}', 400, "limits.network"),
+        (
+            b'{"repo": "https://example.org/x.git", "limits": {"network": true}}',
+            400,
+            "limits.network",
+        ),
         (b'{"repo": "https://example.org/x.git", "limits": {"cpu": 2}}', 422, "limits.cpu"),
         (b'{"repo": "https://example.org/x.git", "surprise": 1}', 422, "surprise"),
     ],
@@ -78,7 +82,9 @@ async def test_a_10_megabyte_body_is_refused(api: Api) -> None:
 
 async def test_a_huge_env_is_refused(api: Api) -> None:
     env = {f"V{i}": "x" * 1000 for i in range(60)}
-    response = await api.client.post("/v1/jobs", json={"repo": REPO, "env": env}, headers=api.headers())
+    response = await api.client.post(
+        "/v1/jobs", json={"repo": REPO, "env": env}, headers=api.headers()
+    )
     assert_problem(response, 400, "env")
 
 
@@ -181,10 +187,26 @@ async def test_metrics_are_for_admins(api: Api) -> None:
 
 async def test_job_json_has_the_contract_fields(api: Api) -> None:
     job = await api.submit(repo=REPO, ref="main", command="make test", timeout=30, env={"A": "1"})
-    for name in (
-        "id owner repo ref commit command status exit_code reason attempts worker created_at "
-        "started_at finished_at wait_seconds run_seconds log_bytes log_truncated"
-    ).split():
+    for name in [
+        "id",
+        "owner",
+        "repo",
+        "ref",
+        "commit",
+        "command",
+        "status",
+        "exit_code",
+        "reason",
+        "attempts",
+        "worker",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "wait_seconds",
+        "run_seconds",
+        "log_bytes",
+        "log_truncated",
+    ]:
         assert name in job
     assert (job["status"], job["ref"], job["command"], job["owner"]) == (
         "queued",
@@ -220,7 +242,9 @@ async def test_legacy_calls_keep_the_seed_shapes(api: Api) -> None:
     uuid.UUID(key)
     listed = (await api.client.get("/all", headers=api.headers("alice"))).json()
     assert listed == [{"usuario": "alice", "key": key, "status": "Queued"}]
-    one = (await api.client.get("/status", params={"key": key}, headers=api.headers("alice"))).json()
+    one = (
+        await api.client.get("/status", params={"key": key}, headers=api.headers("alice"))
+    ).json()
     assert one == [{"usuario": "alice", "key": key, "status": "Queued"}]
     assert (await api.client.get("/all", headers=api.headers("bob"))).json() == []
     admin_view = (await api.client.get("/all", headers=api.headers("root", "admin"))).json()

@@ -83,10 +83,11 @@ async def test_cannot_read_the_data_dir(
     (settings.data_dir / "admin.token").write_text(token)
     start_worker()
     data = settings.data_dir.resolve()
-    job, log = await run_script(
+    _, log = await run_script(
         api,
         git_server,
-        f"cat {data}/admin.token; ls -la {data} {data}/mirrors; cat {data}/reporun.db | head -c 100;"
+        f"cat {data}/admin.token; ls -la {data} {data}/mirrors;"
+        f" cat {data}/reporun.db | head -c 100;"
         " find / \\( -name 'reporun.db*' -o -name admin.token -o -name '*.git' \\)"
         " -printf 'FOUND %p\\n' 2>/dev/null; echo probe-done\n",
     )
@@ -100,7 +101,6 @@ async def test_cannot_connect_to_the_host(
     api: Api, git_server: GitServer, start_worker: WorkerFactory, listener: int
 ) -> None:
     start_worker()
-    marker = f"{secrets.randbelow(10**6) + 1000}"
     job, log = await run_script(
         api,
         git_server,
@@ -125,7 +125,7 @@ async def test_cannot_write_outside_its_workspace_and_tmp(
 ) -> None:
     start_worker()
     marker = secrets.token_hex(6)
-    job, log = await run_script(
+    _, log = await run_script(
         api,
         git_server,
         f"for path in /usr/{marker} /etc/{marker} /{marker} /src/{marker} /proc/{marker}; do\n"
@@ -153,7 +153,8 @@ async def test_a_fork_bomb_stops_at_the_process_limit(
         "spawned = []\n"
         "for _ in range(100):\n"
         "    try:\n"
-        "        spawned.append(subprocess.Popen(['sleep', f'3{marker}'], start_new_session=True))\n"
+        "        child = subprocess.Popen(['sleep', f'3{marker}'], start_new_session=True)\n"
+        "        spawned.append(child)\n"
         "    except OSError:\n"
         "        break\n"
         "print('spawned', len(spawned), flush=True)\n"

@@ -25,8 +25,8 @@ def spec(n: int = 0) -> JobSpec:
 @dataclass
 class Backend:
     queue: QueueBackend
-    add: Callable[[JobSpec, str], "asyncio.Future[Job] | Job"]
-    get: Callable[[uuid.UUID], "asyncio.Future[Job] | Job"]
+    add: Callable[[JobSpec, str], asyncio.Future[Job] | Job]
+    get: Callable[[uuid.UUID], asyncio.Future[Job] | Job]
     cancel: Callable[[uuid.UUID], object]
 
     async def submit(self, owner: str = "alice", n: int = 0) -> Job:

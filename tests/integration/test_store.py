@@ -43,7 +43,10 @@ async def test_jobs_round_trip_with_aware_utc_times(store: Store) -> None:
     )
     again = await store.get_job(job.id)
     assert again == job
-    assert again.created_at.utcoffset() is not None and again.created_at.utcoffset().total_seconds() == 0
+    assert (
+        again.created_at.utcoffset() is not None
+        and again.created_at.utcoffset().total_seconds() == 0
+    )
     assert again.status is JobStatus.QUEUED and again.env == {"A": "b"} and again.limits == LIMITS
     with pytest.raises(NotFound):
         await store.get_job(job.id, owner="bob")

@@ -26,12 +26,20 @@ async def test_minted_tokens_carry_name_and_role() -> None:
     [
         "",
         "garbage",
-        jwt.encode({"sub": "a", "iss": LOCAL_ISSUER, "iat": 0, "roles": ["admin"]}, "other" * 10, "HS256"),
+        jwt.encode(
+            {"sub": "a", "iss": LOCAL_ISSUER, "iat": 0, "roles": ["admin"]}, "other" * 10, "HS256"
+        ),
         jwt.encode({"sub": "a", "iss": "elsewhere", "iat": 0, "roles": ["admin"]}, KEY, "HS256"),
         jwt.encode({"iss": LOCAL_ISSUER, "iat": 0, "roles": ["admin"]}, KEY, "HS256"),
         jwt.encode({"sub": "a", "iss": LOCAL_ISSUER, "iat": 0, "roles": "admin"}, KEY, "HS256"),
         jwt.encode(
-            {"sub": "a", "iss": LOCAL_ISSUER, "iat": 0, "exp": int(time.time()) - 3600, "roles": []},
+            {
+                "sub": "a",
+                "iss": LOCAL_ISSUER,
+                "iat": 0,
+                "exp": int(time.time()) - 3600,
+                "roles": [],
+            },
             KEY,
             "HS256",
         ),

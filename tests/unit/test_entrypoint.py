@@ -29,13 +29,19 @@ def workspace(tmp_path: Path, files: dict[str, str], executable: tuple[str, ...]
     ],
 )
 def test_first_match_wins(
-    tmp_path: Path, files: dict[str, str], executable: tuple[str, ...], requested: str | None, command: str
+    tmp_path: Path,
+    files: dict[str, str],
+    executable: tuple[str, ...],
+    requested: str | None,
+    command: str,
 ) -> None:
     assert pick_entry(workspace(tmp_path, files, executable), requested).command == command
 
 
 def test_toml_timeout_and_network(tmp_path: Path) -> None:
-    entry = pick_entry(workspace(tmp_path, {"reporun.toml": "timeout = 9\nnetwork = true\n", "main.py": ""}), None)
+    entry = pick_entry(
+        workspace(tmp_path, {"reporun.toml": "timeout = 9\nnetwork = true\n", "main.py": ""}), None
+    )
     assert (entry.timeout, entry.network) == (9, True)
 
 
@@ -46,7 +52,14 @@ def test_nothing_to_run(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "toml",
-    ["command = 3", 'command = ""', "timeout = -1", "timeout = true", 'network = "yes"', "not toml ["],
+    [
+        "command = 3",
+        'command = ""',
+        "timeout = -1",
+        "timeout = true",
+        'network = "yes"',
+        "not toml [",
+    ],
 )
 def test_bad_toml_is_the_jobs_fault(tmp_path: Path, toml: str) -> None:
     with pytest.raises(BadRepoConfig, match=r"reporun\.toml"):

@@ -58,7 +58,22 @@ def test_good_refs(ref: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "ref", ["", "-f", "--upload-pack=x", "a..b", "/abs", "end/", "x.lock", "a b", "a~1", "a^", "a:b", "@{-1}", "x" * 300]
+    "ref",
+    [
+        "",
+        "-f",
+        "--upload-pack=x",
+        "a..b",
+        "/abs",
+        "end/",
+        "x.lock",
+        "a b",
+        "a~1",
+        "a^",
+        "a:b",
+        "@{-1}",
+        "x" * 300,
+    ],
 )
 def test_bad_refs(ref: str) -> None:
     with pytest.raises(InvalidInput) as caught:
@@ -94,7 +109,9 @@ def test_limits_default_lower_and_raise_to_the_maximum(settings: Settings) -> No
         ({"network": True}, None, "limits.network"),
     ],
 )
-def test_limits_out_of_bounds(settings: Settings, asked: dict, timeout: int | None, field: str) -> None:
+def test_limits_out_of_bounds(
+    settings: Settings, asked: dict, timeout: int | None, field: str
+) -> None:
     with pytest.raises(InvalidInput) as caught:
         resolve_limits(asked, settings, timeout=timeout)
     assert caught.value.field == field
@@ -138,4 +155,12 @@ def test_build_spec_checks_everything(settings: Settings) -> None:
         64 * MiB,
     )
     with pytest.raises(InvalidInput, match="command"):
-        build_spec(repo="https://example.org/a", ref=None, command=" ", timeout=None, env=None, limits=None, settings=settings)
+        build_spec(
+            repo="https://example.org/a",
+            ref=None,
+            command=" ",
+            timeout=None,
+            env=None,
+            limits=None,
+            settings=settings,
+        )

@@ -41,14 +41,24 @@ def test_namespaces_session_and_a_clean_environment() -> None:
         assert flag in args
     assert "--share-net" not in args
     assert "--share-net" in argv(limits=LIMITS.model_copy(update={"network": True}))
-    env = dict(zip(pairs(args, "--setenv")[::1], [args[i + 2] for i, a in enumerate(args) if a == "--setenv"], strict=True))
+    env = dict(
+        zip(
+            pairs(args, "--setenv")[::1],
+            [args[i + 2] for i, a in enumerate(args) if a == "--setenv"],
+            strict=True,
+        )
+    )
     assert env == job_environment({"GREETING": "hola"})
     assert all(not name.startswith("REPORUN_") or name == "REPORUN" for name in env)
 
 
 def test_filesystem_is_read_only_but_workspace_and_tmp_capped() -> None:
     args = argv()
-    assert ["--ro-bind", "/usr", "/usr"] == args[args.index("--ro-bind") : args.index("--ro-bind") + 3]
+    assert args[args.index("--ro-bind") : args.index("--ro-bind") + 3] == [
+        "--ro-bind",
+        "/usr",
+        "/usr",
+    ]
     assert pairs(args, "--size") == [str(64 << 20)] * 2
     assert pairs(args, "--tmpfs") == ["/tmp", "/work"]
     assert pairs(args, "--remount-ro") == ["/"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from reporun.jobs import Job, JobSpec, JobStatus, check_transition
 from reporun.queue import Lease, Outcome
@@ -17,7 +18,7 @@ class MemoryQueue:
         self.max_attempts = max_attempts
         self.jobs: dict[uuid.UUID, Job] = {}
         self.tags: dict[uuid.UUID, int] = {}
-        self.leases: dict[uuid.UUID, object] = {}
+        self.leases: dict[uuid.UUID, datetime] = {}
         self._wakeup = asyncio.Event()
 
     def add(self, spec: JobSpec, owner: str) -> Job:
@@ -142,10 +143,8 @@ class MemoryQueue:
         return job
 
     async def wait(self, timeout: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout)
-        except TimeoutError:
-            pass
         self._wakeup.clear()
 
     async def close(self) -> None:

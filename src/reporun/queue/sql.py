@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reporun.jobs import Job, JobStatus
 from reporun.queue import Lease, Outcome
@@ -103,7 +105,7 @@ class SqlQueue:
 
     async def _give_back(
         self,
-        conn: sa.ext.asyncio.AsyncConnection,
+        conn: AsyncConnection,
         job_id: uuid.UUID,
         reason: str,
         where: list[sa.ColumnElement[bool]],
@@ -162,10 +164,8 @@ class SqlQueue:
         return reaped
 
     async def wait(self, timeout: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), min(timeout, self.poll_interval))
-        except TimeoutError:
-            pass
         self._wakeup.clear()
 
     async def close(self) -> None:

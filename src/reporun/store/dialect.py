@@ -11,4 +11,4 @@ def seconds_between(start: Any, end: Any, dialect: str) -> sa.ColumnElement[floa
     """`end - start` in seconds, as a SQL expression."""
     if dialect == "sqlite":
         return (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0
-    return sa.extract("epoch", end - start)
+    return sa.cast(sa.extract("epoch", end - start), sa.Float)

@@ -91,6 +91,6 @@ async def metrics(request: Request, services: ServicesDep) -> Response:
         families.append(family)
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(families))  # type: ignore[arg-type]
+    registry.register(_Snapshot(families))
     body = generate_latest(registry) + generate_latest(request.app.state.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -116,10 +116,11 @@ async def logs(
     await store.get_job(job_id, owner=owner_filter(user))
 
     async def chunks() -> AsyncIterator[bytes]:
-        seq = -1
+        last = -1
         while True:
             ended = (await store.get_job(job_id)).status.terminal
-            for seq, data in await store.read_log(job_id, after=seq):  # noqa: B007
+            for seq, data in await store.read_log(job_id, after=last):
+                last = seq
                 yield data
             if not follow or ended:
                 return
