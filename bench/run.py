@@ -269,7 +269,7 @@ def main(argv: list[str]) -> int:
     options = parse_args(argv)
     started = time.monotonic()
     load_before = os.getloadavg()[0]
-    if load_before > 0.5:
+    if load_before > 0.5 * (os.cpu_count() or 1):
         progress(f"warning: load average {load_before:.2f} before starting: figures will be noisy")
     try:
         results = asyncio.run(bench(options))
