@@ -231,3 +231,55 @@ def test_reporun_api_refuses_weak_settings_and_serves_with_minted_tokens(
     )
     assert response.status_code == 200 and response.json() == {"items": [], "next_cursor": None}
     assert reporun("token", "create", "x", "--role", "root", env=env).returncode == 2
+
+
+def test_sigterm_drains_a_worker(
+    tmp_path: Path, git_server: GitServer, processes: list[Process]
+) -> None:
+    require_tool("bwrap", "the job sandbox")
+    port = free_port()
+    data = tmp_path / "data"
+    env = cli_env(data, port)
+    api = Process(
+        [*_python(), "-m", "reporun", "serve", "--workers", "0", "--port", str(port)],
+        env,
+        tmp_path / "serve.log",
+    )
+    processes.append(api)
+    api.wait_http(f"http://127.0.0.1:{port}/healthz")
+    worker_env = {
+        **env,
+        "REPORUN_DATABASE_URL": f"sqlite:///{data / 'reporun.db'}",
+        "REPORUN_ALLOWED_SCHEMES": "https,git",
+        "REPORUN_TRUSTED_HOSTS": "127.0.0.1",
+        "REPORUN_POLL_INTERVAL": "0.05",
+    }
+    repo = git_server.make_repo({"run.sh": "#!/bin/sh\nsleep 2\necho finished\n"})
+    first = json.loads(reporun("submit", repo, "--json", env=env).stdout)["id"]
+    second = json.loads(reporun("submit", repo, "--json", env=env).stdout)["id"]
+    worker = Process([*_python(), "-m", "reporun", "worker"], worker_env, tmp_path / "w.log")
+    processes.append(worker)
+    headers = {"Authorization": f"Bearer {(data / 'admin.token').read_text().strip()}"}
+
+    def status(job_id: str) -> str:
+        url = f"http://127.0.0.1:{port}/v1/jobs/{job_id}"
+        return str(httpx.get(url, headers=headers, timeout=5).json()["status"])
+
+    deadline = time.monotonic() + 60
+    while status(first) != "running":
+        assert time.monotonic() < deadline, worker.log.read_text()
+        time.sleep(0.05)
+    assert worker.stop(signal.SIGTERM, timeout=30) == 0, worker.log.read_text()
+    assert status(first) == "succeeded"
+    assert status(second) == "queued"  # a draining worker takes nothing new
+
+
+def test_doctor_says_the_sandbox_works(tmp_path: Path) -> None:
+    require_tool("bwrap", "the job sandbox")
+    env = cli_env(tmp_path / "data", free_port())
+    assert reporun("db", "upgrade", env=env).returncode == 0
+    result = reporun("doctor", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok    sandbox (bubblewrap)" in result.stdout and "FAIL" not in result.stdout
+    broken = reporun("doctor", env={**env, "PATH": "/nonexistent"})
+    assert broken.returncode == 1 and "FAIL  sandbox" in broken.stdout
