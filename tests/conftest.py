@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import signal
 import shutil
 import socket
 import subprocess
@@ -87,6 +90,7 @@ class GitServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # `git daemon` forks the real server: stop the group
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -99,7 +103,8 @@ class GitServer:
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
     def url(self, name: str) -> str:

@@ -16,6 +16,8 @@ from reporun.store.migrate import upgrade
 
 # Ctrl-C on a laptop should not wait ten minutes for a job: running jobs go back to the queue.
 SERVE_DRAIN_GRACE = 10.0
+# Workers on the same host as their SQLite file: an idle poll is a cheap local read.
+SERVE_POLL_INTERVAL = 0.05
 LOCAL_SCHEMES = ("https", "http", "git", "ssh")
 
 
@@ -28,6 +30,8 @@ def embedded_settings(settings: Settings) -> Settings:
     }
     if "drain_grace" not in settings.model_fields_set:
         update["drain_grace"] = SERVE_DRAIN_GRACE
+    if "poll_interval" not in settings.model_fields_set:
+        update["poll_interval"] = SERVE_POLL_INTERVAL
     return settings.model_copy(update=update)
 
 
@@ -39,6 +43,7 @@ def _worker_env(settings: Settings) -> dict[str, str]:
         "REPORUN_ALLOWED_SCHEMES": ",".join(settings.allowed_schemes),
         "REPORUN_SANDBOX": settings.sandbox,
         "REPORUN_DRAIN_GRACE": str(settings.drain_grace),
+        "REPORUN_POLL_INTERVAL": str(settings.poll_interval),
         "REPORUN_LOG_FORMAT": settings.log_format,
     }
 

@@ -81,3 +81,17 @@ async def test_workers_heartbeat_and_prune(store: Store) -> None:
     assert [(w.id, w.state) for w in workers] == [("w1", "busy")]
     assert await store.prune_workers(older_than=3600) == 0
     assert await store.prune_workers(older_than=-1) == 1
+
+
+async def test_concurrent_submissions_of_one_owner_get_distinct_fair_tags(store: Store) -> None:
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from reporun.store.tables import jobs
+
+    spec = JobSpec(repo="https://example.org/x.git", limits=LIMITS)
+    await asyncio.gather(*(store.create_job(spec, "burst") for _ in range(30)))
+    async with store.engine.connect() as conn:
+        tags = (await conn.execute(sa.select(jobs.c.fair_tag))).scalars().all()
+    assert sorted(tags) == list(range(30))

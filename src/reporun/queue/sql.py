@@ -31,6 +31,13 @@ class SqlQueue:
         self._wakeup.set()
 
     async def claim(self, worker_id: str) -> Job | None:
+        # A read first: idle polls then cost no write lock (SQLite) or row locks (PostgreSQL).
+        async with self.store.engine.connect() as conn:
+            waiting = await conn.execute(
+                sa.select(jobs.c.id).where(jobs.c.status == JobStatus.QUEUED.value).limit(1)
+            )
+            if waiting.first() is None:
+                return None
         now = utcnow()
         head = (
             sa.select(jobs.c.id)

@@ -41,6 +41,23 @@ class Page:
     next_cursor: str | None
 
 
+def _fair_tag(owner: str) -> sa.ColumnElement[int]:
+    """Start-time fair queuing: an owner's next job goes one step after its last queued one,
+    but never before the head of the queue, so a newcomer waits only for the jobs already at
+    the front, not for another owner's whole backlog."""
+    queued = jobs.c.status == JobStatus.QUEUED.value
+    head = sa.func.coalesce(
+        sa.select(sa.func.min(jobs.c.fair_tag)).where(queued).scalar_subquery(),
+        sa.select(sa.func.coalesce(sa.func.max(jobs.c.fair_tag), 0)).scalar_subquery(),
+    )
+    after_own = (
+        sa.select(sa.func.max(jobs.c.fair_tag) + 1)
+        .where(queued, jobs.c.owner == owner)
+        .scalar_subquery()
+    )
+    return sa.case((after_own > head, after_own), else_=head)
+
+
 def job_of(row: sa.Row[Any]) -> Job:
     return Job.model_validate(dict(row._mapping))
 
@@ -105,42 +122,28 @@ class Store:
 
     # Jobs -----------------------------------------------------------------------------------
     async def create_job(self, spec: JobSpec, owner: str, *, now: datetime | None = None) -> Job:
-        now = now or utcnow()
-        job_id = uuid.uuid4()
+        values = {
+            "id": uuid.uuid4(),
+            "owner": owner,
+            "repo": spec.repo,
+            "ref": spec.ref,
+            "command": spec.command,
+            "env": spec.env,
+            "limits": spec.limits.model_dump(),
+            "status": JobStatus.QUEUED.value,
+            "created_at": now or utcnow(),
+        }
+        columns = [*values, "fair_tag"]
+        # One statement, so the tag is computed under the insert's write lock.
+        source = sa.select(
+            *(sa.literal(v, type_=jobs.c[k].type).label(k) for k, v in values.items()),
+            _fair_tag(owner).label("fair_tag"),
+        )
         async with self.engine.begin() as conn:
-            tag = await self._fair_tag(conn, owner)
-            await conn.execute(
-                sa.insert(jobs).values(
-                    id=job_id,
-                    owner=owner,
-                    repo=spec.repo,
-                    ref=spec.ref,
-                    command=spec.command,
-                    env=spec.env,
-                    limits=spec.limits.model_dump(),
-                    status=JobStatus.QUEUED.value,
-                    fair_tag=tag,
-                    created_at=now,
-                )
-            )
-            row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one()
+            row = (
+                await conn.execute(sa.insert(jobs).from_select(columns, source).returning(*jobs.c))
+            ).one()
         return job_of(row)
-
-    @staticmethod
-    async def _fair_tag(conn: AsyncConnection, owner: str) -> int:
-        """Start-time fair queuing: an owner's next job goes one step after its last queued
-        one, but never before the head of the queue, so a newcomer waits only for the jobs
-        already at the front, not for another owner's whole backlog."""
-        queued = jobs.c.status == JobStatus.QUEUED.value
-        head = (await conn.execute(sa.select(sa.func.min(jobs.c.fair_tag)).where(queued))).scalar()
-        if head is None:
-            head = (await conn.execute(sa.select(sa.func.max(jobs.c.fair_tag)))).scalar() or 0
-        last = (
-            await conn.execute(
-                sa.select(sa.func.max(jobs.c.fair_tag)).where(queued, jobs.c.owner == owner)
-            )
-        ).scalar()
-        return max(int(head), int(last) + 1 if last is not None else 0)
 
     async def get_job(self, job_id: uuid.UUID, *, owner: str | None = None) -> Job:
         """The job; NotFound also when `owner` is given and the job is someone else's."""

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -83,24 +84,39 @@ class Mirrors:
             raise GitFailed(_last_lines(err.decode(errors="replace")) or f"git {args[0]} failed")
         return out.decode(errors="replace").strip()
 
-    async def checkout(self, repo: str, ref: str | None, dest: Path) -> str:
-        """Put `repo` at `ref` (default branch when None) into `dest`; return the commit."""
+    async def checkout(
+        self, repo: str, ref: str | None, dest: Path, *, fresh_since: float | None = None
+    ) -> str:
+        """Put `repo` at `ref` (default branch when None) into `dest`; return the commit.
+
+        `fresh_since` (epoch seconds, the job's submission): a fetch that started after it
+        already saw every push the submitter made, so concurrent jobs share one fetch.
+        """
         url = await self._checked(repo)
         mirror = self.root / (hashlib.sha256(url.url.encode()).hexdigest()[:40] + ".git")
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         async with _locked(mirror.with_suffix(".lock")):
             try:
                 if not (mirror / "HEAD").exists():
+                    started = time.time()
                     await self._clone(url, mirror)
-                elif not (ref and _FULL_SHA.match(ref) and await self._has_commit(mirror, ref)):
+                    _stamp(mirror, started)
+                elif await self._stale(mirror, ref, fresh_since):
+                    started = time.time()
                     await self._git(
                         "--git-dir", str(mirror), "fetch", "--prune", "--quiet", "origin"
                     )
+                    _stamp(mirror, started)
             except GitFailed as exc:
                 raise CheckoutError(f"clone of {url.url} failed: {exc.message}") from None
             commit = await self._resolve(mirror, ref)
         await self._export(mirror, commit, dest)
         return commit
+
+    async def _stale(self, mirror: Path, ref: str | None, fresh_since: float | None) -> bool:
+        if ref and _FULL_SHA.match(ref) and await self._has_commit(mirror, ref):
+            return False  # a commit never changes
+        return fresh_since is None or _fetched_at(mirror) < fresh_since
 
     async def _checked(self, repo: str) -> RepoUrl:
         try:
@@ -182,17 +198,30 @@ async def _resolve_host(host: str) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+_STAMP = "reporun-fetch-started"
+
+
+def _stamp(mirror: Path, started: float) -> None:
+    (mirror / _STAMP).write_text(repr(started))
+
+
+def _fetched_at(mirror: Path) -> float:
+    """When the newest successful fetch into the mirror started (0 when unknown)."""
+    try:
+        return float((mirror / _STAMP).read_text())
+    except (OSError, ValueError):
+        return 0.0
+
+
 @contextlib.asynccontextmanager
 async def _locked(path: Path) -> AsyncIterator[None]:
     """An exclusive lock across the worker processes sharing this mirror."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await asyncio.sleep(0.02)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

@@ -204,7 +204,9 @@ class Worker:
         self, job: Job, workspace: Path, watch: Watch, log: LogWriter
     ) -> Outcome | None:
         try:
-            commit = await self.mirrors.checkout(job.repo, job.ref, workspace)
+            commit = await self.mirrors.checkout(
+                job.repo, job.ref, workspace, fresh_since=job.created_at.timestamp()
+            )
             entry = pick_entry(workspace, job.command)
         except (CheckoutError, NoEntryPoint, BadRepoConfig) as exc:
             return Outcome(JobStatus.FAILED, reason=exc.message)

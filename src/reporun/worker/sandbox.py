@@ -109,15 +109,20 @@ class UidPool:
         self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for _ in range(1000):
             uid = self.base + random.randrange(self.count)
-            fd = os.open(self.lock_dir / str(uid), os.O_RDWR | os.O_CREAT, 0o600)
+            path = self.lock_dir / str(uid)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                # Its last holder may have removed the file between our open and our lock.
+                if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                    raise BlockingIOError
+            except (BlockingIOError, FileNotFoundError):
                 os.close(fd)
                 continue
             try:
                 yield uid
             finally:
+                path.unlink(missing_ok=True)
                 os.close(fd)
             return
         raise SandboxError("no free uid for the job")
