@@ -19,7 +19,8 @@ import httpx
 from harness import BenchError, Reporun, run_git, traversable_dir
 
 from reporun.jobs import Limits
-from reporun.worker.sandbox import Bubblewrap, UidPool
+from reporun.worker.sandbox import Bubblewrap
+from reporun.worker.uids import UidPool
 
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "error"}
 COMMAND = "./run.sh"

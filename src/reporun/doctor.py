@@ -11,7 +11,8 @@ from reporun.config import Settings
 from reporun.jobs import Limits
 from reporun.store import Store
 from reporun.store.migrate import is_current
-from reporun.worker.sandbox import Bubblewrap, UidPool
+from reporun.worker.sandbox import Bubblewrap
+from reporun.worker.uids import UidPool
 
 
 async def _sandbox_works(settings: Settings) -> str | None:

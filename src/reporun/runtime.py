@@ -20,7 +20,8 @@ from reporun.queue.sql import SqlQueue
 from reporun.store import Store
 from reporun.store.migrate import is_current
 from reporun.worker.loop import Worker
-from reporun.worker.sandbox import Bubblewrap, Sandbox, UidPool, Unsandboxed
+from reporun.worker.sandbox import Bubblewrap, Sandbox, Unsandboxed
+from reporun.worker.uids import UidPool
 
 logger = logging.getLogger("reporun")
 

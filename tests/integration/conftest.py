@@ -20,7 +20,8 @@ from reporun.queue.sql import SqlQueue
 from reporun.runtime import build_queue
 from reporun.store import Store
 from reporun.worker.loop import Worker
-from reporun.worker.sandbox import Bubblewrap, UidPool
+from reporun.worker.sandbox import Bubblewrap
+from reporun.worker.uids import UidPool
 from tests.conftest import require_tool
 
 

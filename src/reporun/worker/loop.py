@@ -23,7 +23,8 @@ from reporun.retry import compute_backoff
 from reporun.store import Store
 from reporun.worker.checkout import Mirrors
 from reporun.worker.entrypoint import BadRepoConfig, NoEntryPoint, pick_entry
-from reporun.worker.sandbox import RunResult, Sandbox
+from reporun.worker.process import RunResult
+from reporun.worker.sandbox import Sandbox
 
 logger = logging.getLogger("reporun.worker")
 

@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
-import random
 import shutil
-import signal
-import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 from reporun.errors import SandboxError
 from reporun.jobs import Limits
-
-OutputSink = Callable[[bytes], Awaitable[None]]
+from reporun.worker.process import OutputSink, RunResult, run_process
+from reporun.worker.uids import UidPool, sweep_uid
 
 # The job's home: its copy of the repository, on a tmpfs of the disk limit.
 JOB_HOME = "/work"
@@ -54,17 +49,6 @@ PRELUDE = (
     'cp -a /src/. "$HOME"/ || { echo "reporun: the repository does not fit in the disk limit" >&2;'
     ' exit 125; }; cd "$HOME" && exec /bin/sh -c "$1"'
 )
-KILL_GRACE = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    exit_code: int | None
-    timed_out: bool
-    cancelled: bool
-    output_bytes: int
-    truncated: bool
-    seconds: float
 
 
 class Sandbox(Protocol):
@@ -94,38 +78,6 @@ def job_environment(env: Mapping[str, str]) -> dict[str, str]:
         "REPORUN": "1",
         **env,
     }
-
-
-class UidPool:
-    """Unprivileged uids for jobs, one per running job on this host (locks in /run)."""
-
-    def __init__(self, base: int, count: int, lock_dir: Path = Path("/run/reporun-uids")) -> None:
-        self.base = base
-        self.count = count
-        self.lock_dir = lock_dir
-
-    @contextlib.contextmanager
-    def take(self) -> Iterator[int]:
-        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for _ in range(1000):
-            uid = self.base + random.randrange(self.count)
-            path = self.lock_dir / str(uid)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                # Its last holder may have removed the file between our open and our lock.
-                if os.fstat(fd).st_ino != os.stat(path).st_ino:
-                    raise BlockingIOError
-            except (BlockingIOError, FileNotFoundError):
-                os.close(fd)
-                continue
-            try:
-                yield uid
-            finally:
-                path.unlink(missing_ok=True)
-                os.close(fd)
-            return
-        raise SandboxError("no free uid for the job")
 
 
 def _system_binds() -> list[str]:
@@ -308,113 +260,3 @@ class Unsandboxed:
         return await run_process(
             argv, limits=limits, on_output=on_output, stop=stop, cwd=workspace, env=environment
         )
-
-
-async def sweep_uid(uid: int) -> None:
-    """Kill every process left with the job's uid (`kill -1` as that uid reaches exactly them)."""
-    process = await asyncio.create_subprocess_exec(
-        "setpriv",
-        f"--reuid={uid}",
-        f"--regid={uid}",
-        "--clear-groups",
-        "--",
-        "kill",
-        "-9",
-        "-1",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={"PATH": "/usr/bin:/bin"},
-    )
-    await process.wait()
-
-
-async def run_process(
-    argv: list[str],
-    *,
-    limits: Limits,
-    on_output: OutputSink,
-    stop: asyncio.Event,
-    cwd: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    pass_fds: tuple[int, ...] = (),
-) -> RunResult:
-    """Run, stream merged stdout/stderr capped at the log limit, kill the group on timeout/stop."""
-    started = time.monotonic()
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=cwd,
-            env=dict(env or {}),
-            start_new_session=True,
-            pass_fds=pass_fds,
-        )
-    except OSError as exc:
-        raise SandboxError(f"cannot start the sandbox: {exc}") from exc
-    assert process.stdout is not None
-    counter = _Capped(limits.log, on_output)
-    reader = asyncio.create_task(counter.drain(process.stdout))
-    waiter = asyncio.create_task(process.wait())
-    stopper = asyncio.create_task(stop.wait())
-    timed_out = cancelled = False
-    try:
-        done, _ = await asyncio.wait(
-            {waiter, stopper}, timeout=limits.timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        if waiter not in done:
-            timed_out = stopper not in done
-            cancelled = not timed_out
-            _kill_group(process.pid)
-            await waiter
-    except asyncio.CancelledError:
-        _kill_group(process.pid)
-        await asyncio.shield(waiter)
-        raise
-    finally:
-        stopper.cancel()
-    # The pipe closes once every process holding it is gone; do not wait on stragglers forever.
-    try:
-        await asyncio.wait_for(asyncio.shield(reader), KILL_GRACE)
-    except TimeoutError:
-        _kill_group(process.pid)
-        reader.cancel()
-    return RunResult(
-        exit_code=process.returncode,
-        timed_out=timed_out,
-        cancelled=cancelled,
-        output_bytes=counter.seen,
-        truncated=counter.truncated,
-        seconds=time.monotonic() - started,
-    )
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-class _Capped:
-    """Passes on output up to `limit` bytes, then drops the rest but keeps the pipe drained."""
-
-    def __init__(self, limit: int, sink: OutputSink) -> None:
-        self.limit = limit
-        self.sink = sink
-        self.kept = 0
-        self.seen = 0
-        self.truncated = False
-
-    async def drain(self, stream: asyncio.StreamReader) -> None:
-        while chunk := await stream.read(256 * 1024):
-            self.seen += len(chunk)
-            room = self.limit - self.kept
-            if room <= 0:
-                self.truncated = True
-                continue
-            if len(chunk) > room:
-                chunk = chunk[:room]
-                self.truncated = True
-            self.kept += len(chunk)
-            await self.sink(chunk)
