@@ -95,3 +95,16 @@ async def test_concurrent_submissions_of_one_owner_get_distinct_fair_tags(store:
     async with store.engine.connect() as conn:
         tags = (await conn.execute(sa.select(jobs.c.fair_tag))).scalars().all()
     assert sorted(tags) == list(range(30))
+
+
+async def test_a_worker_that_lost_the_job_writes_no_log(store: Store) -> None:
+    from reporun.queue.sql import SqlQueue
+
+    queue = SqlQueue(store, lease_seconds=30, max_attempts=3, poll_interval=0.05)
+    job = await store.create_job(JobSpec(repo="https://example.org/x.git", limits=LIMITS), "a")
+    claimed = await queue.claim("w1")
+    assert claimed is not None
+    assert await store.append_log(job.id, 0, b"mine", worker="w1", attempt=1)
+    await queue.release(claimed, "w1", "test")
+    assert not await store.append_log(job.id, 1, b"stale", worker="w1", attempt=1)
+    assert [d for _, d in await store.read_log(job.id)] == [b"mine"]

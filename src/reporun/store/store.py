@@ -215,15 +215,32 @@ class Store:
 
     # Logs -----------------------------------------------------------------------------------
     async def append_log(
-        self, job_id: uuid.UUID, seq: int, data: bytes, *, truncated: bool = False
-    ) -> None:
+        self,
+        job_id: uuid.UUID,
+        seq: int,
+        data: bytes,
+        *,
+        truncated: bool = False,
+        worker: str | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Add a chunk to a job's log; with `worker` and `attempt`, only while that run still
+        holds the job (a worker that lost its lease writes nothing)."""
+        guard: list[sa.ColumnElement[bool]] = [jobs.c.id == job_id]
+        if worker is not None:
+            guard += [jobs.c.worker == worker, jobs.c.status == JobStatus.RUNNING.value]
+        if attempt is not None:
+            guard.append(jobs.c.attempts == attempt)
+        values: dict[str, Any] = {"log_bytes": jobs.c.log_bytes + len(data)}
+        if truncated:
+            values["log_truncated"] = True
         async with self.engine.begin() as conn:
+            held = await conn.execute(sa.update(jobs).where(*guard).values(**values))
+            if held.rowcount == 0:
+                return False
             if data:
                 await conn.execute(sa.insert(job_logs).values(job_id=job_id, seq=seq, data=data))
-            values: dict[str, Any] = {"log_bytes": jobs.c.log_bytes + len(data)}
-            if truncated:
-                values["log_truncated"] = True
-            await conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
+        return True
 
     async def reset_log(self, job_id: uuid.UUID) -> None:
         async with self.engine.begin() as conn:

@@ -38,13 +38,17 @@ def new_worker_id() -> str:
 
 
 class LogWriter:
-    """Batches a job's output into log chunks in the store."""
+    """Batches a job's output into log chunks in the store. A failed write keeps the data for
+    the next flush (the output is capped, so the buffer is bounded): the job's pipe is always
+    drained, whatever the database does."""
 
-    def __init__(self, store: Store, job_id: uuid.UUID) -> None:
+    def __init__(self, store: Store, job: Job, worker_id: str) -> None:
         self.store = store
-        self.job_id = job_id
+        self.job = job
+        self.worker_id = worker_id
         self.seq = 0
         self.buffer = bytearray()
+        self.truncated = False
         self.flushed_at = time.monotonic()
         self._lock = asyncio.Lock()
 
@@ -56,13 +60,39 @@ class LogWriter:
         ):
             await self.flush()
 
-    async def flush(self, *, truncated: bool = False) -> None:
+    async def flush(self, *, truncated: bool = False) -> bool:
+        """Write what is buffered; False when the store refused (kept for the next try)."""
+        self.truncated |= truncated
         async with self._lock:
-            data, self.buffer = bytes(self.buffer), bytearray()
             self.flushed_at = time.monotonic()
-            if data or truncated:
-                await self.store.append_log(self.job_id, self.seq, data, truncated=truncated)
-                self.seq += 1
+            if not self.buffer and not truncated:
+                return True
+            data = bytes(self.buffer)
+            try:
+                await self.store.append_log(
+                    self.job.id,
+                    self.seq,
+                    data,
+                    truncated=self.truncated,
+                    worker=self.worker_id,
+                    attempt=self.job.attempts,
+                )
+            except Exception:
+                logger.warning(
+                    "log write failed; kept for the next flush",
+                    exc_info=True,
+                    extra={"action": "log", "job_id": str(self.job.id), "worker": self.worker_id},
+                )
+                return False
+            del self.buffer[: len(data)]
+            self.seq += 1
+            return True
+
+    async def close(self, *, truncated: bool) -> None:
+        for attempt in range(20):
+            if await self.flush(truncated=truncated):
+                return
+            await asyncio.sleep(compute_backoff(attempt, cap=2.0))
 
 
 @dataclass
@@ -177,7 +207,7 @@ class Worker:
         self.state, self.current = "busy", job
         self._watch = watch = Watch()
         workspace = self.work_dir / str(job.id)
-        log = LogWriter(self.store, job.id)
+        log = LogWriter(self.store, job, self.id)
         logger.info("job claimed", extra=self._log("claim", job, attempt=job.attempts))
         monitor = asyncio.create_task(self._monitor(job, watch, log))
         outcome: Outcome | None = None
@@ -234,7 +264,7 @@ class Worker:
             on_output=log.write,
             stop=watch.stop,
         )
-        await log.flush(truncated=result.truncated)
+        await log.close(truncated=result.truncated)
         logger.info(
             "job ran",
             extra=self._log(
