@@ -59,8 +59,9 @@ def test_filesystem_is_read_only_but_workspace_and_tmp_capped() -> None:
         "/usr",
         "/usr",
     ]
-    assert pairs(args, "--size") == [str(64 << 20)] * 2
-    assert pairs(args, "--tmpfs") == ["/tmp", "/work"]
+    assert pairs(args, "--size") == [str(64 << 20)]
+    assert pairs(args, "--tmpfs") == ["/sandbox"]  # one cap for the workspace and /tmp
+    assert pairs(args, "--symlink")[-2:] == ["/sandbox/work", "/sandbox/tmp"]
     assert pairs(args, "--remount-ro") == ["/"]
     binds = pairs(args, "--bind")
     assert binds == []  # nothing of the host is writable

@@ -22,8 +22,9 @@ from reporun.jobs import Limits
 from reporun.worker.process import OutputSink, RunResult, run_process
 from reporun.worker.uids import UidPool, sweep_uid
 
-# The job's home: its copy of the repository, on a tmpfs of the disk limit.
+# The job's home (its copy of the repository) and its /tmp share one tmpfs of the disk limit.
 JOB_HOME = "/work"
+JOB_DISK = "/sandbox"
 # Files of /etc that programs commonly need and that hold no secrets.
 ETC_FILES = (
     "alternatives",
@@ -139,11 +140,19 @@ def bwrap_argv(
         "--size",
         str(limits.disk),
         "--tmpfs",
-        "/tmp",
-        "--size",
-        str(limits.disk),
-        "--tmpfs",
+        JOB_DISK,
+        "--dir",
+        f"{JOB_DISK}/work",
+        "--perms",
+        "1777",
+        "--dir",
+        f"{JOB_DISK}/tmp",
+        "--symlink",
+        f"{JOB_DISK}/work",
         JOB_HOME,
+        "--symlink",
+        f"{JOB_DISK}/tmp",
+        "/tmp",
         "--ro-bind",
         str(workspace),
         "/src",
