@@ -223,3 +223,13 @@ async def test_the_job_environment_is_only_what_it_asked_for(
     job = await api.wait((await api.submit(repo=repo, env={"GREETING": "hola"}))["id"])
     assert b"GREETING=hola" in await api.log(job["id"])
     assert os.environ.get("GREETING") is None
+
+
+async def test_a_repository_larger_than_the_disk_limit_never_lands(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory
+) -> None:
+    repo = git_server.make_repo({"run.sh": "#!/bin/sh\necho hi\n", "big.txt": "x" * (3 * MiB)})
+    worker = start_worker()
+    job = await api.wait((await api.submit(repo=repo, limits={"disk": 2 * MiB}))["id"])
+    assert job["status"] == "failed" and "disk limit" in job["reason"], job
+    assert not any(worker.work_dir.iterdir())

@@ -83,3 +83,8 @@ def test_links_are_not_followed(tmp_path: Path) -> None:
 def test_huge_toml_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BadRepoConfig, match="larger"):
         pick_entry(workspace(tmp_path, {"reporun.toml": "# " + "x" * 70_000}), None)
+
+
+def test_deeply_nested_toml_is_the_jobs_fault(tmp_path: Path) -> None:
+    with pytest.raises(BadRepoConfig, match="nested"):
+        pick_entry(workspace(tmp_path, {"reporun.toml": "a = " + "[" * 20_000}), None)

@@ -85,7 +85,13 @@ class Mirrors:
         return out.decode(errors="replace").strip()
 
     async def checkout(
-        self, repo: str, ref: str | None, dest: Path, *, fresh_since: float | None = None
+        self,
+        repo: str,
+        ref: str | None,
+        dest: Path,
+        *,
+        fresh_since: float | None = None,
+        max_bytes: int | None = None,
     ) -> str:
         """Put `repo` at `ref` (default branch when None) into `dest`; return the commit.
 
@@ -110,8 +116,23 @@ class Mirrors:
             except GitFailed as exc:
                 raise CheckoutError(f"clone of {url.url} failed: {exc.message}") from None
             commit = await self._resolve(mirror, ref)
+        if max_bytes is not None:
+            await self._check_size(mirror, commit, max_bytes)
         await self._export(mirror, commit, dest)
         return commit
+
+    async def _check_size(self, mirror: Path, commit: str, max_bytes: int) -> None:
+        """Refuse a tree larger than the job's disk before it lands on the worker's disk."""
+        listing = await self._git("--git-dir", str(mirror), "ls-tree", "-r", "-l", "-z", commit)
+        total = 0
+        for entry in listing.split("\0"):
+            fields = entry.split("\t", 1)[0].split()
+            if len(fields) == 4 and fields[3].isdigit():
+                total += int(fields[3])
+        if total > max_bytes:
+            raise CheckoutError(
+                f"the repository's files ({total} bytes) do not fit in the disk limit ({max_bytes})"
+            )
 
     async def _stale(self, mirror: Path, ref: str | None, fresh_since: float | None) -> bool:
         if ref and _FULL_SHA.match(ref) and await self._has_commit(mirror, ref):

@@ -57,6 +57,8 @@ def read_repo_config(workspace: Path) -> dict[str, object]:
         data = tomllib.loads(raw.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise BadRepoConfig(f"{TOML_NAME}: {exc}") from None
+    except RecursionError:
+        raise BadRepoConfig(f"{TOML_NAME} is nested too deeply") from None
     return data
 
 

@@ -236,7 +236,11 @@ class Worker:
     ) -> Outcome | None:
         try:
             commit = await self.mirrors.checkout(
-                job.repo, job.ref, workspace, fresh_since=job.created_at.timestamp()
+                job.repo,
+                job.ref,
+                workspace,
+                fresh_since=job.created_at.timestamp(),
+                max_bytes=job.limits.disk,
             )
             entry = pick_entry(workspace, job.command)
         except (CheckoutError, NoEntryPoint, BadRepoConfig) as exc:
