@@ -186,23 +186,22 @@ class Store:
         return Page(items, next_cursor)
 
     async def cancel(self, job_id: uuid.UUID, *, owner: str | None = None) -> Job:
-        """A queued job is cancelled at once; a running one is flagged for its worker to kill."""
-        job = await self.get_job(job_id, owner=owner)
+        """Flag the job, and end it at once if it is queued; a running job's worker sees the
+        flag and kills it. Flag and move share one transaction, so no requeue slips between."""
+        await self.get_job(job_id, owner=owner)
+        pending = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
         async with self.engine.begin() as conn:
-            if job.status is JobStatus.QUEUED:
-                done = await self.transition(
-                    conn,
-                    job_id,
-                    JobStatus.CANCELLED,
-                    sources=[JobStatus.QUEUED],
-                    values={"finished_at": utcnow(), "reason": "cancelled before it started"},
-                )
-                if done is not None:
-                    return done
             await conn.execute(
                 sa.update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
+                .where(jobs.c.id == job_id, jobs.c.status.in_(pending))
                 .values(cancel_requested=True)
+            )
+            await self.transition(
+                conn,
+                job_id,
+                JobStatus.CANCELLED,
+                sources=[JobStatus.QUEUED],
+                values={"finished_at": utcnow(), "reason": "cancelled before it started"},
             )
         return await self.get_job(job_id)
 

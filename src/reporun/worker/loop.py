@@ -31,6 +31,7 @@ logger = logging.getLogger("reporun.worker")
 CANCEL_POLL = 0.25
 LOG_FLUSH_BYTES = 64 * 1024
 LOG_FLUSH_SECONDS = 0.25
+LOG_CLOSE_TIMEOUT = 10.0
 
 
 def new_worker_id() -> str:
@@ -90,8 +91,10 @@ class LogWriter:
 
     async def close(self, *, truncated: bool) -> None:
         for attempt in range(20):
-            if await self.flush(truncated=truncated):
-                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LOG_CLOSE_TIMEOUT):
+                    if await self.flush(truncated=truncated):
+                        return
             await asyncio.sleep(compute_backoff(attempt, cap=2.0))
 
 
@@ -100,6 +103,7 @@ class Watch:
     """What the side task learnt about a running job."""
 
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    held_until: float = 0.0
     cancel_requested: bool = False
     lease_lost: bool = False
     drained: bool = False
@@ -234,6 +238,9 @@ class Worker:
     async def _execute(
         self, job: Job, workspace: Path, watch: Watch, log: LogWriter
     ) -> Outcome | None:
+        if job.cancel_requested:  # cancelled while it was being given back to the queue
+            watch.cancel_requested = True
+            return self._outcome(None, watch, job.limits.timeout)
         try:
             commit = await self.mirrors.checkout(
                 job.repo,
@@ -293,35 +300,45 @@ class Worker:
         return Outcome(JobStatus.FAILED, exit_code=code, reason=f"exit code {code}")
 
     async def _monitor(self, job: Job, watch: Watch, log: LogWriter) -> None:
-        """Renew the lease, notice cancel requests, flush quiet logs; kill the run when the lease
-        cannot be held (another worker may get the job: never run it twice at once)."""
+        """Renew the lease, notice cancel requests, flush quiet logs. Every database call has
+        a deadline, and a separate fence stops the run once the lease may have run out: a
+        hung database never lets two workers run the job at once."""
         renew_every = self.settings.lease_seconds / 3
-        held_until = time.monotonic() + self.settings.lease_seconds
+        watch.held_until = time.monotonic() + self.settings.lease_seconds
+        fence = asyncio.create_task(self._fence(job, watch, renew_every))
         last_renew = time.monotonic()
-        while True:
+        try:
+            while not watch.lease_lost:
+                await asyncio.sleep(CANCEL_POLL)
+                now = time.monotonic()
+                try:
+                    async with asyncio.timeout(renew_every / 2):
+                        if now - last_renew >= renew_every:
+                            lease = await self.queue.renew(job, self.id)
+                            if lease.held:
+                                last_renew = now
+                                watch.held_until = now + self.settings.lease_seconds
+                            else:
+                                watch.lease_lost = True
+                            watch.cancel_requested |= lease.cancel_requested
+                        elif not watch.cancel_requested:
+                            watch.cancel_requested = await self.store.cancel_requested(job.id)
+                        await log.flush()
+                except Exception:
+                    logger.warning(
+                        "lease renewal failed", exc_info=True, extra=self._log("renew", job)
+                    )
+                if watch.lease_lost or watch.cancel_requested:
+                    watch.stop.set()
+        finally:
+            fence.cancel()
+
+    async def _fence(self, job: Job, watch: Watch, margin: float) -> None:
+        while time.monotonic() < watch.held_until - margin / 2 and not watch.lease_lost:
             await asyncio.sleep(CANCEL_POLL)
-            now = time.monotonic()
-            try:
-                if now - last_renew >= renew_every:
-                    lease = await self.queue.renew(job, self.id)
-                    if not lease.held:
-                        watch.lease_lost = True
-                    else:
-                        last_renew, held_until = now, now + self.settings.lease_seconds
-                    watch.cancel_requested |= lease.cancel_requested
-                elif not watch.cancel_requested:
-                    watch.cancel_requested = await self.store.cancel_requested(job.id)
-                await log.flush()
-            except Exception:
-                logger.warning("lease renewal failed", exc_info=True, extra=self._log("renew", job))
-            if time.monotonic() > held_until - renew_every / 2:
-                watch.lease_lost = True
-            if watch.lease_lost:
-                logger.warning("lease lost; stopping the run", extra=self._log("lease_lost", job))
-            if watch.lease_lost or watch.cancel_requested:
-                watch.stop.set()
-                if watch.lease_lost:
-                    return
+        watch.lease_lost = True
+        watch.stop.set()
+        logger.warning("lease lost; stopping the run", extra=self._log("lease_lost", job))
 
     async def _report(self, job: Job, outcome: Outcome) -> None:
         """Write the terminal record, retrying through database outages while the lease holds."""

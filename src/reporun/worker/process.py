@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from reporun.errors import SandboxError
 from reporun.jobs import Limits
+
+logger = logging.getLogger("reporun.worker")
 
 OutputSink = Callable[[bytes], Awaitable[None]]
 KILL_GRACE = 2.0
@@ -117,4 +120,7 @@ class _Capped:
                 chunk = chunk[:room]
                 self.truncated = True
             self.kept += len(chunk)
-            await self.sink(chunk)
+            try:
+                await self.sink(chunk)
+            except Exception:  # never stop draining: a full pipe would freeze the job
+                logger.warning("log sink failed", exc_info=True, extra={"action": "log"})
