@@ -166,7 +166,11 @@ def check_command(command: str, settings: Settings) -> str:
         raise InvalidInput("command must not be empty", field="command")
     if "\x00" in command:
         raise InvalidInput("command must not contain NUL bytes", field="command")
-    if len(command.encode()) > settings.command_max_bytes:
+    try:
+        size = len(command.encode())
+    except UnicodeEncodeError:
+        raise InvalidInput("command is not valid Unicode text", field="command") from None
+    if size > settings.command_max_bytes:
         raise InvalidInput(
             f"command is longer than {settings.command_max_bytes} bytes", field="command"
         )
@@ -184,7 +188,10 @@ def check_env(env: Mapping[str, str], settings: Settings) -> dict[str, str]:
             raise InvalidInput(f"env name {name!r} is reserved", field="env")
         if "\x00" in value:
             raise InvalidInput(f"env {name} must not contain NUL bytes", field="env")
-        total += len(name) + len(value.encode())
+        try:
+            total += len(name) + len(value.encode())
+        except UnicodeEncodeError:
+            raise InvalidInput(f"env {name} is not valid Unicode text", field="env") from None
     if total > settings.env_max_bytes:
         raise InvalidInput(f"env is larger than {settings.env_max_bytes} bytes", field="env")
     return dict(env)

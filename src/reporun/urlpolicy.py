@@ -65,8 +65,8 @@ def parse_repo_url(url: str, policy: UrlPolicy) -> RepoUrl:
         raise _bad("repo must not be empty")
     if len(url) > MAX_URL_LENGTH:
         raise _bad(f"repo is longer than {MAX_URL_LENGTH} characters")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
-        raise _bad("repo must not contain spaces or control characters")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in url):
+        raise _bad("repo must not contain spaces, control characters or lone surrogates")
     if url.startswith("-"):
         raise _bad("repo must not start with '-'")
     if _TRANSPORT_SYNTAX.match(url):

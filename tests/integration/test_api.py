@@ -51,6 +51,9 @@ def assert_problem(response: Any, status: int, field: str | None = None) -> dict
         (b'{"repo": "https://example.org/x.git", "env": {"1BAD": "x"}}', 400, "env"),
         (b'{"repo": "https://example.org/x.git", "env": {"LD_PRELOAD": "x"}}', 400, "env"),
         (b'{"repo": "https://example.org/x.git", "env": {"A": 1}}', 422, "env.A"),
+        (b'{"repo": "https://example.org/x.git", "env": {"A": "\\udc00"}}', 400, "env"),
+        (b'{"repo": "https://example.org/x.git", "command": "echo \\ud800"}', 422, "command"),
+        (b'{"repo": "https://example.org/\\udc00.git"}', 422, "repo"),
         (b'{"repo": "https://example.org/x.git", "limits": {"memory": 1}}', 400, "limits.memory"),
         (
             b'{"repo": "https://example.org/x.git", "limits": {"network": true}}',
@@ -80,6 +83,28 @@ async def test_a_10_megabyte_body_is_refused(api: Api) -> None:
     assert_problem(response, 413, "body")
 
 
+async def test_a_chunked_body_over_the_limit_is_refused(api: Api) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(200):
+            yield b"x" * 1024
+
+    response = await api.client.post(
+        "/v1/jobs", content=chunks(), headers={**api.headers(), "content-type": "application/json"}
+    )
+    assert_problem(response, 413, "body")
+
+
+async def test_a_chunked_body_under_the_limit_works(api: Api) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        yield b'{"repo": '
+        yield b'"https://example.org/x.git"}'
+
+    response = await api.client.post(
+        "/v1/jobs", content=chunks(), headers={**api.headers(), "content-type": "application/json"}
+    )
+    assert response.status_code == 202, response.text
+
+
 async def test_a_huge_env_is_refused(api: Api) -> None:
     env = {f"V{i}": "x" * 1000 for i in range(60)}
     response = await api.client.post(
@@ -96,6 +121,14 @@ async def test_a_huge_env_is_refused(api: Api) -> None:
         (f"/v1/jobs/{uuid.uuid4()}/logs", 404, None),
         ("/v1/jobs/123/logs", 422, "job_id"),
         ("/v1/jobs?cursor=garbage!!", 400, "cursor"),
+        (
+            "/v1/jobs?cursor="
+            + __import__("base64")
+            .urlsafe_b64encode(f"9999-12-31T23:59:59-23:59|{uuid.uuid4()}".encode())
+            .decode(),
+            400,
+            "cursor",
+        ),
         ("/v1/jobs?cursor=" + "x" * 600, 422, "cursor"),
         ("/v1/jobs?status=sleeping", 422, "status"),
         ("/v1/jobs?limit=0", 422, "limit"),

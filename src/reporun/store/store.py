@@ -74,8 +74,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created_at = datetime.fromisoformat(stamp)
         if created_at.tzinfo is None:
             raise ValueError("naive timestamp")
-        return created_at, uuid.UUID(job_id)
-    except (ValueError, UnicodeDecodeError, binascii.Error):
+        return created_at.astimezone(UTC), uuid.UUID(job_id)
+    except (ValueError, OverflowError, UnicodeDecodeError, binascii.Error):
         raise InvalidInput("cursor is not one this server gave out", field="cursor") from None
 
 
