@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -48,6 +49,9 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a command's coroutine; every failure becomes one line on stderr."""
+    from sqlalchemy.exc import DBAPIError
+
     try:
         return asyncio.run(coro)
     except ClientError as exc:
@@ -56,6 +60,22 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
         fail(exc.message, 2 if isinstance(exc, ConfigError | InvalidInput) else 1)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except DBAPIError as exc:
+        fail(f"the database is not answering: {_first_line(exc.orig or exc)}", 1)
+    except OSError as exc:
+        fail(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", 1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _job_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        fail(f"{value!r} is not a job id (a UUID)")
 
 
 def _setup_logs(settings: Settings) -> None:
@@ -318,7 +338,7 @@ def status(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False
 
     async def show() -> None:
         async with _client() as client:
-            job = await client.job(job_id)
+            job = await client.job(_job_id(job_id))
         print(json.dumps(job, indent=2) if as_json else _show(job))
 
     run(show())
@@ -330,7 +350,7 @@ def logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = 
 
     async def stream() -> None:
         async with _client() as client:
-            async for chunk in client.logs(job_id, follow=follow):
+            async for chunk in client.logs(_job_id(job_id), follow=follow):
                 sys.stdout.buffer.write(chunk)
                 sys.stdout.flush()
 
@@ -343,7 +363,7 @@ def cancel(job_id: str) -> None:
 
     async def request() -> None:
         async with _client() as client:
-            job = await client.cancel(job_id)
+            job = await client.cancel(_job_id(job_id))
         print(_show(job))
 
     run(request())
@@ -370,4 +390,4 @@ def main() -> None:
             fail("aborted", 130)
         if isinstance(code, int):
             raise SystemExit(code) from None
-        raise
+        fail(f"internal error: {type(exc).__name__}: {_first_line(exc)}", 1)

@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     checkout_timeout: float = 300.0
 
     worker_id: str | None = None
+    # Set by `reporun serve` for its workers: they drain when that process is gone.
+    parent_pid: int | None = None
     lease_seconds: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     poll_interval: float = Field(0.2, gt=0)

@@ -45,6 +45,7 @@ def _worker_env(settings: Settings) -> dict[str, str]:
         "REPORUN_DRAIN_GRACE": str(settings.drain_grace),
         "REPORUN_POLL_INTERVAL": str(settings.poll_interval),
         "REPORUN_LOG_FORMAT": settings.log_format,
+        "REPORUN_PARENT_PID": str(os.getpid()),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -60,6 +61,16 @@ def build_sandbox(settings: Settings) -> Sandbox:
     return Bubblewrap(UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count))
 
 
+async def _stop_when_orphaned(parent: int | None, stop: asyncio.Event) -> None:
+    """A worker started by `serve` drains when `serve` is gone, even after a SIGKILL."""
+    if parent is None:
+        return
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    logger.warning("the serving process is gone; draining", extra={"action": "orphaned"})
+    stop.set()
+
+
 async def check_schema(store: Store) -> None:
     if not await is_current(store.engine):
         raise ConfigError("the database schema is not current: run `reporun db upgrade`")
@@ -91,10 +102,23 @@ async def run_worker(settings: Settings) -> None:
         )
         stop = asyncio.Event()
         with stop_signals(stop):
-            await worker.run(stop)
+            watch = asyncio.create_task(_stop_when_orphaned(settings.parent_pid, stop))
+            try:
+                await worker.run(stop)
+            finally:
+                watch.cancel()
         await queue.close()
     finally:
         await store.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a caught SIGTERM after shutting down, which would kill `serve` before
+    it drains its workers: reporun handles the signals itself (`stop_signals`)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 async def run_api(
@@ -104,6 +128,7 @@ async def run_api(
     *,
     on_started: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
+    """Serve the API until SIGTERM or SIGINT."""
     queue = build_queue(settings, store)
     app = create_app(Services(settings, store, queue, auth))
     config = uvicorn.Config(
@@ -114,13 +139,27 @@ async def run_api(
         access_log=False,
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
-    if on_started is None:
-        await server.serve()
-        return
-    serving = asyncio.create_task(server.serve())
-    while not server.started and not serving.done():
-        await asyncio.sleep(0.02)
-    if server.started:
-        await on_started()
-    await serving
+    server = _Server(config)
+    stop = asyncio.Event()
+
+    async def serve() -> bool:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn's way of saying it could not start
+            return False
+        return True
+
+    with stop_signals(stop):
+        serving = asyncio.create_task(serve())
+        stopping = asyncio.create_task(stop.wait())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if server.started and on_started is not None:
+            await on_started()
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        stopping.cancel()
+        if not await serving:
+            raise ConfigError(
+                f"cannot serve on {settings.host}:{settings.port} (in use, or not an address here)"
+            )

@@ -283,3 +283,71 @@ def test_doctor_says_the_sandbox_works(tmp_path: Path) -> None:
     assert "ok    sandbox (bubblewrap)" in result.stdout and "FAIL" not in result.stdout
     broken = reporun("doctor", env={**env, "PATH": "/nonexistent"})
     assert broken.returncode == 1 and "FAIL  sandbox" in broken.stdout
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_sigterm_to_serve_drains_its_workers_and_leaves_none(
+    served: dict, git_server: GitServer
+) -> None:
+    import sqlite3
+
+    process: Process = served["process"]  # type: ignore[assignment]
+    workers = _children(process.popen.pid)
+    assert len(workers) == 2
+    repo = git_server.make_repo({"run.sh": "#!/bin/sh\nsleep 1\necho drained\n"})
+    job_id = json.loads(reporun("submit", repo, "--json", env=served["env"]).stdout)["id"]
+    url = f"http://127.0.0.1:{served['port']}/v1/jobs/{job_id}"
+    headers = {"Authorization": f"Bearer {served['token']}"}
+    deadline = time.monotonic() + 30
+    while httpx.get(url, headers=headers, timeout=5).json()["status"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.popen.send_signal(signal.SIGTERM)  # the serving process only, not its group
+    assert process.popen.wait(30) == 0, process.log.read_text()[-2000:]
+    for pid in workers:
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )
+    with sqlite3.connect(Path(served["data"]) / "reporun.db") as db:  # type: ignore[arg-type]
+        status = db.execute(
+            "SELECT status FROM jobs WHERE id = ?", (uuid.UUID(job_id).hex,)
+        ).fetchone()
+    assert status == ("succeeded",)
+
+
+def test_serve_on_a_taken_port_says_so_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = cli_env(tmp_path / "data", port)
+        result = reporun("serve", "--port", str(port), "--workers", "0", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("reporun: cannot serve on")
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_one_liners_for_bad_ids_urls_and_tokens(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, free_port(), REPORUN_TOKEN="x")
+    for args, extra in (
+        (["status", "../../healthz"], {}),
+        (["logs", "nope"], {}),
+        (["cancel", "1234"], {}),
+    ):
+        result = reporun(*args, env={**env, **extra})
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result
+    for extra in ({"REPORUN_URL": "http://[::1"}, {"REPORUN_TOKEN": "tökén"}):
+        result = reporun("jobs", env={**env, **extra})
+        assert result.returncode in (1, 2) and len(result.stderr.strip().splitlines()) == 1, result
+        assert "Traceback" not in result.stderr
+    unreachable = reporun(
+        "db", "upgrade", env={**env, "REPORUN_DATABASE_URL": "postgresql://u@127.0.0.1:1/x"}
+    )
+    assert unreachable.returncode == 1 and "Traceback" not in unreachable.stderr
+    assert len(unreachable.stderr.strip().splitlines()) == 1, unreachable.stderr
