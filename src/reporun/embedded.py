@@ -13,6 +13,7 @@ from reporun.observer.scalers import LocalScaler
 from reporun.runtime import build_sandbox, run_api
 from reporun.store import Store
 from reporun.store.migrate import upgrade
+from reporun.worker.loop import prepare_work_dir
 
 # Ctrl-C on a laptop should not wait ten minutes for a job: running jobs go back to the queue.
 SERVE_DRAIN_GRACE = 10.0
@@ -61,6 +62,7 @@ async def serve(settings: Settings) -> None:
     settings.check_secure(embedded=True)
     build_sandbox(settings)  # refuse to start without a working sandbox, with the reason
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    prepare_work_dir(settings.job_work_dir)
     auth = LocalAuth(load_or_create_key(settings.secret_key_path))
     token_path = settings.admin_token_path
     if not token_path.exists():

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reporun.config import Settings
-from reporun.errors import CheckoutError, SandboxError
+from reporun.errors import CheckoutError, ConfigError, SandboxError
 from reporun.jobs import Job, JobStatus, url_policy
 from reporun.queue import Outcome, QueueBackend
 from reporun.retry import compute_backoff
@@ -140,7 +141,7 @@ class Worker:
 
     # Main loop --------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        _make_traversable(self.work_dir)
+        prepare_work_dir(self.work_dir)
         logger.info("worker started", extra=self._log("start", sandbox=self.sandbox.name))
         side = [
             asyncio.create_task(self._every(self.settings.lease_seconds / 3, self._heartbeat)),
@@ -383,13 +384,21 @@ async def _first(*aws: Awaitable[object]) -> None:
                 task.cancel()
 
 
-def _make_traversable(path: Path) -> None:
-    """The work dir and its parents we create: others may pass through, not list."""
+def prepare_work_dir(path: Path) -> None:
+    """Create the work dir (others may pass through, not list) and make sure nobody else owns
+    or can write it or its parents we made: it sits in a shared /tmp by default."""
     missing = []
     probe = path
-    while not probe.exists():
+    while not probe.exists() and not probe.is_symlink():
         missing.append(probe)
         probe = probe.parent
     for directory in reversed(missing):
         directory.mkdir(mode=0o711, exist_ok=True)
         os.chmod(directory, 0o711)
+    for directory in [path, *missing[1:]] if missing else [path]:
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            raise ConfigError(
+                f"the work dir {directory} is not a directory of this user that only it can "
+                "write; remove it or set REPORUN_WORK_DIR"
+            )
