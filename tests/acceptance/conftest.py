@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -113,3 +114,65 @@ def served(tmp_path: Path, processes: list[Process]) -> dict[str, object]:
     process.wait_http(f"http://127.0.0.1:{port}/healthz")
     token = (data / "admin.token").read_text().strip()
     return {"port": port, "data": data, "env": env, "token": token, "process": process}
+
+
+class Cluster:
+    """`reporun serve --workers 0` as the API, with `reporun worker` processes started apart."""
+
+    def __init__(self, tmp_path: Path, processes: list[Process]) -> None:
+        require_tool("bwrap", "the job sandbox")
+        self.tmp_path = tmp_path
+        self.processes = processes
+        self.port = free_port()
+        self.data = tmp_path / "data"
+        self.env = cli_env(self.data, self.port)
+        api = Process(
+            [sys.executable, "-m", "reporun", "serve", "--workers", "0", "--port", str(self.port)],
+            self.env,
+            tmp_path / "serve.log",
+        )
+        processes.append(api)
+        api.wait_http(f"http://127.0.0.1:{self.port}/healthz")
+        self.headers = {
+            "Authorization": f"Bearer {(self.data / 'admin.token').read_text().strip()}"
+        }
+
+    def worker(self, name: str, **env: str) -> Process:
+        worker_env = {
+            **self.env,
+            "REPORUN_DATABASE_URL": f"sqlite:///{self.data / 'reporun.db'}",
+            "REPORUN_ALLOWED_SCHEMES": "https,git",
+            "REPORUN_TRUSTED_HOSTS": "127.0.0.1",
+            "REPORUN_POLL_INTERVAL": "0.05",
+            **env,
+        }
+        process = Process(
+            [sys.executable, "-m", "reporun", "worker"], worker_env, self.tmp_path / f"{name}.log"
+        )
+        self.processes.append(process)
+        return process
+
+    def job(self, job_id: str) -> dict[str, object]:
+        url = f"http://127.0.0.1:{self.port}/v1/jobs/{job_id}"
+        return dict(httpx.get(url, headers=self.headers, timeout=5).json())
+
+    def log(self, job_id: str) -> str:
+        url = f"http://127.0.0.1:{self.port}/v1/jobs/{job_id}/logs"
+        return httpx.get(url, headers=self.headers, timeout=5).text
+
+    def submit(self, repo: str) -> str:
+        return str(json.loads(reporun("submit", repo, "--json", env=self.env).stdout)["id"])
+
+    def wait_status(
+        self, job_id: str, statuses: set[str], timeout: float = 60
+    ) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while (job := self.job(job_id))["status"] not in statuses:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+        return job
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, processes: list[Process]) -> Cluster:
+    return Cluster(tmp_path, processes)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.acceptance.conftest import ROOT, Process, cli_env, reporun
-from tests.conftest import GitServer, free_port, require_tool
+from tests.acceptance.conftest import ROOT, Cluster, Process, cli_env, reporun
+from tests.conftest import GitServer, free_port, processes_with, require_tool
 
 
 def test_make_run_serves_healthz(tmp_path: Path, processes: list[Process]) -> None:
@@ -145,58 +145,25 @@ def test_cli_without_a_server_says_so(tmp_path: Path) -> None:
 
 
 def test_kill_9_a_worker_mid_job_runs_it_again_once(
-    tmp_path: Path, git_server: GitServer, processes: list[Process]
+    cluster: Cluster, git_server: GitServer
 ) -> None:
-    require_tool("bwrap", "the job sandbox")
-    port = free_port()
-    data = tmp_path / "data"
-    env = cli_env(data, port)
-    api = Process(
-        [*_python(), "-m", "reporun", "serve", "--workers", "0", "--port", str(port)],
-        env,
-        tmp_path / "serve.log",
-    )
-    processes.append(api)
-    api.wait_http(f"http://127.0.0.1:{port}/healthz")
-    worker_env = {
-        **env,
-        "REPORUN_DATABASE_URL": f"sqlite:///{data / 'reporun.db'}",
-        "REPORUN_ALLOWED_SCHEMES": "https,git",
-        "REPORUN_TRUSTED_HOSTS": "127.0.0.1",
-        "REPORUN_LEASE_SECONDS": "2",
-        "REPORUN_POLL_INTERVAL": "0.05",
-    }
     marker = f"{uuid.uuid4().int % 10**6 + 1000}"
     repo = git_server.make_repo(
         {"run.sh": f"#!/bin/sh\necho attempt starts\nsleep 0.{marker}\nsleep 2\necho done\n"}
     )
-    submitted = reporun("submit", repo, "--json", env=env)
-    job_id = json.loads(submitted.stdout)["id"]
-    first = Process([*_python(), "-m", "reporun", "worker"], worker_env, tmp_path / "w1.log")
-    processes.append(first)
-    headers = {"Authorization": f"Bearer {(data / 'admin.token').read_text().strip()}"}
-    url = f"http://127.0.0.1:{port}/v1/jobs/{job_id}"
-
-    def job() -> dict:
-        return dict(httpx.get(url, headers=headers, timeout=5).json())
-
-    deadline = time.monotonic() + 60
-    while job()["status"] != "running":
-        assert time.monotonic() < deadline, first.log.read_text()
-        time.sleep(0.05)
+    job_id = cluster.submit(repo)
+    first = cluster.worker("w1", REPORUN_LEASE_SECONDS="2")
+    cluster.wait_status(job_id, {"running"})
     first.stop(signal.SIGKILL)
-    second = Process([*_python(), "-m", "reporun", "worker"], worker_env, tmp_path / "w2.log")
-    processes.append(second)
-    deadline = time.monotonic() + 60
-    while (current := job())["status"] not in ("succeeded", "failed", "error", "timed_out"):
-        assert time.monotonic() < deadline, (current, second.log.read_text())
-        time.sleep(0.1)
-    assert current["status"] == "succeeded", current
-    assert current["attempts"] == 2
-    log = httpx.get(f"{url}/logs", headers=headers, timeout=5).text
+    assert processes_with(f"sleep 0.{marker}") == []  # the sandbox died with its worker
+    second = cluster.worker("w2", REPORUN_LEASE_SECONDS="2")
+    ended = cluster.wait_status(job_id, {"succeeded", "failed", "error", "timed_out"})
+    assert ended["status"] == "succeeded", (ended, second.log.read_text())
+    assert ended["attempts"] == 2
+    log = cluster.log(job_id)
     assert log.count("done") == 1 and log.count("attempt starts") == 1
     time.sleep(1)
-    assert job() == current  # one terminal record: nothing changes afterwards
+    assert cluster.job(job_id) == ended  # one terminal record: nothing changes afterwards
 
 
 def _python() -> list[str]:
@@ -233,45 +200,15 @@ def test_reporun_api_refuses_weak_settings_and_serves_with_minted_tokens(
     assert reporun("token", "create", "x", "--role", "root", env=env).returncode == 2
 
 
-def test_sigterm_drains_a_worker(
-    tmp_path: Path, git_server: GitServer, processes: list[Process]
-) -> None:
-    require_tool("bwrap", "the job sandbox")
-    port = free_port()
-    data = tmp_path / "data"
-    env = cli_env(data, port)
-    api = Process(
-        [*_python(), "-m", "reporun", "serve", "--workers", "0", "--port", str(port)],
-        env,
-        tmp_path / "serve.log",
-    )
-    processes.append(api)
-    api.wait_http(f"http://127.0.0.1:{port}/healthz")
-    worker_env = {
-        **env,
-        "REPORUN_DATABASE_URL": f"sqlite:///{data / 'reporun.db'}",
-        "REPORUN_ALLOWED_SCHEMES": "https,git",
-        "REPORUN_TRUSTED_HOSTS": "127.0.0.1",
-        "REPORUN_POLL_INTERVAL": "0.05",
-    }
+def test_sigterm_drains_a_worker(cluster: Cluster, git_server: GitServer) -> None:
     repo = git_server.make_repo({"run.sh": "#!/bin/sh\nsleep 2\necho finished\n"})
-    first = json.loads(reporun("submit", repo, "--json", env=env).stdout)["id"]
-    second = json.loads(reporun("submit", repo, "--json", env=env).stdout)["id"]
-    worker = Process([*_python(), "-m", "reporun", "worker"], worker_env, tmp_path / "w.log")
-    processes.append(worker)
-    headers = {"Authorization": f"Bearer {(data / 'admin.token').read_text().strip()}"}
-
-    def status(job_id: str) -> str:
-        url = f"http://127.0.0.1:{port}/v1/jobs/{job_id}"
-        return str(httpx.get(url, headers=headers, timeout=5).json()["status"])
-
-    deadline = time.monotonic() + 60
-    while status(first) != "running":
-        assert time.monotonic() < deadline, worker.log.read_text()
-        time.sleep(0.05)
+    first = cluster.submit(repo)
+    second = cluster.submit(repo)
+    worker = cluster.worker("w")
+    cluster.wait_status(first, {"running"})
     assert worker.stop(signal.SIGTERM, timeout=30) == 0, worker.log.read_text()
-    assert status(first) == "succeeded"
-    assert status(second) == "queued"  # a draining worker takes nothing new
+    assert cluster.job(first)["status"] == "succeeded"
+    assert cluster.job(second)["status"] == "queued"  # a draining worker takes nothing new
 
 
 def test_doctor_says_the_sandbox_works(tmp_path: Path) -> None:
