@@ -18,6 +18,7 @@ import pytest
 from reporun.config import Settings
 from reporun.store import Store
 from reporun.store.migrate import upgrade
+from tests.postgres import Postgres
 
 
 def require_tool(name: str, why: str) -> str:
@@ -171,6 +172,39 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 async def store(settings: Settings) -> AsyncIterator[Store]:
     store = Store.open(settings.db_url)
+    await upgrade(store.engine)
+    yield store
+    await store.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    server.start()
+    server.prepare_template()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres: Postgres) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test."""
+    name = postgres.create_database()
+    yield postgres.url(name)
+    postgres.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, settings: Settings) -> str:
+    """Each store and queue test runs on both databases."""
+    if request.param == "sqlite":
+        return settings.db_url
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def any_store(db_url: str) -> AsyncIterator[Store]:
+    store = Store.open(db_url)
     await upgrade(store.engine)
     yield store
     await store.close()

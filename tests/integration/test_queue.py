@@ -9,11 +9,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from reporun.config import Settings
 from reporun.jobs import Job, JobSpec, JobStatus, Limits
 from reporun.queue import Outcome, QueueBackend
 from reporun.queue.memory import MemoryQueue
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
+from reporun.store.migrate import upgrade
 
 LIMITS = Limits(timeout=60, memory=1 << 30, processes=64, log=1 << 20, disk=1 << 30)
 
@@ -43,13 +45,16 @@ class Backend:
             await result
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def backend(request: pytest.FixtureRequest, store: Store) -> AsyncIterator[Backend]:
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def backend(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Backend]:
     lease = 0.3
     if request.param == "memory":
         memory = MemoryQueue(lease_seconds=lease, max_attempts=2)
         yield Backend(memory, memory.add, lambda i: memory.jobs[i], memory.cancel)
         return
+    url = settings.db_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    store = Store.open(url)
+    await upgrade(store.engine)
     sql = SqlQueue(store, lease_seconds=lease, max_attempts=2, poll_interval=0.05)
     yield Backend(
         sql,
@@ -57,6 +62,7 @@ async def backend(request: pytest.FixtureRequest, store: Store) -> AsyncIterator
         store.get_job,
         lambda i: store.cancel(i),
     )
+    await store.close()
 
 
 async def test_claim_takes_the_oldest_then_none(backend: Backend) -> None:

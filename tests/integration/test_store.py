@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -19,8 +20,19 @@ from reporun.store.tables import metadata
 LIMITS = Limits(timeout=60, memory=1 << 30, processes=64, log=1 << 20, disk=1 << 30)
 
 
-async def test_upgrading_from_empty_gives_the_schema_the_code_expects(settings: Settings) -> None:
-    store = Store.open(settings.db_url)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request: pytest.FixtureRequest, settings: Settings) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield settings.db_url
+        return
+    postgres = request.getfixturevalue("postgres")
+    name = postgres.create_database(migrated=False)
+    yield postgres.url(name)
+    postgres.drop_database(name)
+
+
+async def test_upgrading_from_empty_gives_the_schema_the_code_expects(empty_db_url: str) -> None:
+    store = Store.open(empty_db_url)
     try:
         assert not await is_current(store.engine)
         await upgrade(store.engine)
@@ -37,11 +49,11 @@ async def test_upgrading_from_empty_gives_the_schema_the_code_expects(settings: 
         await store.close()
 
 
-async def test_jobs_round_trip_with_aware_utc_times(store: Store) -> None:
-    job = await store.create_job(
+async def test_jobs_round_trip_with_aware_utc_times(any_store: Store) -> None:
+    job = await any_store.create_job(
         JobSpec(repo="https://example.org/x.git", ref="v1", env={"A": "b"}, limits=LIMITS), "alice"
     )
-    again = await store.get_job(job.id)
+    again = await any_store.get_job(job.id)
     assert again == job
     assert (
         again.created_at.utcoffset() is not None
@@ -49,41 +61,41 @@ async def test_jobs_round_trip_with_aware_utc_times(store: Store) -> None:
     )
     assert again.status is JobStatus.QUEUED and again.env == {"A": "b"} and again.limits == LIMITS
     with pytest.raises(NotFound):
-        await store.get_job(job.id, owner="bob")
+        await any_store.get_job(job.id, owner="bob")
     with pytest.raises(NotFound):
-        await store.get_job(uuid.uuid4())
+        await any_store.get_job(uuid.uuid4())
 
 
 @pytest.mark.parametrize("cursor", ["!!", "aGVsbG8", "MjAyNi0wMS0wMXxub3QtYS11dWlk", "fA"])
-async def test_foreign_cursors_are_refused(store: Store, cursor: str) -> None:
+async def test_foreign_cursors_are_refused(any_store: Store, cursor: str) -> None:
     with pytest.raises(InvalidInput) as caught:
-        await store.list_jobs(owner=None, cursor=cursor)
+        await any_store.list_jobs(owner=None, cursor=cursor)
     assert caught.value.field == "cursor"
 
 
-async def test_logs_append_in_order_and_reset(store: Store) -> None:
-    job = await store.create_job(JobSpec(repo="https://example.org/x.git", limits=LIMITS), "a")
-    await store.append_log(job.id, 0, b"one ")
-    await store.append_log(job.id, 1, b"two", truncated=True)
-    assert b"".join(d for _, d in await store.read_log(job.id)) == b"one two"
-    assert [s for s, _ in await store.read_log(job.id, after=0)] == [1]
-    shown = await store.get_job(job.id)
+async def test_logs_append_in_order_and_reset(any_store: Store) -> None:
+    job = await any_store.create_job(JobSpec(repo="https://example.org/x.git", limits=LIMITS), "a")
+    await any_store.append_log(job.id, 0, b"one ")
+    await any_store.append_log(job.id, 1, b"two", truncated=True)
+    assert b"".join(d for _, d in await any_store.read_log(job.id)) == b"one two"
+    assert [s for s, _ in await any_store.read_log(job.id, after=0)] == [1]
+    shown = await any_store.get_job(job.id)
     assert (shown.log_bytes, shown.log_truncated) == (7, True)
-    await store.reset_log(job.id)
-    assert await store.read_log(job.id) == []
-    assert (await store.get_job(job.id)).log_bytes == 0
+    await any_store.reset_log(job.id)
+    assert await any_store.read_log(job.id) == []
+    assert (await any_store.get_job(job.id)).log_bytes == 0
 
 
-async def test_workers_heartbeat_and_prune(store: Store) -> None:
-    await store.worker_heartbeat("w1", host="h", pid=1, state="idle", current_job=None)
-    await store.worker_heartbeat("w1", host="h", pid=1, state="busy", current_job=None)
-    workers = await store.list_workers(alive_within=60)
+async def test_workers_heartbeat_and_prune(any_store: Store) -> None:
+    await any_store.worker_heartbeat("w1", host="h", pid=1, state="idle", current_job=None)
+    await any_store.worker_heartbeat("w1", host="h", pid=1, state="busy", current_job=None)
+    workers = await any_store.list_workers(alive_within=60)
     assert [(w.id, w.state) for w in workers] == [("w1", "busy")]
-    assert await store.prune_workers(older_than=3600) == 0
-    assert await store.prune_workers(older_than=-1) == 1
+    assert await any_store.prune_workers(older_than=3600) == 0
+    assert await any_store.prune_workers(older_than=-1) == 1
 
 
-async def test_concurrent_submissions_of_one_owner_get_distinct_fair_tags(store: Store) -> None:
+async def test_concurrent_submissions_of_one_owner_get_distinct_fair_tags(any_store: Store) -> None:
     import asyncio
 
     import sqlalchemy as sa
@@ -91,20 +103,20 @@ async def test_concurrent_submissions_of_one_owner_get_distinct_fair_tags(store:
     from reporun.store.tables import jobs
 
     spec = JobSpec(repo="https://example.org/x.git", limits=LIMITS)
-    await asyncio.gather(*(store.create_job(spec, "burst") for _ in range(30)))
-    async with store.engine.connect() as conn:
+    await asyncio.gather(*(any_store.create_job(spec, "burst") for _ in range(30)))
+    async with any_store.engine.connect() as conn:
         tags = (await conn.execute(sa.select(jobs.c.fair_tag))).scalars().all()
     assert sorted(tags) == list(range(30))
 
 
-async def test_a_worker_that_lost_the_job_writes_no_log(store: Store) -> None:
+async def test_a_worker_that_lost_the_job_writes_no_log(any_store: Store) -> None:
     from reporun.queue.sql import SqlQueue
 
-    queue = SqlQueue(store, lease_seconds=30, max_attempts=3, poll_interval=0.05)
-    job = await store.create_job(JobSpec(repo="https://example.org/x.git", limits=LIMITS), "a")
+    queue = SqlQueue(any_store, lease_seconds=30, max_attempts=3, poll_interval=0.05)
+    job = await any_store.create_job(JobSpec(repo="https://example.org/x.git", limits=LIMITS), "a")
     claimed = await queue.claim("w1")
     assert claimed is not None
-    assert await store.append_log(job.id, 0, b"mine", worker="w1", attempt=1)
+    assert await any_store.append_log(job.id, 0, b"mine", worker="w1", attempt=1)
     await queue.release(claimed, "w1", "test")
-    assert not await store.append_log(job.id, 1, b"stale", worker="w1", attempt=1)
-    assert [d for _, d in await store.read_log(job.id)] == [b"mine"]
+    assert not await any_store.append_log(job.id, 1, b"stale", worker="w1", attempt=1)
+    assert [d for _, d in await any_store.read_log(job.id)] == [b"mine"]

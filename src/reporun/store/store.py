@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from reporun.errors import InvalidInput, NotFound
 from reporun.jobs import TERMINAL, Job, JobSpec, JobStatus, check_transition, sources_of
-from reporun.store.dialect import seconds_between
+from reporun.store.dialect import lock_owner, seconds_between
 from reporun.store.engine import create_engine
 from reporun.store.tables import job_logs, jobs, workers
 
@@ -134,12 +134,14 @@ class Store:
             "created_at": now or utcnow(),
         }
         columns = [*values, "fair_tag"]
-        # One statement, so the tag is computed under the insert's write lock.
+        # One statement, so the tag is computed under the insert's write lock (SQLite), after
+        # the owner's lock (PostgreSQL).
         source = sa.select(
             *(sa.literal(v, type_=jobs.c[k].type).label(k) for k, v in values.items()),
             _fair_tag(owner).label("fair_tag"),
         )
         async with self.engine.begin() as conn:
+            await lock_owner(conn, owner)
             row = (
                 await conn.execute(sa.insert(jobs).from_select(columns, source).returning(*jobs.c))
             ).one()

@@ -1,0 +1,198 @@
+"""A real PostgreSQL for the tests: the machine's server when it answers, else a throwaway
+cluster started from the installed binaries. A fresh database per test, copied from a
+migrated template."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from reporun.store import Store
+from reporun.store.migrate import upgrade
+
+TEMPLATE = "reporun_template"
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return _psql(host, port, "postgres", "SELECT 1").returncode == 0
+
+
+def _psql(host: str, port: int, db: str, sql: str) -> subprocess.CompletedProcess[str]:
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.fail("psql is required for the PostgreSQL tests; `make test` installs postgresql")
+    return subprocess.run(
+        [
+            psql,
+            "-h",
+            host,
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qtAc",
+            sql,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PGCONNECT_TIMEOUT": "5"},
+    )
+
+
+class Postgres:
+    def __init__(self) -> None:
+        self.host = "127.0.0.1"
+        self.port = 5432
+        self.cluster: Path | None = None
+        self.owner: str | None = None
+
+    def start(self) -> None:
+        configured = os.environ.get("REPORUN_TEST_PG_PORT")
+        if configured:
+            self.port = int(configured)
+        if _answers(self.host, self.port):
+            return
+        self._start_throwaway()
+
+    def _start_throwaway(self) -> None:
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        if not found:
+            pytest.fail("no PostgreSQL answers and initdb is missing (apt-get install postgresql)")
+        bindir = Path(found[-1]).parent
+        self.cluster = Path(tempfile.mkdtemp(prefix="reporun-pg-"))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        prefix: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            self.owner = "postgres"
+            entry = pwd.getpwnam(self.owner)
+            os.chown(self.cluster, entry.pw_uid, entry.pw_gid)
+            prefix = [
+                "setpriv",
+                f"--reuid={entry.pw_uid}",
+                f"--regid={entry.pw_gid}",
+                "--init-groups",
+                "--",
+            ]
+        data = self.cluster / "data"
+        subprocess.run(
+            [
+                *prefix,
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        options = (
+            f"-p {self.port} -k {self.cluster} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        subprocess.run(
+            [
+                *prefix,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(self.cluster / "log"),
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        self._prefix = prefix
+        self._bindir = bindir
+
+    def stop(self) -> None:
+        if self.cluster is None:
+            return
+        subprocess.run(
+            [
+                *self._prefix,
+                str(self._bindir / "pg_ctl"),
+                "-D",
+                str(self.cluster / "data"),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        shutil.rmtree(self.cluster, ignore_errors=True)
+
+    def url(self, database: str) -> str:
+        return f"postgresql+asyncpg://postgres@{self.host}:{self.port}/{database}"
+
+    def sql(self, sql: str, database: str = "postgres") -> str:
+        result = _psql(self.host, self.port, database, sql)
+        if result.returncode != 0:
+            pytest.fail(f"psql failed: {result.stderr.strip()}")
+        return result.stdout.strip()
+
+    def prepare_template(self) -> None:
+        """A migrated database that each test's database is copied from (fast)."""
+        self.sql(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+        self.sql(f"CREATE DATABASE {TEMPLATE}")
+
+        async def migrate() -> None:
+            store = Store.open(self.url(TEMPLATE))
+            try:
+                await upgrade(store.engine)
+            finally:
+                await store.close()
+
+        # The first test to ask may already run an event loop: migrate on a thread of its own.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, migrate()).result()
+
+    def create_database(self, *, migrated: bool = True) -> str:
+        name = f"reporun_t_{secrets.token_hex(6)}"
+        template = f" TEMPLATE {TEMPLATE}" if migrated else ""
+        deadline = time.monotonic() + 30
+        while True:
+            result = _psql(self.host, self.port, "postgres", f"CREATE DATABASE {name}{template}")
+            if result.returncode == 0:
+                return name
+            # Another session may still be leaving the template: try again shortly.
+            if time.monotonic() > deadline:
+                pytest.fail(f"cannot create a test database: {result.stderr.strip()}")
+            time.sleep(0.1)
+
+    def drop_database(self, name: str) -> None:
+        _psql(self.host, self.port, "postgres", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
