@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     poll_interval: float = Field(0.2, gt=0)
+    # PostgreSQL: wake idle workers with LISTEN/NOTIFY (false: poll only).
+    notify: bool = True
     drain_grace: float = Field(600.0, ge=0)
     workers: int = Field(2, ge=0, le=64)
 

@@ -35,6 +35,7 @@ def build_queue(settings: Settings, store: Store) -> QueueBackend:
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,
         poll_interval=settings.poll_interval,
+        listen=settings.notify,
     )
 
 

@@ -183,3 +183,34 @@ async def test_concurrent_claims_never_hand_out_a_job_twice(backend: Backend) ->
     results = await asyncio.gather(*(drain(f"w{i}") for i in range(6)))
     claimed = [job_id for batch in results for job_id in batch]
     assert len(claimed) == 40 and len(set(claimed)) == 40
+
+
+async def test_notify_wakes_a_worker_in_another_process_at_once(postgres_url: str) -> None:
+    api_store, worker_store = Store.open(postgres_url), Store.open(postgres_url)
+    try:
+        api = SqlQueue(api_store, lease_seconds=30, max_attempts=2, poll_interval=30)
+        worker = SqlQueue(worker_store, lease_seconds=30, max_attempts=2, poll_interval=30)
+        await worker.wait(0.01)  # starts listening
+        waiting = asyncio.create_task(worker.wait(30))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        job = await api_store.create_job(spec(), "alice")
+        await api.enqueue(job)
+        await asyncio.wait_for(waiting, 5)  # far less than the 30 s poll
+        claimed = await worker.claim("w1")
+        assert claimed is not None and claimed.id == job.id
+        await worker.close()
+    finally:
+        await api_store.close()
+        await worker_store.close()
+
+
+async def test_without_notify_a_worker_polls(postgres_url: str) -> None:
+    store = Store.open(postgres_url)
+    try:
+        queue = SqlQueue(store, lease_seconds=30, max_attempts=2, poll_interval=0.05, listen=False)
+        started = asyncio.get_running_loop().time()
+        await queue.wait(30)
+        assert asyncio.get_running_loop().time() - started < 1
+    finally:
+        await store.close()

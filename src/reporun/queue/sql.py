@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from datetime import timedelta
 
@@ -13,22 +14,40 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from reporun.jobs import Job, JobStatus
 from reporun.queue import Lease, Outcome
 from reporun.store import Store, utcnow
+from reporun.store.dialect import Listener, notifies, notify
 from reporun.store.tables import jobs
+
+logger = logging.getLogger("reporun.queue")
+
+# With LISTEN/NOTIFY working, polling only backs it up (a lost notification, a reconnect).
+LISTENING_POLL = 2.0
 
 
 class SqlQueue:
     def __init__(
-        self, store: Store, *, lease_seconds: float, max_attempts: int, poll_interval: float
+        self,
+        store: Store,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+        poll_interval: float,
+        listen: bool = True,
     ) -> None:
         self.store = store
         self.lease = timedelta(seconds=lease_seconds)
         self.max_attempts = max_attempts
         self.poll_interval = poll_interval
         self._wakeup = asyncio.Event()
+        self._listener = (
+            Listener(store.engine, self._wakeup.set) if listen and notifies(store.engine) else None
+        )
 
     async def enqueue(self, job: Job) -> None:
-        # The row is the queue entry; wake any worker waiting in this process.
+        # The row is the queue entry: wake the workers waiting here and, on PostgreSQL, all.
         self._wakeup.set()
+        if notifies(self.store.engine):
+            async with self.store.engine.begin() as conn:
+                await notify(conn)
 
     async def claim(self, worker_id: str) -> Job | None:
         # A read first: idle polls then cost no write lock (SQLite) or row locks (PostgreSQL).
@@ -137,6 +156,8 @@ class SqlQueue:
                 where=[*where, jobs.c.attempts < self.max_attempts],
                 values={"worker": None, "started_at": None, "lease_expires_at": None},
             )
+            if done is not None:
+                await notify(conn)
         if done is None:
             done = await Store.transition(
                 conn,
@@ -171,9 +192,20 @@ class SqlQueue:
         return reaped
 
     async def wait(self, timeout: float) -> None:
+        poll = self.poll_interval
+        if self._listener is not None:
+            if not self._listener.alive:
+                try:
+                    await self._listener.start()
+                except Exception as exc:
+                    extra = {"action": "listen", "reason": str(exc)}
+                    logger.warning("cannot LISTEN; polling", extra=extra)
+            if self._listener.alive:
+                poll = max(poll, LISTENING_POLL)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), min(timeout, self.poll_interval))
+            await asyncio.wait_for(self._wakeup.wait(), min(timeout, poll))
         self._wakeup.clear()
 
     async def close(self) -> None:
-        return None
+        if self._listener is not None:
+            await self._listener.close()

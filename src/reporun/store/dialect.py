@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 
 def seconds_between(start: Any, end: Any, dialect: str) -> sa.ColumnElement[float]:
@@ -21,3 +23,56 @@ async def lock_owner(conn: AsyncConnection, owner: str) -> None:
     lock."""
     if conn.dialect.name == "postgresql":
         await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(owner))))
+
+
+# Wake-ups: PostgreSQL tells listening workers about new jobs at once (LISTEN/NOTIFY); SQLite
+# has no such thing and its workers poll.
+CHANNEL = "reporun_jobs"
+
+
+def notifies(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+async def notify(conn: AsyncConnection) -> None:
+    """Announce a job to listeners, when the transaction commits."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.select(sa.func.pg_notify(CHANNEL, "")))
+
+
+class Listener:
+    """One connection held open with LISTEN, calling `on_notify` for each announcement."""
+
+    def __init__(self, engine: AsyncEngine, on_notify: Callable[[], None]) -> None:
+        self.engine = engine
+        self.on_notify = on_notify
+        self._conn: AsyncConnection | None = None
+        self._driver: Any = None
+
+    @property
+    def alive(self) -> bool:
+        return self._driver is not None and not self._driver.is_closed()
+
+    async def start(self) -> None:
+        await self.close()
+        conn = await self.engine.connect()
+        try:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection  # asyncpg.Connection
+            await driver.add_listener(CHANNEL, self._callback)
+        except BaseException:
+            await conn.invalidate()
+            await conn.close()
+            raise
+        self._conn, self._driver = conn, driver
+
+    def _callback(self, *_: object) -> None:
+        self.on_notify()
+
+    async def close(self) -> None:
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
