@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import glob
 import os
 import pwd
@@ -75,6 +76,27 @@ class Postgres:
             return
         self._start_throwaway()
 
+    def start_throwaway(self) -> None:
+        """A cluster of the test's own, which it may stop and start (`stop_server`)."""
+        self._start_throwaway()
+
+    def _pg_ctl(self, *args: str) -> None:
+        assert self.cluster is not None
+        subprocess.run(
+            [*self._prefix, str(self._bindir / "pg_ctl"), "-D", str(self.cluster / "data"), *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def stop_server(self) -> None:
+        self._pg_ctl("-m", "fast", "-w", "stop")
+
+    def start_server(self) -> None:
+        assert self.cluster is not None
+        log = str(self.cluster / "log")
+        self._pg_ctl("-o", self._options, "-w", "-t", "60", "-l", log, "start")
+
     def _start_throwaway(self) -> None:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
         if not found:
@@ -116,44 +138,16 @@ class Postgres:
             f"-p {self.port} -k {self.cluster} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
-        subprocess.run(
-            [
-                *prefix,
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                options,
-                "-w",
-                "-t",
-                "60",
-                "-l",
-                str(self.cluster / "log"),
-                "start",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
         self._prefix = prefix
         self._bindir = bindir
+        self._options = options
+        self.start_server()
 
     def stop(self) -> None:
         if self.cluster is None:
             return
-        subprocess.run(
-            [
-                *self._prefix,
-                str(self._bindir / "pg_ctl"),
-                "-D",
-                str(self.cluster / "data"),
-                "-m",
-                "immediate",
-                "stop",
-            ],
-            capture_output=True,
-            timeout=60,
-        )
+        with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            self._pg_ctl("-m", "immediate", "stop")
         shutil.rmtree(self.cluster, ignore_errors=True)
 
     def url(self, database: str) -> str:

@@ -27,7 +27,15 @@ def create_engine(url: str) -> AsyncEngine:
             raise ConfigError(
                 "PostgreSQL needs the asyncpg driver: pip install 'reporun[postgres]'"
             ) from None
-        return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        # Bounded waits everywhere: an outage gives errors (503 at the API), never a hang.
+        return create_async_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=10,
+            max_overflow=10,
+            pool_timeout=10,
+            connect_args={"timeout": 5, "command_timeout": 30},
+        )
     raise ConfigError(f"unsupported database URL scheme {parsed.drivername!r}")
 
 
