@@ -214,3 +214,27 @@ async def test_without_notify_a_worker_polls(postgres_url: str) -> None:
         assert asyncio.get_running_loop().time() - started < 1
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+async def test_a_single_job_starts_within_a_few_claims_of_a_2000_job_backlog(
+    db: str, request: pytest.FixtureRequest, settings: Settings
+) -> None:
+    url = settings.db_url if db == "sqlite" else request.getfixturevalue("postgres_url")
+    store = Store.open(url)
+    try:
+        await upgrade(store.engine)
+        queue = SqlQueue(store, lease_seconds=30, max_attempts=3, poll_interval=0.05)
+        for n in range(2000):
+            await store.create_job(spec(n), "user-a")
+        for _ in range(10):
+            assert await queue.claim("w") is not None
+        single = await store.create_job(spec(), "user-b")
+        claims = []
+        for _ in range(3):
+            job = await queue.claim("w")
+            assert job is not None
+            claims.append(job.id)
+        assert single.id in claims
+    finally:
+        await store.close()
