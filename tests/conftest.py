@@ -70,9 +70,10 @@ def run_git(*args: str, cwd: Path | None = None) -> str:
 class GitServer:
     """`git daemon` on loopback serving bare repositories the tests create."""
 
-    def __init__(self, base: Path, work: Path) -> None:
+    def __init__(self, base: Path, work: Path, host: str = "127.0.0.1") -> None:
         self.base = base
         self.work = work
+        self.host = host
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -84,7 +85,7 @@ class GitServer:
                 "daemon",
                 "--reuseaddr",
                 "--export-all",
-                "--listen=127.0.0.1",
+                f"--listen={self.host}",
                 f"--port={self.port}",
                 f"--base-path={self.base}",
                 str(self.base),
@@ -96,7 +97,7 @@ class GitServer:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
                 return
             except OSError:
                 time.sleep(0.05)
@@ -109,7 +110,7 @@ class GitServer:
             self.process.wait()
 
     def url(self, name: str) -> str:
-        return f"git://127.0.0.1:{self.port}/{name}.git"
+        return f"git://{self.host}:{self.port}/{name}.git"
 
     def make_repo(
         self,

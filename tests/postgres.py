@@ -76,9 +76,10 @@ class Postgres:
             return
         self._start_throwaway()
 
-    def start_throwaway(self) -> None:
-        """A cluster of the test's own, which it may stop and start (`stop_server`)."""
-        self._start_throwaway()
+    def start_throwaway(self, *, also_listen: str | None = None) -> None:
+        """A cluster of the test's own, which it may stop and start (`stop_server`); with
+        `also_listen` (an address of the test's own hosts), reachable there too."""
+        self._start_throwaway(also_listen)
 
     def _pg_ctl(self, *args: str) -> None:
         assert self.cluster is not None
@@ -97,7 +98,7 @@ class Postgres:
         log = str(self.cluster / "log")
         self._pg_ctl("-o", self._options, "-w", "-t", "60", "-l", log, "start")
 
-    def _start_throwaway(self) -> None:
+    def _start_throwaway(self, also_listen: str | None = None) -> None:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
         if not found:
             pytest.fail("no PostgreSQL answers and initdb is missing (apt-get install postgresql)")
@@ -134,8 +135,12 @@ class Postgres:
             capture_output=True,
             timeout=120,
         )
+        listen = "127.0.0.1" + (f",{also_listen}" if also_listen else "")
+        if also_listen:
+            with (data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {also_listen}/24 trust\n")
         options = (
-            f"-p {self.port} -k {self.cluster} -c listen_addresses=127.0.0.1 -c fsync=off "
+            f"-p {self.port} -k {self.cluster} -c listen_addresses={listen} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
         )
         self._prefix = prefix

@@ -12,9 +12,10 @@ import socket
 import stat
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from reporun.config import Settings
 from reporun.errors import CheckoutError, ConfigError, SandboxError
@@ -28,6 +29,7 @@ from reporun.worker.process import RunResult
 from reporun.worker.sandbox import Sandbox
 
 logger = logging.getLogger("reporun.worker")
+T = TypeVar("T")
 
 CANCEL_POLL = 0.25
 LOG_FLUSH_BYTES = 64 * 1024
@@ -242,14 +244,17 @@ class Worker:
         if job.cancel_requested:  # cancelled while it was being given back to the queue
             watch.cancel_requested = True
             return self._outcome(None, watch, job.limits.timeout)
+        checkout = self.mirrors.checkout(
+            job.repo,
+            job.ref,
+            workspace,
+            fresh_since=job.created_at.timestamp(),
+            max_bytes=job.limits.disk,
+        )
         try:
-            commit = await self.mirrors.checkout(
-                job.repo,
-                job.ref,
-                workspace,
-                fresh_since=job.created_at.timestamp(),
-                max_bytes=job.limits.disk,
-            )
+            commit = await _unless(watch.stop, checkout)
+            if commit is None:  # cancelled, or the lease is gone: stop cloning too
+                return self._outcome(None, watch, job.limits.timeout)
             entry = pick_entry(workspace, job.command)
         except (CheckoutError, NoEntryPoint, BadRepoConfig) as exc:
             return Outcome(JobStatus.FAILED, reason=exc.message)
@@ -371,6 +376,22 @@ class Worker:
                 return
             except Exception:
                 await asyncio.sleep(compute_backoff(attempt, cap=5.0))
+
+
+async def _unless(stop: asyncio.Event, work: Coroutine[object, object, T]) -> T | None:
+    """The result of `work`, or None (and `work` cancelled) once `stop` is set."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 async def _first(*aws: Awaitable[object]) -> None:
