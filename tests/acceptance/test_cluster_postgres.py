@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import secrets
+import signal
 import sys
 import time
 from pathlib import Path
@@ -156,3 +157,24 @@ def test_restarting_postgresql_loses_nothing(
         assert statuses == ["succeeded"] * len(accepted), statuses
     finally:
         server.stop()
+
+
+def test_kill_9_a_worker_holding_a_job_on_postgresql(
+    pg_cluster: PgCluster, git_server: GitServer
+) -> None:
+    repo = git_server.make_repo({"run.sh": "#!/bin/sh\necho begin\nsleep 2\necho end\n"})
+    admin = pg_cluster.token("root", "admin")
+    first = pg_cluster.start("w1", "worker", REPORUN_LEASE_SECONDS="2")
+    with httpx.Client(base_url=pg_cluster.base, headers=admin, timeout=30) as client:
+        job_id = client.post("/v1/jobs", json={"repo": repo}).json()["id"]
+        deadline = time.monotonic() + 60
+        while client.get(f"/v1/jobs/{job_id}").json()["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first.stop(signal.SIGKILL)
+        pg_cluster.start("w2", "worker", REPORUN_LEASE_SECONDS="2")
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+        assert (job["status"], job["attempts"]) == ("succeeded", 2), job
+        assert client.get(f"/v1/jobs/{job_id}/logs").text.count("end") == 1

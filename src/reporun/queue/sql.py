@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from reporun.jobs import Job, JobStatus
 from reporun.queue import Lease, Outcome
-from reporun.store import Store, utcnow
-from reporun.store.dialect import Listener, notifies, notify
+from reporun.store import Store
+from reporun.store.dialect import Listener, clock, notifies, notify
 from reporun.store.tables import jobs
 
 logger = logging.getLogger("reporun.queue")
@@ -57,7 +57,7 @@ class SqlQueue:
             )
             if waiting.first() is None:
                 return None
-        now = utcnow()
+        now = clock(self.store.engine)
         head = (
             sa.select(jobs.c.id)
             .where(jobs.c.status == JobStatus.QUEUED.value)
@@ -93,7 +93,7 @@ class SqlQueue:
                         jobs.c.status == JobStatus.RUNNING.value,
                         *self._ours(job, worker_id),
                     )
-                    .values(lease_expires_at=utcnow() + self.lease)
+                    .values(lease_expires_at=clock(self.store.engine) + self.lease)
                     .returning(jobs.c.cancel_requested)
                 )
             ).first()
@@ -120,7 +120,7 @@ class SqlQueue:
                 values={
                     "exit_code": outcome.exit_code,
                     "reason": outcome.reason,
-                    "finished_at": utcnow(),
+                    "finished_at": clock(self.store.engine),
                     "lease_expires_at": None,
                 },
             )
@@ -138,7 +138,7 @@ class SqlQueue:
     ) -> Job | None:
         """Cancelled if asked, queued again while attempts remain, else error."""
         running = [JobStatus.RUNNING]
-        now = utcnow()
+        now = clock(self.store.engine)
         done = await Store.transition(
             conn,
             job_id,
@@ -174,7 +174,7 @@ class SqlQueue:
         return done
 
     async def reap(self) -> int:
-        now = utcnow()
+        now = clock(self.store.engine)
         async with self.store.engine.connect() as conn:
             expired = (
                 await conn.execute(

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+
+def clock(engine: AsyncEngine) -> Any:
+    """Now, on the clock every host shares where there is one: PostgreSQL's `now()` (so lease
+    deadlines do not depend on the workers' clocks); Python's on SQLite (one host)."""
+    if engine.dialect.name == "postgresql":
+        return sa.func.now()
+    return datetime.now(UTC)
 
 
 def seconds_between(start: Any, end: Any, dialect: str) -> sa.ColumnElement[float]:

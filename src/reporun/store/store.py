@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from reporun.errors import InvalidInput, NotFound
 from reporun.jobs import TERMINAL, Job, JobSpec, JobStatus, check_transition, sources_of
-from reporun.store.dialect import lock_owner, seconds_between
+from reporun.store.dialect import clock, lock_owner, seconds_between
 from reporun.store.engine import create_engine
 from reporun.store.tables import job_logs, jobs, workers
 
@@ -131,13 +131,16 @@ class Store:
             "env": spec.env,
             "limits": spec.limits.model_dump(),
             "status": JobStatus.QUEUED.value,
-            "created_at": now or utcnow(),
         }
-        columns = [*values, "fair_tag"]
+        columns = [*values, "created_at", "fair_tag"]
         # One statement, so the tag is computed under the insert's write lock (SQLite), after
         # the owner's lock (PostgreSQL).
+        created = now if now is not None else clock(self.engine)
+        if isinstance(created, datetime):
+            created = sa.literal(created, type_=jobs.c.created_at.type)
         source = sa.select(
             *(sa.literal(v, type_=jobs.c[k].type).label(k) for k, v in values.items()),
+            created.label("created_at"),
             _fair_tag(owner).label("fair_tag"),
         )
         async with self.engine.begin() as conn:
@@ -203,7 +206,7 @@ class Store:
                 job_id,
                 JobStatus.CANCELLED,
                 sources=[JobStatus.QUEUED],
-                values={"finished_at": utcnow(), "reason": "cancelled before it started"},
+                values={"finished_at": clock(self.engine), "reason": "cancelled before it started"},
             )
         return await self.get_job(job_id)
 
@@ -269,7 +272,7 @@ class Store:
         state: str,
         current_job: uuid.UUID | None,
     ) -> None:
-        now = utcnow()
+        now = clock(self.engine)
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 sa.update(workers)
@@ -292,7 +295,9 @@ class Store:
     async def list_workers(self, *, alive_within: float | None = None) -> list[WorkerRecord]:
         stmt = sa.select(workers).order_by(workers.c.started_at)
         if alive_within is not None:
-            stmt = stmt.where(workers.c.heartbeat_at >= utcnow() - timedelta(seconds=alive_within))
+            stmt = stmt.where(
+                workers.c.heartbeat_at >= clock(self.engine) - timedelta(seconds=alive_within)
+            )
         async with self.engine.connect() as conn:
             return [WorkerRecord(**dict(row._mapping)) for row in await conn.execute(stmt)]
 
@@ -302,7 +307,7 @@ class Store:
 
     async def prune_workers(self, *, older_than: float) -> int:
         """Forget workers whose heartbeat stopped long ago."""
-        cutoff = utcnow() - timedelta(seconds=older_than)
+        cutoff = clock(self.engine) - timedelta(seconds=older_than)
         async with self.engine.begin() as conn:
             result = await conn.execute(sa.delete(workers).where(workers.c.heartbeat_at < cutoff))
         return int(result.rowcount or 0)
