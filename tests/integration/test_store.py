@@ -120,3 +120,22 @@ async def test_a_worker_that_lost_the_job_writes_no_log(any_store: Store) -> Non
     await queue.release(claimed, "w1", "test")
     assert not await any_store.append_log(job.id, 1, b"stale", worker="w1", attempt=1)
     assert [d for _, d in await any_store.read_log(job.id)] == [b"mine"]
+
+
+async def test_pages_walk_every_job_once_even_with_equal_times(any_store: Store) -> None:
+    from datetime import UTC, datetime
+
+    same = datetime(2026, 1, 1, tzinfo=UTC)
+    spec = JobSpec(repo="https://example.org/x.git", limits=LIMITS)
+    made = [await any_store.create_job(spec, "a", now=same) for _ in range(5)]
+    made += [await any_store.create_job(spec, "a") for _ in range(4)]
+    await any_store.create_job(spec, "b")
+    seen: list[uuid.UUID] = []
+    cursor = None
+    while True:
+        page = await any_store.list_jobs(owner="a", limit=2, cursor=cursor)
+        seen += [job.id for job in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert sorted(seen) == sorted(job.id for job in made) and len(seen) == len(set(seen))

@@ -177,10 +177,12 @@ class Store:
             stmt = stmt.where(jobs.c.status == status.value)
         if cursor:
             created_at, job_id = decode_cursor(cursor)
+            # A row comparison: one range scan of the (owner,) created_at, id index.
             stmt = stmt.where(
-                sa.or_(
-                    jobs.c.created_at < created_at,
-                    sa.and_(jobs.c.created_at == created_at, jobs.c.id < job_id),
+                sa.tuple_(jobs.c.created_at, jobs.c.id)
+                < sa.tuple_(
+                    sa.literal(created_at, type_=jobs.c.created_at.type),
+                    sa.literal(job_id, type_=jobs.c.id.type),
                 )
             )
         async with self.engine.connect() as conn:
