@@ -30,6 +30,28 @@ How to read the ratios
 Each throughput cell is one round of M jobs; `--repeat R` runs R rounds and reports the
 median (worth it before deciding anything on a few percent).
 
+PostgreSQL, cluster mode (`--no-postgres` skips it): `reporun db upgrade`, `reporun api` and
+`reporun worker` processes on a fresh database of this machine's PostgreSQL (127.0.0.1:5432,
+or a throwaway cluster when none answers), dropped after each measurement.
+  pg dispatch    as `dispatch` above, 2 idle workers, with LISTEN/NOTIFY and with polling only
+                 (REPORUN_NOTIFY=false); the ratio poll/notify.
+  pg throughput  --pg-jobs jobs (default 200) from 4 concurrent clients with 1, 2 and 4
+                 workers: first POST -> last finished_at.
+  pg load        --pg-load-jobs trivial jobs (default 10000) from 4 submitters with their own
+                 user tokens, 4 workers: wall time (first POST -> last finished_at) and jobs/s;
+                 checked: every id accepted once, succeeded once, nothing left queued or
+                 running, each user lists exactly their own jobs.
+  pg listing     --pg-rows jobs (default 1000000) inserted with SQL, ANALYZE, then the api:
+                 GET /v1/jobs?limit=50 latency, --pg-requests each (default 200), for the
+                 admin, a heavy user (a fifth of the jobs) and a light one, following
+                 next_cursor 20 pages deep, status=queued; also a cursor halfway down the list
+                 and POST /v1/jobs with an empty queue (fewer requests), and EXPLAIN ANALYZE of
+                 the store's own statements. Target: p95 < 20 ms.
+  pg lease       one worker runs `sleep 5`, is SIGKILLed mid-job, another starts at once:
+                 seconds from the kill until the job runs again (attempt 2) and until it
+                 ends, with the default 30 s lease and with REPORUN_LEASE_SECONDS=5.
+`--quick` runs each small (50 000 rows, 300 load jobs, only the 5 s lease).
+
 The results are printed as a table, as one `summary:` line per figure, and written to
 bench/results/latest.json. Exit status 1 when a job fails or a step times out.
 """
@@ -48,13 +70,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pg_workloads
 from harness import BenchError, git_daemon, make_repository, reporun_serve, traversable_dir
+from pgcluster import PgServer
 from workloads import (
     dispatch_latency,
     hand_throughput,
@@ -65,6 +89,10 @@ from workloads import (
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 PARALLELISM = (1, 2)
 LATENCY_WORKERS = 2
+PG_WORKERS = (1, 2, 4)
+PG_LOAD_WORKERS = 4
+PG_MEASURES = ("dispatch", "throughput", "load", "listing", "lease")
+LISTING_TARGET = 0.020  # p95 of GET /v1/jobs, seconds
 
 
 @dataclass(frozen=True)
@@ -78,6 +106,14 @@ class Options:
     timeout: float
     output: Path
     quick: bool
+    embedded: bool = True
+    postgres: bool = True
+    pg_measures: tuple[str, ...] = PG_MEASURES
+    pg_jobs: int = 200
+    pg_load_jobs: int = 10_000
+    pg_rows: int = 1_000_000
+    pg_requests: int = 200
+    pg_leases: tuple[float | None, ...] = (None, 5.0)
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -92,8 +128,32 @@ def parse_args(argv: list[str]) -> Options:
     )
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds for any one phase")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write JSON")
+    parser.add_argument(
+        "--embedded",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the `reporun serve` (SQLite) measurements",
+    )
+    parser.add_argument(
+        "--postgres",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the PostgreSQL cluster-mode measurements",
+    )
+    parser.add_argument(
+        "--pg-only",
+        metavar="NAMES",
+        help=f"comma-separated subset of the PostgreSQL measurements: {','.join(PG_MEASURES)}",
+    )
+    parser.add_argument("--pg-jobs", type=int, help="jobs per pg throughput run (default 200)")
+    parser.add_argument("--pg-load-jobs", type=int, help="jobs of the pg load run (default 10000)")
+    parser.add_argument("--pg-rows", type=int, help="jobs in the listing table (default 1000000)")
+    parser.add_argument("--pg-requests", type=int, help="requests per listing case (default 200)")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
+    measures = tuple(m.strip() for m in (args.pg_only or ",".join(PG_MEASURES)).split(","))
+    if unknown := set(measures) - set(PG_MEASURES):
+        parser.error(f"--pg-only: unknown {sorted(unknown)}; choose from {','.join(PG_MEASURES)}")
     options = Options(
         jobs=args.jobs or (10 if quick else 60),
         latency_jobs=args.latency_jobs or (6 if quick else 30),
@@ -104,9 +164,22 @@ def parse_args(argv: list[str]) -> Options:
         timeout=args.timeout,
         output=args.output,
         quick=quick,
+        embedded=bool(args.embedded),
+        postgres=bool(args.postgres),
+        pg_measures=measures,
+        pg_jobs=args.pg_jobs or (20 if quick else 200),
+        pg_load_jobs=args.pg_load_jobs or (300 if quick else 10_000),
+        pg_rows=args.pg_rows or (50_000 if quick else 1_000_000),
+        pg_requests=args.pg_requests or (40 if quick else 200),
+        pg_leases=(5.0,) if quick else (None, 5.0),
     )
-    if min(options.jobs, options.latency_jobs, options.posts, options.clients, options.rounds) < 1:
-        parser.error("--jobs, --latency-jobs, --posts, --clients and --repeat must be >= 1")
+    counts = (options.jobs, options.latency_jobs, options.posts, options.clients, options.rounds)
+    if min(*counts, options.pg_jobs, options.pg_load_jobs, options.pg_requests) < 1:
+        parser.error("--jobs, --latency-jobs, --posts, --clients, --repeat and --pg-* must be >= 1")
+    if options.pg_rows < 2 * pg_workloads.CURSOR_DEPTH * pg_workloads.LISTING_PAGE:
+        parser.error("--pg-rows must be at least 2000 (20 pages deep for the light user too)")
+    if not (options.embedded or options.postgres):
+        parser.error("--no-embedded and --no-postgres leave nothing to measure")
     return options
 
 
@@ -128,17 +201,94 @@ async def bounded(phase: str, seconds: float) -> AsyncIterator[None]:
 async def measure(options: Options, root: Path) -> dict[str, Any]:
     base = traversable_dir(root / "git")
     await make_repository(base)
-    results: dict[str, Any] = {"throughput": []}
+    results: dict[str, Any] = {}
     async with git_daemon(base) as repo:
         progress(f"serving {repo}")
-        async with bounded("submissions", options.timeout):
-            results["submissions"] = await measure_submissions(options, root, repo)
-        for lanes in PARALLELISM:
-            row, latency = await measure_throughput(options, root, repo, lanes)
-            results["throughput"].append(row)
-            if latency is not None:
-                results["dispatch_latency"] = latency
+        if options.embedded:
+            results["throughput"] = []
+            async with bounded("submissions", options.timeout):
+                results["submissions"] = await measure_submissions(options, root, repo)
+            for lanes in PARALLELISM:
+                row, latency = await measure_throughput(options, root, repo, lanes)
+                results["throughput"].append(row)
+                if latency is not None:
+                    results["dispatch_latency"] = latency
+        if options.postgres:
+            results["postgres"] = await measure_postgres(options, root / "pg", repo)
     return results
+
+
+async def measure_postgres(options: Options, root: Path, repo: str) -> dict[str, Any]:
+    """Each measurement on a fresh database; the server is this machine's or our own."""
+    server = PgServer()
+    await server.start()
+    results: dict[str, Any] = {"server": server.description}
+    try:
+        results["version"] = await server.version()
+        progress(f"postgres: {results['server']}, version {results['version']}")
+        for name in options.pg_measures:
+            results[name] = await PG_STEPS[name](options, server, root, repo)
+    finally:
+        await server.stop()
+    return results
+
+
+async def pg_dispatch(options: Options, server: PgServer, root: Path, repo: str) -> Any:
+    result = {}
+    for notify in (True, False):
+        mode = "notify" if notify else "poll"
+        progress(f"pg dispatch latency ({mode}): {options.latency_jobs} jobs one at a time")
+        async with bounded(f"pg dispatch latency ({mode})", options.timeout):
+            result[mode] = await pg_workloads.dispatch(
+                server, root, repo, options.latency_jobs, notify
+            )
+    for figure in ("p50", "p95"):
+        result[f"ratio_{figure}"] = result["poll"][figure] / max(result["notify"][figure], 1e-6)
+    return result
+
+
+async def pg_throughput(options: Options, server: PgServer, root: Path, repo: str) -> Any:
+    rows = []
+    for workers in PG_WORKERS:
+        progress(f"pg throughput: {options.pg_jobs} jobs, {workers} worker(s)")
+        async with bounded(f"pg throughput with {workers} worker(s)", options.timeout):
+            rows.append(await pg_workloads.throughput(server, root, repo, workers, options.pg_jobs))
+    return rows
+
+
+async def pg_load(options: Options, server: PgServer, root: Path, repo: str) -> Any:
+    jobs = options.pg_load_jobs
+    progress(
+        f"pg load: {jobs} jobs, {pg_workloads.SUBMITTERS} submitters, {PG_LOAD_WORKERS} workers"
+    )
+    # At least 10 jobs/s, or it counts as stuck.
+    async with bounded("pg load", options.timeout + jobs / 10):
+        return await pg_workloads.load(server, root, repo, jobs, PG_LOAD_WORKERS)
+
+
+async def pg_listing(options: Options, server: PgServer, root: Path, repo: str) -> Any:
+    progress(f"pg listing: {options.pg_rows} jobs in the table, {options.pg_requests} requests")
+    async with bounded("pg listing", options.timeout + options.pg_rows / 10_000):
+        return await pg_workloads.listing(server, root, options.pg_rows, options.pg_requests)
+
+
+async def pg_lease(options: Options, server: PgServer, root: Path, repo: str) -> Any:
+    rows = []
+    for lease in options.pg_leases:
+        label = f"{lease:g} s" if lease else "the default"
+        progress(f"pg lease: a worker SIGKILLed mid-job, {label} lease")
+        async with bounded(f"pg lease ({label})", options.timeout + 3 * (lease or 30.0)):
+            rows.append(await pg_workloads.lease(server, root, repo, lease))
+    return rows
+
+
+PG_STEPS: dict[str, Callable[[Options, PgServer, Path, str], Awaitable[Any]]] = {
+    "dispatch": pg_dispatch,
+    "throughput": pg_throughput,
+    "load": pg_load,
+    "listing": pg_listing,
+    "lease": pg_lease,
+}
 
 
 async def measure_submissions(options: Options, root: Path, repo: str) -> dict[str, float]:
@@ -181,6 +331,13 @@ async def measure_throughput(
 
 # Reporting ----------------------------------------------------------------------------------
 def table(results: dict[str, Any]) -> str:
+    lines = embedded_table(results) if "throughput" in results else []
+    if "postgres" in results:
+        lines += postgres_table(results["postgres"])
+    return "\n".join(lines)
+
+
+def embedded_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "",
         f"{'parallelism':<12} {'reporun jobs/s':>15} {'hand jobs/s':>12} {'reporun/hand':>13}"
@@ -207,21 +364,143 @@ def table(results: dict[str, Any]) -> str:
         f" {sub['per_second']:.1f}/s (POST p50 {sub['latency_p50'] * 1000:.1f} ms,"
         f" p95 {sub['latency_p95'] * 1000:.1f} ms)"
     )
-    return "\n".join(lines)
+    return lines
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def postgres_table(pg: dict[str, Any]) -> list[str]:
+    lines = ["", f"PostgreSQL {pg['version']}, cluster mode (api + workers), {pg['server']}"]
+    if dispatch := pg.get("dispatch"):
+        lines.append(f"dispatch latency, 2 idle workers, {dispatch['notify']['jobs']} jobs:")
+        for mode in ("notify", "poll"):
+            row = dispatch[mode]
+            lines.append(
+                f"  {mode:<8} p50 {row['p50']:.3f} s  p95 {row['p95']:.3f} s"
+                f"  max {row['max']:.3f} s"
+            )
+        lines.append(
+            f"  poll/notify: p50 x{dispatch['ratio_p50']:.1f}, p95 x{dispatch['ratio_p95']:.1f}"
+        )
+    if rows := pg.get("throughput"):
+        lines.append(f"throughput, {rows[0]['jobs']} jobs from 4 clients (first POST -> last end):")
+        for row in rows:
+            lines.append(
+                f"  {row['workers']} worker(s)  {row['jobs_per_second']:7.2f} jobs/s"
+                f"  ({row['seconds']:.2f} s, run_s p50 {row['run_seconds_p50']:.3f})"
+            )
+    if load := pg.get("load"):
+        lines.append(
+            f"load, {load['jobs']} jobs, {load['submitters']} submitters, {load['workers']}"
+            f" workers: {load['seconds']:.1f} s, {load['jobs_per_second']:.2f} jobs/s"
+        )
+        lines.append(
+            f"  exactly once: {load['succeeded']} succeeded, {load['attempts_not_1']} retried,"
+            f" none left; POSTs {load['posts_per_second']:.1f}/s (p50 {_ms(load['post_p50'])} ms,"
+            f" p95 {_ms(load['post_p95'])} ms); queue wait p50 {load['wait_p50']:.1f} s"
+        )
+    if listing := pg.get("listing"):
+        lines += listing_table(listing)
+    for row in pg.get("lease", []):
+        lines.append(
+            f"dead worker, {row['lease_seconds']:g} s lease"
+            f"{'' if row['lease_set'] else ' (default)'}: running again after"
+            f" {row['running_again_seconds']:.1f} s, ended after {row['ended_seconds']:.1f} s"
+        )
+    return lines
+
+
+def listing_table(listing: dict[str, Any]) -> list[str]:
+    lines = [
+        f"listing, {listing['rows']} jobs ({listing['table_size']}, inserted in"
+        f" {listing['insert_seconds']:.0f} s), GET /v1/jobs?limit=50, target p95 <"
+        f" {LISTING_TARGET * 1000:.0f} ms:",
+        f"  {'case':<22} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}  plan",
+    ]
+    plans = listing["plans"]
+    rows = {**listing["cases"], "POST, empty queue": listing["submit_empty_queue"]}
+    for name, row in rows.items():
+        plan = plans.get(name if name in listing["cases"] else "submit_empty_queue")
+        shown = ""
+        if plan:
+            shown = " > ".join(plan["nodes"][:3])
+            if seq := [n for n in plan["nodes"][3:] if n.startswith("Seq Scan")]:
+                shown += f" ... {len(seq)} x {seq[0]}"
+            if plan["rows_removed_by_filter"]:
+                shown += f" (filtered {plan['rows_removed_by_filter']} rows)"
+            shown += f", {plan['execution_ms']:.1f} ms{' with JIT' if plan['jit'] else ''}"
+        flag = " !" if name in listing["cases"] and row["p95"] >= LISTING_TARGET else ""
+        lines.append(
+            f"  {name:<22} {row['requests']:>8} {_ms(row['p50']):>8} {_ms(row['p95']):>8}"
+            f" {_ms(row['max']):>8}{flag:2} {shown}"
+        )
+    metrics = listing["metrics_seconds"]
+    lines.append(
+        f"  (! = a GET's p95 over the target; plan = EXPLAIN ANALYZE of the store's statement;"
+        f" GET /metrics once: {metrics:.2f} s)"
+    )
+    return lines
 
 
 def summary(results: dict[str, Any]) -> str:
     lines = []
-    for row in results["throughput"]:
+    for row in results.get("throughput", []):
         lines.append(
             f"summary: throughput parallelism={row['parallelism']}"
             f" reporun={row['reporun_jobs_per_second']:.2f} jobs/s"
             f" hand={row['hand_jobs_per_second']:.2f} jobs/s ratio={row['ratio']:.2f}"
         )
-    latency = results["dispatch_latency"]
-    lines.append(f"summary: dispatch_latency p50={latency['p50']:.3f} s p95={latency['p95']:.3f} s")
-    lines.append(f"summary: submissions {results['submissions']['per_second']:.1f} per s")
+    if latency := results.get("dispatch_latency"):
+        lines.append(
+            f"summary: dispatch_latency p50={latency['p50']:.3f} s p95={latency['p95']:.3f} s"
+        )
+    if "submissions" in results:
+        lines.append(f"summary: submissions {results['submissions']['per_second']:.1f} per s")
+    lines += postgres_summary(results.get("postgres", {}))
     return "\n".join(lines)
+
+
+def postgres_summary(pg: dict[str, Any]) -> list[str]:
+    lines = []
+    if dispatch := pg.get("dispatch"):
+        notify, poll = dispatch["notify"], dispatch["poll"]
+        lines.append(
+            f"summary: pg_dispatch_latency notify p50={notify['p50']:.3f} s"
+            f" p95={notify['p95']:.3f} s poll p50={poll['p50']:.3f} s p95={poll['p95']:.3f} s"
+            f" ratio_p50={dispatch['ratio_p50']:.1f} ratio_p95={dispatch['ratio_p95']:.1f}"
+        )
+    for row in pg.get("throughput", []):
+        lines.append(
+            f"summary: pg_throughput workers={row['workers']} jobs={row['jobs']}"
+            f" {row['jobs_per_second']:.2f} jobs/s"
+        )
+    if load := pg.get("load"):
+        lines.append(
+            f"summary: pg_load jobs={load['jobs']} submitters={load['submitters']}"
+            f" workers={load['workers']} seconds={load['seconds']:.1f}"
+            f" {load['jobs_per_second']:.2f} jobs/s exactly_once={load['exactly_once']}"
+        )
+    if listing := pg.get("listing"):
+        for name, row in listing["cases"].items():
+            lines.append(
+                f"summary: pg_listing rows={listing['rows']} case={name}"
+                f" p50={_ms(row['p50'])} ms p95={_ms(row['p95'])} ms"
+                f" target={'met' if row['p95'] < LISTING_TARGET else 'missed'}"
+            )
+        post = listing["submit_empty_queue"]
+        lines.append(
+            f"summary: pg_submit_empty_queue rows={listing['rows']}"
+            f" p50={_ms(post['p50'])} ms p95={_ms(post['p95'])} ms"
+        )
+    for row in pg.get("lease", []):
+        lines.append(
+            f"summary: pg_dead_worker lease={row['lease_seconds']:g} s"
+            f" running_again={row['running_again_seconds']:.1f} s"
+            f" ended={row['ended_seconds']:.1f} s"
+        )
+    return lines
 
 
 def _git_version() -> str:

@@ -61,6 +61,7 @@ jobs = sa.Table(
     sa.Index("ix_jobs_owner_created", "owner", "created_at", "id"),
     sa.Index("ix_jobs_created", "created_at", "id"),
     sa.Index("ix_jobs_lease", "status", "lease_expires_at"),
+    sa.Index("ix_jobs_fair_tag", "fair_tag"),
 )
 
 job_logs = sa.Table(

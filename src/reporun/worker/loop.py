@@ -147,7 +147,8 @@ class Worker:
         logger.info("worker started", extra=self._log("start", sandbox=self.sandbox.name))
         side = [
             asyncio.create_task(self._every(self.settings.lease_seconds / 3, self._heartbeat)),
-            asyncio.create_task(self._every(self.settings.lease_seconds / 2, self._reap)),
+            # Reaping often keeps a lost worker's job waiting little more than one lease.
+            asyncio.create_task(self._every(self.settings.lease_seconds / 4, self._reap)),
         ]
         try:
             while not stop.is_set():
