@@ -442,7 +442,8 @@ async def listing(server: PgServer, root: Path, rows: int, requests: int) -> dic
                 heavy_http, deep, cursor=middles[HEAVY_USER]
             )
             submissions = await _submissions_on_empty_queue(c, admin, deep)
-            metrics = await _timed(1, lambda: admin.get("/metrics"))
+            # The first scrape adds up settled history once; later ones read only recent ends.
+            metrics = await _timed(3, lambda: admin.get("/metrics"))
         plans = await explain(c, middles)
     figures = {name: {"requests": len(v), **_spread(v)} for name, v in cases.items()}
     return {
@@ -451,6 +452,7 @@ async def listing(server: PgServer, root: Path, rows: int, requests: int) -> dic
         "submit_empty_queue": {"requests": len(submissions), **_spread(submissions)},
         "plans": plans,
         "metrics_seconds": metrics[0],
+        "metrics_later_seconds": max(metrics[1:]),
     }
 
 

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from reporun import __version__
 from reporun.api import problems
 from reporun.api.deps import Services
+from reporun.api.metrics import EndedJobs
 from reporun.api.routes import health, jobs, legacy
 
 
@@ -87,6 +88,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.ended_jobs = EndedJobs(health.BUCKETS)
     app.state.registry = registry = CollectorRegistry(auto_describe=True)
     requests = Counter(
         "reporun_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry

@@ -35,6 +35,31 @@ class WorkerRecord:
     heartbeat_at: datetime
 
 
+Histogram = tuple[list[int], float, int]  # cumulative bucket counts, sum, count
+
+
+@dataclass(frozen=True, slots=True)
+class EndedTotals:
+    """What /metrics says of ended jobs; totals of disjoint spans of time add up."""
+
+    finished: dict[str, int]
+    wait: Histogram
+    run: Histogram
+
+    @classmethod
+    def empty(cls, buckets: int) -> EndedTotals:
+        return cls({}, ([0] * buckets, 0.0, 0), ([0] * buckets, 0.0, 0))
+
+    def __add__(self, other: EndedTotals) -> EndedTotals:
+        def add(a: Histogram, b: Histogram) -> Histogram:
+            return [x + y for x, y in zip(a[0], b[0], strict=True)], a[1] + b[1], a[2] + b[2]
+
+        finished = dict(self.finished)
+        for status, count in other.finished.items():
+            finished[status] = finished.get(status, 0) + count
+        return EndedTotals(finished, add(self.wait, other.wait), add(self.run, other.run))
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
     items: list[Job]
@@ -315,38 +340,72 @@ class Store:
         return int(result.rowcount or 0)
 
     # Figures for /metrics -------------------------------------------------------------------
-    async def status_counts(self) -> dict[str, int]:
-        stmt = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
+    async def now(self) -> datetime:
+        """The time on the clock the store's timestamps use."""
         async with self.engine.connect() as conn:
-            return {row[0]: int(row[1]) for row in await conn.execute(stmt)}
+            value = (await conn.execute(sa.select(sa.func.now()))).scalar()
+        if self.engine.dialect.name != "postgresql" or not isinstance(value, datetime):
+            return utcnow()
+        return value.astimezone(UTC)
 
-    async def duration_histograms(
-        self, buckets: Sequence[float]
-    ) -> dict[str, tuple[list[int], float, int]]:
-        """Cumulative bucket counts, sum and count of queue wait and run time, over ended jobs."""
-        dialect = self.engine.dialect.name
-        spans = {
-            "wait": seconds_between(jobs.c.created_at, jobs.c.started_at, dialect),
-            "run": seconds_between(jobs.c.started_at, jobs.c.finished_at, dialect),
-        }
-        ended = sa.and_(
-            jobs.c.status.in_([s.value for s in TERMINAL]),
-            jobs.c.started_at.is_not(None),
-            jobs.c.finished_at.is_not(None),
+    async def pending_counts(self) -> dict[str, int]:
+        """Queued and running jobs (index-backed, whatever the history)."""
+        pending = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+        stmt = (
+            sa.select(jobs.c.status, sa.func.count())
+            .where(jobs.c.status.in_(pending))
+            .group_by(jobs.c.status)
         )
-        result: dict[str, tuple[list[int], float, int]] = {}
         async with self.engine.connect() as conn:
-            for name, span in spans.items():
-                columns = [
-                    sa.func.coalesce(sa.func.sum(sa.case((span <= b, 1), else_=0)), 0)
-                    for b in buckets
-                ]
-                row = (
-                    await conn.execute(
-                        sa.select(
-                            *columns, sa.func.coalesce(sa.func.sum(span), 0.0), sa.func.count()
-                        ).where(ended)
-                    )
-                ).one()
-                result[name] = ([int(v) for v in row[: len(buckets)]], float(row[-2]), int(row[-1]))
-        return result
+            counts = {row[0]: int(row[1]) for row in await conn.execute(stmt)}
+        return {status: counts.get(status, 0) for status in pending}
+
+    async def ended_totals(
+        self,
+        buckets: Sequence[float],
+        *,
+        after: datetime | None = None,
+        until: datetime | None = None,
+    ) -> EndedTotals:
+        """Jobs that ended in (after, until]: counts by status, and histograms (cumulative
+        buckets, sum, count) of queue wait and run time."""
+        dialect = self.engine.dialect.name
+        wait = seconds_between(jobs.c.created_at, jobs.c.started_at, dialect)
+        run = seconds_between(jobs.c.started_at, jobs.c.finished_at, dialect)
+        started = jobs.c.started_at.is_not(None)
+
+        def count_if(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+        def total(span: sa.ColumnElement[float]) -> sa.ColumnElement[float]:
+            return sa.func.coalesce(sa.func.sum(sa.case((started, span), else_=0.0)), 0.0)
+
+        columns = [
+            sa.func.count(),
+            count_if(started),
+            total(wait),
+            total(run),
+            *(count_if(sa.and_(started, wait <= b)) for b in buckets),
+            *(count_if(sa.and_(started, run <= b)) for b in buckets),
+        ]
+        stmt = (
+            sa.select(jobs.c.status, *columns)
+            .where(jobs.c.status.in_([s.value for s in TERMINAL]), jobs.c.finished_at.is_not(None))
+            .group_by(jobs.c.status)
+        )
+        if after is not None:
+            stmt = stmt.where(jobs.c.finished_at > after)
+        if until is not None:
+            stmt = stmt.where(jobs.c.finished_at <= until)
+        totals = EndedTotals.empty(len(buckets))
+        n = len(buckets)
+        async with self.engine.connect() as conn:
+            for row in await conn.execute(stmt):
+                counted, timed, wait_sum, run_sum = (int(row[1]), int(row[2]), row[3], row[4])
+                part = EndedTotals(
+                    finished={row[0]: counted},
+                    wait=([int(v) for v in row[5 : 5 + n]], float(wait_sum), timed),
+                    run=([int(v) for v in row[5 + n : 5 + 2 * n]], float(run_sum), timed),
+                )
+                totals = totals + part
+        return totals

@@ -62,6 +62,7 @@ jobs = sa.Table(
     sa.Index("ix_jobs_created", "created_at", "id"),
     sa.Index("ix_jobs_lease", "status", "lease_expires_at"),
     sa.Index("ix_jobs_fair_tag", "fair_tag"),
+    sa.Index("ix_jobs_finished", "finished_at"),
 )
 
 job_logs = sa.Table(

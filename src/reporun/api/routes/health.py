@@ -18,7 +18,7 @@ from prometheus_client.core import (
 
 from reporun.api.deps import ServicesDep, admin_user, authenticated
 from reporun.api.problems import problem
-from reporun.jobs import TERMINAL, JobStatus
+from reporun.jobs import TERMINAL
 
 router = APIRouter(tags=["health"])
 
@@ -59,18 +59,18 @@ async def metrics(request: Request, services: ServicesDep) -> Response:
     if not services.settings.metrics_public:
         await admin_user(await authenticated(request, services))
     store = services.store
-    counts = await store.status_counts()
-    histograms = await store.duration_histograms(BUCKETS)
+    pending = await store.pending_counts()
+    ended = await request.app.state.ended_jobs.totals(store)
     workers = await store.list_workers(alive_within=services.settings.lease_seconds)
 
-    ended = CounterMetricFamily(
+    finished = CounterMetricFamily(
         "reporun_jobs_finished", "Jobs that ended, by final status", labels=["status"]
     )
     for status in sorted(TERMINAL):
-        ended.add_metric([status.value], counts.get(status.value, 0))
-    pending = GaugeMetricFamily("reporun_jobs_pending", "Jobs queued or running", labels=["status"])
-    for status in (JobStatus.QUEUED, JobStatus.RUNNING):
-        pending.add_metric([status.value], counts.get(status.value, 0))
+        finished.add_metric([status.value], ended.finished.get(status.value, 0))
+    waiting = GaugeMetricFamily("reporun_jobs_pending", "Jobs queued or running", labels=["status"])
+    for state, count in pending.items():
+        waiting.add_metric([state], count)
     alive = GaugeMetricFamily(
         "reporun_workers", "Workers with a recent heartbeat", labels=["state"]
     )
@@ -79,9 +79,11 @@ async def metrics(request: Request, services: ServicesDep) -> Response:
         states[worker.state] = states.get(worker.state, 0) + 1
     for state, number in sorted(states.items()):
         alive.add_metric([state], number)
-    families: list[Any] = [ended, pending, alive]
-    for name, doc in (("wait", "Queue wait (created to started)"), ("run", "Run time")):
-        buckets, total, count = histograms[name]
+    families: list[Any] = [finished, waiting, alive]
+    for name, doc, (buckets, total, count) in (
+        ("wait", "Queue wait (created to started)", ended.wait),
+        ("run", "Run time", ended.run),
+    ):
         family = HistogramMetricFamily(f"reporun_job_{name}_seconds", doc)
         family.add_metric(
             [],
