@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     oidc_issuer: str | None = None
     oidc_audience: str | None = None
     oidc_roles_claim: str = "realm_access.roles"
+    # Keycloak often issues `aud: account` with the client in `azp`: require that instead.
+    oidc_azp: str | None = None
+    oidc_algorithms: Annotated[list[str], NoDecode] = ["RS256", "ES256", "PS256"]
+    oidc_leeway: float = Field(30.0, ge=0, le=300)
     # Serve /metrics without a token (a scraper inside a private network).
     metrics_public: bool = False
 
@@ -104,7 +108,9 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
-    @field_validator("allowed_schemes", "allowed_hosts", "trusted_hosts", mode="before")
+    @field_validator(
+        "allowed_schemes", "allowed_hosts", "trusted_hosts", "oidc_algorithms", mode="before"
+    )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         return _csv(value)

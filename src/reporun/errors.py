@@ -46,6 +46,10 @@ class Forbidden(AuthError):
     """The token does not carry the role this call needs."""
 
 
+class IssuerUnavailable(ReporunError):
+    """The identity provider is not answering."""
+
+
 class StoreError(ReporunError):
     """The database failed."""
 

@@ -41,7 +41,18 @@ def build_queue(settings: Settings, store: Store) -> QueueBackend:
 
 def build_auth(settings: Settings, *, key: str | None = None) -> Authenticator:
     if settings.auth == "oidc":
-        raise ConfigError("REPORUN_AUTH=oidc is not available in this version; use local")
+        from reporun.api.oidc import OidcAuth
+
+        if not settings.oidc_issuer:
+            raise ConfigError("REPORUN_AUTH=oidc needs REPORUN_OIDC_ISSUER")
+        return OidcAuth(
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            azp=settings.oidc_azp,
+            roles_claim=settings.oidc_roles_claim,
+            algorithms=settings.oidc_algorithms,
+            leeway=settings.oidc_leeway,
+        )
     if key is None:
         if settings.secret_key is None:
             raise ConfigError("REPORUN_SECRET_KEY is required for local tokens")
@@ -160,6 +171,9 @@ async def run_api(
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True
         stopping.cancel()
+        close = getattr(auth, "close", None)
+        if close is not None:
+            await close()
         if not await serving:
             raise ConfigError(
                 f"cannot serve on {settings.host}:{settings.port} (in use, or not an address here)"

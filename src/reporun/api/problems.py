@@ -17,6 +17,7 @@ from reporun.errors import (
     Forbidden,
     IllegalTransition,
     InvalidInput,
+    IssuerUnavailable,
     NotFound,
     ReporunError,
     StoreUnavailable,
@@ -73,7 +74,7 @@ def _status_of(exc: ReporunError) -> int:
             return 404
         case IllegalTransition():
             return 409
-        case StoreUnavailable():
+        case StoreUnavailable() | IssuerUnavailable():
             return 503
         case ConfigError():
             return 500
