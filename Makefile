@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYSDEPS_STAMP := $(VENV)/.sysdeps
 # Debian packages the sandbox, the git server of the tests and PostgreSQL need.
-DEB_PACKAGES := bubblewrap git util-linux procps curl make postgresql
+DEB_PACKAGES := bubblewrap git util-linux procps curl make postgresql nodejs npm iproute2
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint format bench sysdeps clean
@@ -20,7 +20,7 @@ help:
 
 $(SYSDEPS_STAMP):
 	@missing=""; \
-	for tool in bwrap git prlimit setpriv curl psql; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	for tool in bwrap git prlimit setpriv curl psql node npm ip; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing initdb"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -20,6 +20,8 @@ from reporun.store import Store
 from reporun.store.migrate import upgrade
 from tests.postgres import Postgres
 
+pytest_plugins = ["tests.oidc_provider"]
+
 
 def require_tool(name: str, why: str) -> str:
     """A component a test needs; missing, the test fails (never skips)."""

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     oidc_azp: str | None = None
     oidc_algorithms: Annotated[list[str], NoDecode] = ["RS256", "ES256", "PS256"]
     oidc_leeway: float = Field(30.0, ge=0, le=300)
+    # Fetch the issuer's keys again for an unknown kid at most this often.
+    oidc_jwks_refresh: float = Field(10.0, ge=0)
     # Serve /metrics without a token (a scraper inside a private network).
     metrics_public: bool = False
 

@@ -52,6 +52,7 @@ def build_auth(settings: Settings, *, key: str | None = None) -> Authenticator:
             roles_claim=settings.oidc_roles_claim,
             algorithms=settings.oidc_algorithms,
             leeway=settings.oidc_leeway,
+            refresh_interval=settings.oidc_jwks_refresh,
         )
     if key is None:
         if settings.secret_key is None:
