@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     oidc_leeway: float = Field(30.0, ge=0, le=300)
     # Fetch the issuer's keys again for an unknown kid at most this often.
     oidc_jwks_refresh: float = Field(10.0, ge=0)
+    # Per user (0: no limit): jobs queued or running, and submissions a minute. Admins have
+    # their own limits, none by default.
+    quota_pending: int = Field(1000, ge=0)
+    quota_per_minute: int = Field(600, ge=0)
+    admin_quota_pending: int = Field(0, ge=0)
+    admin_quota_per_minute: int = Field(0, ge=0)
     # Serve /metrics without a token (a scraper inside a private network).
     metrics_public: bool = False
 

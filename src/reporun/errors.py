@@ -46,6 +46,14 @@ class Forbidden(AuthError):
     """The token does not carry the role this call needs."""
 
 
+class QuotaExceeded(ReporunError):
+    """Too many jobs; try again later."""
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class IssuerUnavailable(ReporunError):
     """The identity provider is not answering."""
 

@@ -287,3 +287,34 @@ async def test_legacy_calls_keep_the_seed_shapes(api: Api) -> None:
 async def test_openapi_is_served(api: Api) -> None:
     spec = (await api.client.get("/openapi.json")).json()
     assert "/v1/jobs" in spec["paths"] and "/add" in spec["paths"]
+
+
+async def test_quota_and_rate_limit_answer_429_with_retry_after(
+    settings,
+    store,  # type: ignore[no-untyped-def]
+) -> None:
+    import httpx as _httpx
+
+    from reporun.api.app import create_app
+    from reporun.api.auth import LocalAuth
+    from reporun.api.deps import Services
+    from reporun.runtime import build_queue
+
+    limited = settings.model_copy(update={"quota_pending": 2, "quota_per_minute": 0})
+    auth = LocalAuth(limited.secret_key.get_secret_value())
+    app = create_app(Services(limited, store, build_queue(limited, store), auth))
+    user = {"Authorization": f"Bearer {auth.mint('carol', 'user')}"}
+    admin = {"Authorization": f"Bearer {auth.mint('root', 'admin')}"}
+    async with _httpx.AsyncClient(
+        transport=_httpx.ASGITransport(app=app), base_url="http://t"
+    ) as c:
+        for _ in range(2):
+            assert (await c.post("/v1/jobs", json={"repo": REPO}, headers=user)).status_code == 202
+        refused = await c.post("/v1/jobs", json={"repo": REPO}, headers=user)
+        assert_problem(refused, 429)
+        assert int(refused.headers["retry-after"]) > 0
+        legacy = await c.get("/add", params={"url": REPO}, headers=user)
+        assert_problem(legacy, 429)
+        assert (await c.post("/v1/jobs", json={"repo": REPO}, headers=admin)).status_code == 202
+        listed = (await c.get("/v1/jobs", headers=user)).json()["items"]
+        assert len(listed) == 2

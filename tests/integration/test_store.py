@@ -139,3 +139,36 @@ async def test_pages_walk_every_job_once_even_with_equal_times(any_store: Store)
             break
         cursor = page.next_cursor
     assert sorted(seen) == sorted(job.id for job in made) and len(seen) == len(set(seen))
+
+
+async def test_the_pending_quota_holds_under_concurrent_submissions(any_store: Store) -> None:
+    import asyncio
+
+    from reporun.errors import QuotaExceeded
+    from reporun.store import Quota
+
+    spec = JobSpec(repo="https://example.org/x.git", limits=LIMITS)
+    results = await asyncio.gather(
+        *(any_store.create_job(spec, "greedy", quota=Quota(pending=3)) for _ in range(12)),
+        return_exceptions=True,
+    )
+    accepted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, QuotaExceeded)]
+    assert len(accepted) == 3 and len(refused) == 9
+    assert refused[0].retry_after > 0
+    page = await any_store.list_jobs(owner="greedy", limit=50)
+    assert len(page.items) == 3  # nothing over the quota was queued
+    await any_store.create_job(spec, "someone-else", quota=Quota(pending=3))
+
+
+async def test_the_rate_limit_counts_a_sliding_minute(any_store: Store) -> None:
+    from reporun.errors import QuotaExceeded
+    from reporun.store import Quota
+
+    spec = JobSpec(repo="https://example.org/x.git", limits=LIMITS)
+    for _ in range(4):
+        await any_store.create_job(spec, "fast", quota=Quota(per_minute=4))
+    with pytest.raises(QuotaExceeded) as caught:
+        await any_store.create_job(spec, "fast", quota=Quota(per_minute=4))
+    assert 50 <= caught.value.retry_after <= 60
+    assert "a minute" in caught.value.message

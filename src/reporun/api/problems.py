@@ -19,6 +19,7 @@ from reporun.errors import (
     InvalidInput,
     IssuerUnavailable,
     NotFound,
+    QuotaExceeded,
     ReporunError,
     StoreUnavailable,
 )
@@ -76,6 +77,8 @@ def _status_of(exc: ReporunError) -> int:
             return 409
         case StoreUnavailable() | IssuerUnavailable():
             return 503
+        case QuotaExceeded():
+            return 429
         case ConfigError():
             return 500
     return 500
@@ -91,6 +94,8 @@ def install(app: FastAPI) -> None:
     async def _reporun(request: Request, exc: ReporunError) -> JSONResponse:
         status = _status_of(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(exc, QuotaExceeded):
+            headers = {"Retry-After": str(exc.retry_after)}
         return problem(status, exc.message, field=getattr(exc, "field", None), headers=headers)
 
     @app.exception_handler(RequestValidationError)

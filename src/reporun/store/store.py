@@ -8,12 +8,13 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from math import ceil
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from reporun.errors import InvalidInput, NotFound
+from reporun.errors import InvalidInput, NotFound, QuotaExceeded
 from reporun.jobs import TERMINAL, Job, JobSpec, JobStatus, check_transition, sources_of
 from reporun.store.dialect import clock, lock_owner, seconds_between
 from reporun.store.engine import create_engine
@@ -83,6 +84,37 @@ def _fair_tag(owner: str) -> sa.ColumnElement[int]:
     return sa.case((after_own > head, after_own), else_=head)
 
 
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """What one owner may have: jobs queued or running, submissions in the last minute
+    (0: no limit)."""
+
+    pending: int = 0
+    per_minute: int = 0
+
+
+# A full pending quota frees up when a job ends: no way to know when, so a short hint.
+QUOTA_RETRY_AFTER = 5
+
+
+def _count_pending(owner: str) -> sa.Select[Any]:
+    pending = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+    return sa.select(sa.func.count()).where(jobs.c.owner == owner, jobs.c.status.in_(pending))
+
+
+def _within(quota: Quota, owner: str, now: Any) -> list[sa.ColumnElement[bool]]:
+    conditions = []
+    if quota.pending:
+        conditions.append(_count_pending(owner).scalar_subquery() < quota.pending)
+    if quota.per_minute:
+        since = now - timedelta(seconds=60)
+        if isinstance(since, datetime):
+            since = sa.literal(since, type_=jobs.c.created_at.type)
+        recent = sa.select(sa.func.count()).where(jobs.c.owner == owner, jobs.c.created_at > since)
+        conditions.append(recent.scalar_subquery() < quota.per_minute)
+    return conditions
+
+
 def job_of(row: sa.Row[Any]) -> Job:
     return Job.model_validate(dict(row._mapping))
 
@@ -146,7 +178,16 @@ class Store:
         return job_of(row) if row is not None else None
 
     # Jobs -----------------------------------------------------------------------------------
-    async def create_job(self, spec: JobSpec, owner: str, *, now: datetime | None = None) -> Job:
+    async def create_job(
+        self,
+        spec: JobSpec,
+        owner: str,
+        *,
+        now: datetime | None = None,
+        quota: Quota | None = None,
+    ) -> Job:
+        """Store a queued job. Within `quota`, checked in the same statement as the insert, so
+        concurrent submissions never get past it."""
         values = {
             "id": uuid.uuid4(),
             "owner": owner,
@@ -160,20 +201,56 @@ class Store:
         columns = [*values, "created_at", "fair_tag"]
         # One statement, so the tag is computed under the insert's write lock (SQLite), after
         # the owner's lock (PostgreSQL).
-        created = now if now is not None else clock(self.engine)
-        if isinstance(created, datetime):
-            created = sa.literal(created, type_=jobs.c.created_at.type)
+        current = now if now is not None else clock(self.engine)
+        created = (
+            sa.literal(current, type_=jobs.c.created_at.type)
+            if isinstance(current, datetime)
+            else current
+        )
         source = sa.select(
             *(sa.literal(v, type_=jobs.c[k].type).label(k) for k, v in values.items()),
             created.label("created_at"),
             _fair_tag(owner).label("fair_tag"),
         )
+        if quota is not None:
+            source = source.where(*_within(quota, owner, current))
         async with self.engine.begin() as conn:
             await lock_owner(conn, owner)
             row = (
                 await conn.execute(sa.insert(jobs).from_select(columns, source).returning(*jobs.c))
-            ).one()
+            ).first()
+        if row is None:
+            assert quota is not None
+            raise await self._over_quota(quota, owner)
         return job_of(row)
+
+    async def _over_quota(self, quota: Quota, owner: str) -> QuotaExceeded:
+        pending, recent, oldest = 0, 0, None
+        async with self.engine.connect() as conn:
+            if quota.pending:
+                pending = int((await conn.execute(_count_pending(owner))).scalar() or 0)
+            if quota.per_minute:
+                since = clock(self.engine) - timedelta(seconds=60)
+                row = (
+                    await conn.execute(
+                        sa.select(sa.func.count(), sa.func.min(jobs.c.created_at)).where(
+                            jobs.c.owner == owner, jobs.c.created_at > since
+                        )
+                    )
+                ).one()
+                recent, oldest = int(row[0]), row[1]
+        if quota.per_minute and recent >= quota.per_minute:
+            wait = 60.0
+            if oldest is not None:
+                oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+                wait = 60.0 - (await self.now() - oldest).total_seconds()
+            return QuotaExceeded(
+                f"more than {quota.per_minute} submissions a minute", retry_after=max(1, ceil(wait))
+            )
+        return QuotaExceeded(
+            f"{pending} jobs queued or running, the most allowed is {quota.pending}",
+            retry_after=QUOTA_RETRY_AFTER,
+        )
 
     async def get_job(self, job_id: uuid.UUID, *, owner: str | None = None) -> Job:
         """The job; NotFound also when `owner` is given and the job is someone else's."""

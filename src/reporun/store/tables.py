@@ -63,6 +63,7 @@ jobs = sa.Table(
     sa.Index("ix_jobs_lease", "status", "lease_expires_at"),
     sa.Index("ix_jobs_fair_tag", "fair_tag"),
     sa.Index("ix_jobs_finished", "finished_at"),
+    sa.Index("ix_jobs_owner_status", "owner", "status"),
 )
 
 job_logs = sa.Table(

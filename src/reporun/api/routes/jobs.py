@@ -16,6 +16,7 @@ from reporun.api.deps import CurrentUser, Services, ServicesDep
 from reporun.api.schemas import JobCreate, JobOut, JobPage
 from reporun.errors import IllegalTransition
 from reporun.jobs import Job, JobStatus, build_spec, url_policy
+from reporun.store import Quota
 from reporun.urlpolicy import check_addresses
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -52,7 +53,13 @@ async def submit_job(
     )
     if url.host is not None:
         await _check_resolved(url.host, services)
-    job = await services.store.create_job(spec, user.name)
+    settings = services.settings
+    quota = (
+        Quota(settings.admin_quota_pending, settings.admin_quota_per_minute)
+        if user.is_admin
+        else Quota(settings.quota_pending, settings.quota_per_minute)
+    )
+    job = await services.store.create_job(spec, user.name, quota=quota)
     await services.queue.enqueue(job)
     return job
 
