@@ -58,20 +58,21 @@ def git_env(home: Path) -> dict[str, str]:
     }
 
 
-async def run_git(*args: str, cwd: Path) -> str:
-    """Run git, return its stdout; BenchError with its stderr when it fails. Killed when the
-    caller's deadline (asyncio.timeout) or GIT_TIMEOUT passes."""
+async def run_command(
+    argv: list[str], *, env: dict[str, str], timeout: float, cwd: Path | None = None
+) -> str:
+    """Run a command, return its stdout; BenchError with its stderr when it fails. Killed when
+    the caller's deadline (asyncio.timeout) or `timeout` passes."""
     process = await asyncio.create_subprocess_exec(
-        "git",
-        *args,
+        *argv,
         cwd=cwd,
-        env=git_env(cwd),
+        env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with asyncio.timeout(GIT_TIMEOUT):
+        async with asyncio.timeout(timeout):
             out, err = await process.communicate()
     finally:
         if process.returncode is None:
@@ -79,8 +80,14 @@ async def run_git(*args: str, cwd: Path) -> str:
                 process.kill()
             await process.wait()
     if process.returncode != 0:
-        raise BenchError(f"git {' '.join(args)} failed: {err.decode(errors='replace').strip()}")
+        message = err.decode(errors="replace").strip()[-800:]
+        raise BenchError(f"{' '.join(argv)} exited {process.returncode}: {message}")
     return out.decode(errors="replace").strip()
+
+
+async def run_git(*args: str, cwd: Path) -> str:
+    """Run git in `cwd`, return its stdout."""
+    return await run_command(["git", *args], env=git_env(cwd), timeout=GIT_TIMEOUT, cwd=cwd)
 
 
 async def make_repository(base: Path) -> Path:

@@ -34,6 +34,7 @@ from harness import (
     BenchError,
     Reporun,
     free_port,
+    run_command,
     stop_process,
     traversable_dir,
 )
@@ -208,28 +209,8 @@ class Cluster:
 
     async def cli(self, *args: str) -> str:
         """`python -m reporun ARGS` with the cluster's environment; its stdout."""
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "reporun",
-            *args,
-            env=self.api_env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            async with asyncio.timeout(CLI_TIMEOUT):
-                out, err = await process.communicate()
-        finally:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-        if process.returncode != 0:
-            message = err.decode(errors="replace").strip()[-800:]
-            raise BenchError(f"reporun {' '.join(args)} exited {process.returncode}: {message}")
-        return out.decode(errors="replace").strip()
+        argv = [sys.executable, "-m", "reporun", *args]
+        return await run_command(argv, env=self.api_env, timeout=CLI_TIMEOUT)
 
     async def token(self, name: str, role: str = "user") -> str:
         return (await self.cli("token", "create", name, "--role", role)).splitlines()[-1]
