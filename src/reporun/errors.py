@@ -58,14 +58,6 @@ class IssuerUnavailable(ReporunError):
     """The identity provider is not answering."""
 
 
-class StoreError(ReporunError):
-    """The database failed."""
-
-
-class StoreUnavailable(StoreError):
-    """The database is not answering."""
-
-
 class CheckoutError(ReporunError):
     """The repository could not be cloned."""
 

@@ -123,12 +123,6 @@ class Job(BaseModel):
             return None
         return max(0.0, (self.finished_at - self.started_at).total_seconds())
 
-    @property
-    def spec(self) -> JobSpec:
-        return JobSpec(
-            repo=self.repo, ref=self.ref, command=self.command, env=self.env, limits=self.limits
-        )
-
 
 # Submission checks ---------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ import logging
 import sys
 from typing import Any
 
-FIELDS = ("action", "job_id", "worker", "status", "reason", "exit_code", "seconds")
 # Attributes every record has, and uvicorn's colour copy of its message.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 

@@ -51,4 +51,3 @@ async def admin_user(principal: Annotated[Principal, Depends(authenticated)]) ->
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]
-AdminUser = Annotated[Principal, Depends(admin_user)]

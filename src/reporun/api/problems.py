@@ -21,7 +21,6 @@ from reporun.errors import (
     NotFound,
     QuotaExceeded,
     ReporunError,
-    StoreUnavailable,
 )
 
 logger = logging.getLogger("reporun.api")
@@ -75,7 +74,7 @@ def _status_of(exc: ReporunError) -> int:
             return 404
         case IllegalTransition():
             return 409
-        case StoreUnavailable() | IssuerUnavailable():
+        case IssuerUnavailable():
             return 503
         case QuotaExceeded():
             return 429

@@ -55,4 +55,7 @@ class QueueBackend(Protocol):
     async def wait(self, timeout: float) -> None:
         """Return when a job may be available, or after `timeout` seconds."""
 
+    async def ping(self) -> None:
+        """Raise unless the queue answers."""
+
     async def close(self) -> None: ...

@@ -147,5 +147,8 @@ class MemoryQueue:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
         self._wakeup.clear()
 
+    async def ping(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None

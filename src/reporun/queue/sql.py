@@ -206,6 +206,10 @@ class SqlQueue:
             await asyncio.wait_for(self._wakeup.wait(), min(timeout, poll))
         self._wakeup.clear()
 
+    async def ping(self) -> None:
+        # The queue is the jobs table: the database's own readiness check already asked.
+        return None
+
     async def close(self) -> None:
         if self._listener is not None:
             await self._listener.close()

@@ -418,11 +418,12 @@ class Store:
 
     # Figures for /metrics -------------------------------------------------------------------
     async def now(self) -> datetime:
-        """The time on the clock the store's timestamps use."""
+        """The time on the clock the store's timestamps use (see `dialect.clock`)."""
+        current = clock(self.engine)
+        if isinstance(current, datetime):
+            return current
         async with self.engine.connect() as conn:
-            value = (await conn.execute(sa.select(sa.func.now()))).scalar()
-        if self.engine.dialect.name != "postgresql" or not isinstance(value, datetime):
-            return utcnow()
+            value: datetime = (await conn.execute(sa.select(current))).scalar_one()
         return value.astimezone(UTC)
 
     async def pending_counts(self) -> dict[str, int]:

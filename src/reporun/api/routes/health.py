@@ -34,7 +34,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="200 when the database and queue answer, else 503")
 async def readyz(services: ServicesDep) -> Response:
     checks: dict[str, str] = {}
-    for name, probe in (("database", services.store.ping), ("queue", services.store.ping)):
+    for name, probe in (("database", services.store.ping), ("queue", services.queue.ping)):
         try:
             await asyncio.wait_for(probe(), READY_TIMEOUT)
             checks[name] = "ok"
