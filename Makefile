@@ -6,8 +6,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYSDEPS_STAMP := $(VENV)/.sysdeps
-# Debian packages the sandbox, the git server of the tests and PostgreSQL need.
-DEB_PACKAGES := bubblewrap git util-linux procps curl make postgresql nodejs npm iproute2
+# The tools the sandbox, the tests' git server, PostgreSQL and the OIDC provider need, each with
+# the Debian package that brings it. Only missing ones are installed: a machine's nodejs may come
+# from elsewhere with its own npm, and Debian's npm would conflict with it.
+DEB_TOOLS := bwrap:bubblewrap git:git prlimit:util-linux setpriv:util-linux curl:curl \
+             psql:postgresql node:nodejs npm:npm ip:iproute2
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint format bench sysdeps clean
@@ -20,15 +23,18 @@ help:
 
 $(SYSDEPS_STAMP):
 	@missing=""; \
-	for tool in bwrap git prlimit setpriv curl psql node npm ip; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
-	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing initdb"; \
+	for pair in $(DEB_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	missing=$$(echo $$missing | xargs -n1 | sort -u | xargs); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing Debian packages for:$$missing"; \
-	    (apt-get install -y -q $(DEB_PACKAGES) >/dev/null 2>&1 || \
-	     (apt-get update -q >/dev/null && apt-get install -y -q $(DEB_PACKAGES) >/dev/null)) || exit 1; \
+	    echo "installing Debian packages: $$missing"; \
+	    (apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null)) || exit 1; \
 	  else \
-	    echo "missing:$$missing - install them: sudo apt-get install $(DEB_PACKAGES)"; exit 1; \
+	    echo "missing Debian packages: $$missing - install them: sudo apt-get install $$missing"; exit 1; \
 	  fi; \
 	fi
 	@mkdir -p $(VENV) && touch $@
@@ -36,7 +42,7 @@ $(SYSDEPS_STAMP):
 sysdeps: $(SYSDEPS_STAMP)
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
 	@touch $@

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from reporun.config import Settings
 from reporun.errors import ClientError
+from reporun.login import CredentialCache, cached_token
 
 
 class ApiError(ClientError):
@@ -20,11 +21,17 @@ class ApiError(ClientError):
         self.status = status
 
 
-def find_token(explicit: str | None, data_dir: Path) -> str | None:
-    """REPORUN_TOKEN wins; else the admin token `reporun serve` stored in its data dir."""
-    if explicit:
-        return explicit
-    path = data_dir / "admin.token"
+async def find_token(settings: Settings) -> str | None:
+    """REPORUN_TOKEN wins; then the token `reporun login` cached (refreshed when it ran out);
+    then the admin token `reporun serve` stored in its data dir."""
+    if settings.token is not None and settings.token.get_secret_value():
+        return settings.token.get_secret_value()
+    secret = settings.oidc_client_secret
+    cache = CredentialCache(settings.credentials_path)
+    cached = await cached_token(cache, secret.get_secret_value() if secret else None)
+    if cached is not None:
+        return cached
+    path = settings.admin_token_path
     if path.is_file() and os.access(path, os.R_OK):
         return path.read_text().strip() or None
     return None

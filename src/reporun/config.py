@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     oidc_leeway: float = Field(30.0, ge=0, le=300)
     # Fetch the issuer's keys again for an unknown kid at most this often.
     oidc_jwks_refresh: float = Field(10.0, ge=0)
+    # `reporun login`: the issuer's client for the CLI (public unless a secret is given), and
+    # where the signed-in token is cached (default: ~/.config/reporun/credentials.json).
+    oidc_client_id: str = "reporun-cli"
+    oidc_client_secret: SecretStr | None = None
+    credentials_file: Path | None = None
     # Per user (0: no limit): jobs queued or running, and submissions a minute. Admins have
     # their own limits, none by default.
     quota_pending: int = Field(1000, ge=0)
@@ -154,6 +159,12 @@ class Settings(BaseSettings):
             return self.work_dir
         digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / "reporun-work" / digest
+
+    @property
+    def credentials_path(self) -> Path:
+        from reporun.login import default_credentials_path
+
+        return self.credentials_file or default_credentials_path()
 
     @property
     def admin_token_path(self) -> Path:
