@@ -10,7 +10,11 @@ SYSDEPS_STAMP := $(VENV)/.sysdeps
 # the Debian package that brings it. Only missing ones are installed: a machine's nodejs may come
 # from elsewhere with its own npm, and Debian's npm would conflict with it.
 DEB_TOOLS := bwrap:bubblewrap git:git prlimit:util-linux setpriv:util-linux curl:curl \
-             psql:postgresql node:nodejs npm:npm ip:iproute2
+             psql:postgresql node:nodejs npm:npm ip:iproute2 \
+             podman:podman docker-compose:docker-compose debootstrap:debootstrap iptables:iptables
+# Checked by name: podman's runtime and network stack (not on PATH, or podman would pick crun
+# and CNI instead). Everything comes without Recommends (docker-compose would pull in docker.io).
+DEB_PACKAGES := runc netavark aardvark-dns catatonit
 
 .DEFAULT_GOAL := help
 .PHONY: help run test lint format bench sysdeps clean
@@ -26,13 +30,17 @@ $(SYSDEPS_STAMP):
 	for pair in $(DEB_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
 	done; \
+	for package in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$package"; \
+	done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	missing=$$(echo $$missing | xargs -n1 | sort -u | xargs); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages: $$missing"; \
-	    (apt-get install -y -q $$missing >/dev/null 2>&1 || \
-	     (apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null)) || exit 1; \
+	    (apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && \
+	      apt-get install -y -q --no-install-recommends $$missing >/dev/null)) || exit 1; \
 	  else \
 	    echo "missing Debian packages: $$missing - install them: sudo apt-get install $$missing"; exit 1; \
 	  fi; \

@@ -202,8 +202,16 @@ def _open_log(path: Path) -> IO[bytes]:
 
 
 @contextlib.asynccontextmanager
-async def reporun_serve(root: Path, name: str, workers: int) -> AsyncIterator[Reporun]:
-    """`reporun serve` on a free loopback port with its own data dir; stopped on exit."""
+async def reporun_serve(
+    root: Path,
+    name: str,
+    workers: int,
+    *,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Reporun]:
+    """`reporun serve` on a free loopback port with its own data dir; stopped on exit.
+    `args` go to the command line (`--min-workers` ...), `env` adds REPORUN_* settings."""
     port = free_port()
     data_dir = root / f"data-{name}"
     log_path = root / f"serve-{name}.log"
@@ -219,7 +227,8 @@ async def reporun_serve(root: Path, name: str, workers: int) -> AsyncIterator[Re
             str(data_dir),
             "--workers",
             str(workers),
-            env=_server_env(root / f"work-{name}"),
+            *args,
+            env={**_server_env(root / f"work-{name}"), **(env or {})},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,

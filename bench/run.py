@@ -30,6 +30,11 @@ How to read the ratios
 Each throughput cell is one round of M jobs; `--repeat R` runs R rounds and reports the
 median (worth it before deciding anything on a few percent).
 
+Elasticity (`--no-elastic` skips it; see bench/elastic.py): the observer's reaction time,
+with its default 1 s tick and polling every 30 s as KEDA does, and the drain time of a burst
+of --burst-jobs jobs (default 200) on a fixed single worker, a fixed pool of 4 and the
+autoscaled pool (1 to 4), as ratios.
+
 PostgreSQL, cluster mode (`--no-postgres` skips it): `reporun db upgrade`, `reporun api` and
 `reporun worker` processes on a fresh database of this machine's PostgreSQL (127.0.0.1:5432,
 or a throwaway cluster when none answers), dropped after each measurement.
@@ -76,6 +81,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import elastic
 import pg_workloads
 from harness import BenchError, git_daemon, make_repository, reporun_serve, traversable_dir
 from pgcluster import PgServer
@@ -107,6 +113,9 @@ class Options:
     output: Path
     quick: bool
     embedded: bool = True
+    elastic: bool = True
+    burst_jobs: int = 200
+    reaction_rounds: int = 3
     postgres: bool = True
     pg_measures: tuple[str, ...] = PG_MEASURES
     pg_jobs: int = 200
@@ -134,6 +143,13 @@ def parse_args(argv: list[str]) -> Options:
         default=True,
         help="the `reporun serve` (SQLite) measurements",
     )
+    parser.add_argument(
+        "--elastic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the observer's reaction time and burst drain times",
+    )
+    parser.add_argument("--burst-jobs", type=int, help="jobs of the elastic burst (default 200)")
     parser.add_argument(
         "--postgres",
         action=argparse.BooleanOptionalAction,
@@ -165,6 +181,9 @@ def parse_args(argv: list[str]) -> Options:
         output=args.output,
         quick=quick,
         embedded=bool(args.embedded),
+        elastic=bool(args.elastic),
+        burst_jobs=args.burst_jobs or (12 if quick else 200),
+        reaction_rounds=1 if quick else 3,
         postgres=bool(args.postgres),
         pg_measures=measures,
         pg_jobs=args.pg_jobs or (20 if quick else 200),
@@ -174,12 +193,15 @@ def parse_args(argv: list[str]) -> Options:
         pg_leases=(5.0,) if quick else (None, 5.0),
     )
     counts = (options.jobs, options.latency_jobs, options.posts, options.clients, options.rounds)
-    if min(*counts, options.pg_jobs, options.pg_load_jobs, options.pg_requests) < 1:
+    if (
+        min(*counts, options.pg_jobs, options.pg_load_jobs, options.pg_requests, options.burst_jobs)
+        < 1
+    ):
         parser.error("--jobs, --latency-jobs, --posts, --clients, --repeat and --pg-* must be >= 1")
     if options.pg_rows < 2 * pg_workloads.CURSOR_DEPTH * pg_workloads.LISTING_PAGE:
         parser.error("--pg-rows must be at least 2000 (20 pages deep for the light user too)")
-    if not (options.embedded or options.postgres):
-        parser.error("--no-embedded and --no-postgres leave nothing to measure")
+    if not (options.embedded or options.postgres or options.elastic):
+        parser.error("--no-embedded, --no-elastic and --no-postgres leave nothing to measure")
     return options
 
 
@@ -213,8 +235,25 @@ async def measure(options: Options, root: Path) -> dict[str, Any]:
                 results["throughput"].append(row)
                 if latency is not None:
                     results["dispatch_latency"] = latency
+        if options.elastic:
+            results["elastic"] = await measure_elastic(options, root / "elastic", repo)
         if options.postgres:
             results["postgres"] = await measure_postgres(options, root / "pg", repo)
+    return results
+
+
+async def measure_elastic(options: Options, root: Path, repo: str) -> dict[str, Any]:
+    traversable_dir(root)
+    results: dict[str, Any] = {}
+    async with bounded("elastic reaction", options.timeout * options.reaction_rounds):
+        results["reaction"] = await elastic.reaction(
+            root, repo, options.reaction_rounds, compare=not options.quick
+        )
+    # Three drains of the burst, the slowest on one worker, then the scale-in cooldown.
+    async with bounded("elastic burst", 3 * options.timeout + options.burst_jobs):
+        results["burst"] = await elastic.burst(
+            root, repo, options.burst_jobs, cooldown=3.0 if options.quick else None
+        )
     return results
 
 
@@ -332,6 +371,8 @@ async def measure_throughput(
 # Reporting ----------------------------------------------------------------------------------
 def table(results: dict[str, Any]) -> str:
     lines = embedded_table(results) if "throughput" in results else []
+    if "elastic" in results:
+        lines += elastic.table(results["elastic"])
     if "postgres" in results:
         lines += postgres_table(results["postgres"])
     return "\n".join(lines)
@@ -459,6 +500,7 @@ def summary(results: dict[str, Any]) -> str:
         )
     if "submissions" in results:
         lines.append(f"summary: submissions {results['submissions']['per_second']:.1f} per s")
+    lines += elastic.summary(results.get("elastic", {}))
     lines += postgres_summary(results.get("postgres", {}))
     return "\n".join(lines)
 

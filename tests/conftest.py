@@ -20,7 +20,7 @@ from reporun.store import Store
 from reporun.store.migrate import upgrade
 from tests.postgres import Postgres
 
-pytest_plugins = ["tests.oidc_provider"]
+pytest_plugins = ["tests.oidc_provider", "tests.podman"]
 
 
 def require_tool(name: str, why: str) -> str:

@@ -76,10 +76,13 @@ class Postgres:
             return
         self._start_throwaway()
 
-    def start_throwaway(self, *, also_listen: str | None = None) -> None:
+    def start_throwaway(
+        self, *, also_listen: str | None = None, trust_from: str | None = None
+    ) -> None:
         """A cluster of the test's own, which it may stop and start (`stop_server`); with
-        `also_listen` (an address of the test's own hosts), reachable there too."""
-        self._start_throwaway(also_listen)
+        `also_listen` (an address of the test's own hosts, or 0.0.0.0), reachable there too,
+        from `trust_from` (a CIDR; default the /24 of `also_listen`)."""
+        self._start_throwaway(also_listen, trust_from)
 
     def _pg_ctl(self, *args: str) -> None:
         assert self.cluster is not None
@@ -98,7 +101,9 @@ class Postgres:
         log = str(self.cluster / "log")
         self._pg_ctl("-o", self._options, "-w", "-t", "60", "-l", log, "start")
 
-    def _start_throwaway(self, also_listen: str | None = None) -> None:
+    def _start_throwaway(
+        self, also_listen: str | None = None, trust_from: str | None = None
+    ) -> None:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
         if not found:
             pytest.fail("no PostgreSQL answers and initdb is missing (apt-get install postgresql)")
@@ -136,9 +141,11 @@ class Postgres:
             timeout=120,
         )
         listen = "127.0.0.1" + (f",{also_listen}" if also_listen else "")
+        if also_listen in ("0.0.0.0", "*"):  # every address; loopback too
+            listen = "*"
         if also_listen:
             with (data / "pg_hba.conf").open("a") as hba:
-                hba.write(f"host all all {also_listen}/24 trust\n")
+                hba.write(f"host all all {trust_from or also_listen + '/24'} trust\n")
         options = (
             f"-p {self.port} -k {self.cluster} -c listen_addresses={listen} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"

@@ -76,6 +76,12 @@ class ApiClient:
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return dict((await self._request("POST", f"/v1/jobs/{job_id}/cancel")).json())
 
+    async def workers(self) -> dict[str, Any]:
+        return dict((await self._request("GET", "/v1/workers")).json())
+
+    async def scaling(self, *, limit: int) -> dict[str, Any]:
+        return dict((await self._request("GET", "/v1/scaling", params={"limit": limit})).json())
+
     async def logs(self, job_id: str, *, follow: bool) -> AsyncIterator[bytes]:
         params = {"follow": "true"} if follow else {}
         try:

@@ -118,11 +118,40 @@ class Settings(BaseSettings):
     drain_grace: float = Field(600.0, ge=0)
     workers: int = Field(2, ge=0, le=64)
 
+    # Elasticity: the observer keeps between min_workers and max_workers (a fixed pool of
+    # `workers` when neither is set), aiming at a p95 queue wait of target_wait seconds.
+    min_workers: int | None = Field(None, ge=0, le=1024)
+    max_workers: int | None = Field(None, ge=0, le=1024)
+    target_wait: float = Field(2.0, gt=0)
+    scale_in_cooldown: float = Field(60.0, ge=0)
+    observe_interval: float = Field(0.5, gt=0, le=60)
+    # Waits of the jobs that started this long ago at most make the p95.
+    observe_window: float = Field(10.0, gt=0)
+    scaler: Literal["local", "docker"] = "local"
+    # The docker scaler: the Compose project and service whose containers are the workers.
+    docker_project: str | None = None
+    docker_service: str = "worker"
+    # What a new worker container gets for bubblewrap to work inside it (never --privileged):
+    # /proc unmasked for the job's own procfs, and seccomp that allows sethostname.
+    docker_security_opt: Annotated[list[str], NoDecode] = [
+        "systempaths=unconfined",
+        "seccomp=unconfined",
+    ]
+    docker_host: str = Field(
+        "unix:///var/run/docker.sock",
+        validation_alias=AliasChoices("REPORUN_DOCKER_HOST", "DOCKER_HOST"),
+    )
+
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
     @field_validator(
-        "allowed_schemes", "allowed_hosts", "trusted_hosts", "oidc_algorithms", mode="before"
+        "allowed_schemes",
+        "allowed_hosts",
+        "trusted_hosts",
+        "oidc_algorithms",
+        "docker_security_opt",
+        mode="before",
     )
     @classmethod
     def _split_csv(cls, value: object) -> object:
@@ -133,7 +162,24 @@ class Settings(BaseSettings):
         for name in ("timeout", "memory", "processes", "log_limit", "disk"):
             if getattr(self, f"{name}_default") > getattr(self, f"{name}_max"):
                 raise ValueError(f"{name}_default is above {name}_max")
+        if (
+            self.min_workers is not None
+            and self.max_workers is not None
+            and self.min_workers > self.max_workers
+        ):
+            raise ValueError("min_workers is above max_workers")
         return self
+
+    @property
+    def pool_bounds(self) -> tuple[int, int]:
+        """The fewest and most workers the observer keeps."""
+        if self.min_workers is None and self.max_workers is None:
+            return self.workers, self.workers
+        if self.min_workers is None:
+            assert self.max_workers is not None
+            return min(1, self.max_workers), self.max_workers
+        high = self.max_workers if self.max_workers is not None else self.workers
+        return self.min_workers, max(self.min_workers, high)
 
     # Derived paths -------------------------------------------------------------------------
     @property

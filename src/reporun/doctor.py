@@ -48,6 +48,20 @@ async def _sandbox_works(settings: Settings) -> str | None:
     return None
 
 
+def sandbox_hint(problem: str) -> str:
+    """What to do about bubblewrap's complaint."""
+    if "mount proc" in problem or "set hostname" in problem:
+        return (
+            "in a container, give it security_opt systempaths=unconfined and "
+            "seccomp=unconfined (or a profile allowing sethostname), never --privileged nor "
+            "root (see deploy/Dockerfile)"
+        )
+    return (
+        "needs bubblewrap and unprivileged user namespaces"
+        " (sysctl kernel.unprivileged_userns_clone=1)"
+    )
+
+
 async def diagnose(settings: Settings) -> bool:
     ok = True
 
@@ -63,12 +77,8 @@ async def diagnose(settings: Settings) -> bool:
     if settings.sandbox == "none":
         report("sandbox", "REPORUN_SANDBOX=none: jobs run unconfined (trusted code only)")
     else:
-        report(
-            "sandbox (bubblewrap)",
-            await _sandbox_works(settings),
-            "needs bubblewrap and unprivileged user namespaces"
-            " (sysctl kernel.unprivileged_userns_clone=1)",
-        )
+        problem = await _sandbox_works(settings)
+        report("sandbox (bubblewrap)", problem, sandbox_hint(problem or ""))
     store = Store.open(settings.db_url)
     try:
         await asyncio.wait_for(store.ping(), 5)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sys
 from pathlib import Path
 
 from reporun.api.auth import LocalAuth, load_or_create_key, write_token_file
+from reporun.api.server import run_api
 from reporun.config import Settings
 from reporun.observer.scalers import LocalScaler
-from reporun.runtime import build_sandbox, run_api
+from reporun.runtime import build_observer, build_sandbox
 from reporun.store import Store
 from reporun.store.migrate import upgrade
 from reporun.worker.loop import prepare_work_dir
@@ -70,13 +72,18 @@ async def serve(settings: Settings) -> None:
     store = Store.open(settings.db_url)
     await upgrade(store.engine)
     scaler = LocalScaler(_worker_env(settings), drain_grace=settings.drain_grace)
-    await scaler.start(settings.workers)
+    observer = build_observer(settings, store, scaler)
+    await observer.tick()  # the minimum pool starts before the API answers
+    stop_observing = asyncio.Event()
+    observing = asyncio.create_task(observer.run(stop_observing))
+    low, high = settings.pool_bounds
+    pool = f"{low} worker(s)" if low == high else f"{low} to {high} workers (scaled on queue wait)"
 
     async def banner() -> None:
         cli = _cli_name()
         url = f"http://{settings.host}:{settings.port}"
         print(
-            f"reporun is serving on {url} with {settings.workers} worker(s) "
+            f"reporun is serving on {url} with {pool} "
             f"(API docs: {url}/docs)\n"
             f"admin token: {token_path} (mode 0600; the CLI on this machine uses it)\n"
             f"first job, this repository's own files:\n"
@@ -90,5 +97,8 @@ async def serve(settings: Settings) -> None:
     try:
         await run_api(settings, store, auth, on_started=banner)
     finally:
-        await scaler.stop()
+        stop_observing.set()
+        await observing
+        await scaler.close()
+        await observer.queue.close()
         await store.close()

@@ -1,4 +1,5 @@
-"""Wiring: build the parts a command needs from the one Settings object, and run them."""
+"""Wiring: build the parts a command needs from the one Settings object, and run the worker
+and the observer. (The API's lives in api/server.py, so a worker never imports the web stack.)"""
 
 from __future__ import annotations
 
@@ -7,15 +8,13 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator, Mapping
 
-import uvicorn
-
-from reporun.api.app import create_app
-from reporun.api.auth import Authenticator, LocalAuth
-from reporun.api.deps import Services
 from reporun.config import Settings
 from reporun.errors import ConfigError
+from reporun.observer.loop import Observer
+from reporun.observer.policy import PolicySettings
+from reporun.observer.scalers import LocalScaler, Scaler
 from reporun.queue import QueueBackend
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
@@ -37,28 +36,6 @@ def build_queue(settings: Settings, store: Store) -> QueueBackend:
         poll_interval=settings.poll_interval,
         listen=settings.notify,
     )
-
-
-def build_auth(settings: Settings, *, key: str | None = None) -> Authenticator:
-    if settings.auth == "oidc":
-        from reporun.api.oidc import OidcAuth
-
-        if not settings.oidc_issuer:
-            raise ConfigError("REPORUN_AUTH=oidc needs REPORUN_OIDC_ISSUER")
-        return OidcAuth(
-            issuer=settings.oidc_issuer,
-            audience=settings.oidc_audience,
-            azp=settings.oidc_azp,
-            roles_claim=settings.oidc_roles_claim,
-            algorithms=settings.oidc_algorithms,
-            leeway=settings.oidc_leeway,
-            refresh_interval=settings.oidc_jwks_refresh,
-        )
-    if key is None:
-        if settings.secret_key is None:
-            raise ConfigError("REPORUN_SECRET_KEY is required for local tokens")
-        key = settings.secret_key.get_secret_value()
-    return LocalAuth(key)
 
 
 def build_sandbox(settings: Settings) -> Sandbox:
@@ -84,19 +61,74 @@ async def _stop_when_orphaned(parent: int | None, stop: asyncio.Event) -> None:
     stop.set()
 
 
+def build_scaler(settings: Settings, env: Mapping[str, str]) -> Scaler:
+    if settings.scaler == "docker":
+        from reporun.observer.docker import DockerScaler
+
+        return DockerScaler(
+            project=settings.docker_project,
+            service=settings.docker_service,
+            docker_host=settings.docker_host,
+            drain_grace=settings.drain_grace,
+            security_opt=settings.docker_security_opt,
+        )
+    return LocalScaler(env, drain_grace=settings.drain_grace)
+
+
+def build_observer(settings: Settings, store: Store, scaler: Scaler) -> Observer:
+    low, high = settings.pool_bounds
+    policy = PolicySettings(
+        target_wait=settings.target_wait,
+        min_workers=low,
+        max_workers=high,
+        cooldown=settings.scale_in_cooldown,
+    )
+    return Observer(
+        store=store,
+        queue=build_queue(settings, store),
+        scaler=scaler,
+        policy=policy,
+        interval=settings.observe_interval,
+        window=settings.observe_window,
+    )
+
+
+async def run_observer(settings: Settings) -> None:
+    """`reporun observer`: scale the workers until SIGTERM; local workers are drained then,
+    containers are left running (the next observer takes them over)."""
+    store = Store.open(settings.db_url)
+    try:
+        await check_schema(store)
+        scaler = build_scaler(settings, {"REPORUN_PARENT_PID": str(os.getpid())})
+        observer = build_observer(settings, store, scaler)
+        stop = asyncio.Event()
+        try:
+            with stop_signals(stop):
+                await observer.run(stop)
+        finally:
+            await scaler.close()
+            await observer.queue.close()
+    finally:
+        await store.close()
+
+
 async def check_schema(store: Store) -> None:
     if not await is_current(store.engine):
         raise ConfigError("the database schema is not current: run `reporun db upgrade`")
 
 
+def stop_signals(stop: asyncio.Event) -> contextlib.AbstractContextManager[None]:
+    """SIGTERM and SIGINT set `stop`."""
+    return signal_sets(stop, signal.SIGTERM, signal.SIGINT)
+
+
 @contextlib.contextmanager
-def stop_signals(stop: asyncio.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set `stop`; the previous handlers come back on exit."""
+def signal_sets(event: asyncio.Event, *signals: signal.Signals) -> Iterator[None]:
+    """These signals set `event`; the previous handlers come back on exit."""
     loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
     previous = {sig: signal.getsignal(sig) for sig in signals}
     for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, event.set)
     try:
         yield
     finally:
@@ -113,69 +145,13 @@ async def run_worker(settings: Settings) -> None:
         worker = Worker(
             settings=settings, store=store, queue=queue, sandbox=build_sandbox(settings)
         )
-        stop = asyncio.Event()
-        with stop_signals(stop):
+        stop, retire = asyncio.Event(), asyncio.Event()
+        with stop_signals(stop), signal_sets(retire, signal.SIGUSR1):
             watch = asyncio.create_task(_stop_when_orphaned(settings.parent_pid, stop))
             try:
-                await worker.run(stop)
+                await worker.run(stop, retire)
             finally:
                 watch.cancel()
         await queue.close()
     finally:
         await store.close()
-
-
-class _Server(uvicorn.Server):
-    """uvicorn re-raises a caught SIGTERM after shutting down, which would kill `serve` before
-    it drains its workers: reporun handles the signals itself (`stop_signals`)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-async def run_api(
-    settings: Settings,
-    store: Store,
-    auth: Authenticator,
-    *,
-    on_started: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Serve the API until SIGTERM or SIGINT."""
-    queue = build_queue(settings, store)
-    app = create_app(Services(settings, store, queue, auth))
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
-    server = _Server(config)
-    stop = asyncio.Event()
-
-    async def serve() -> bool:
-        try:
-            await server.serve()
-        except SystemExit:  # uvicorn's way of saying it could not start
-            return False
-        return True
-
-    with stop_signals(stop):
-        serving = asyncio.create_task(serve())
-        stopping = asyncio.create_task(stop.wait())
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.02)
-        if server.started and on_started is not None:
-            await on_started()
-        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = True
-        stopping.cancel()
-        close = getattr(auth, "close", None)
-        if close is not None:
-            await close()
-        if not await serving:
-            raise ConfigError(
-                f"cannot serve on {settings.host}:{settings.port} (in use, or not an address here)"
-            )

@@ -26,8 +26,8 @@ def cli_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
         REPORUN_DATA_DIR=str(data_dir),
         REPORUN_URL=f"http://127.0.0.1:{port}",
         REPORUN_LOG_LEVEL="WARNING",
-        **extra,
     )
+    env.update(extra)
     return env
 
 

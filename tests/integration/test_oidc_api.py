@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from reporun.api.app import create_app
 from reporun.api.deps import Services
+from reporun.api.server import build_auth
 from reporun.config import Settings
-from reporun.runtime import build_auth, build_queue
+from reporun.runtime import build_queue
 from reporun.store import Store
 from tests.oidc_provider import OidcProvider
 

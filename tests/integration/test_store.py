@@ -14,7 +14,7 @@ from reporun.config import Settings
 from reporun.errors import InvalidInput, NotFound
 from reporun.jobs import JobSpec, JobStatus, Limits
 from reporun.store import Store
-from reporun.store.migrate import is_current, upgrade
+from reporun.store.migrate import SCHEMA_HEAD, is_current, migration_heads, upgrade
 from reporun.store.tables import metadata
 
 LIMITS = Limits(timeout=60, memory=1 << 30, processes=64, log=1 << 20, disk=1 << 30)
@@ -29,6 +29,10 @@ def empty_db_url(request: pytest.FixtureRequest, settings: Settings) -> Iterator
     name = postgres.create_database(migrated=False)
     yield postgres.url(name)
     postgres.drop_database(name)
+
+
+def test_the_schema_head_the_code_checks_is_the_newest_migration() -> None:
+    assert migration_heads() == {SCHEMA_HEAD}
 
 
 async def test_upgrading_from_empty_gives_the_schema_the_code_expects(empty_db_url: str) -> None:

@@ -14,7 +14,7 @@ from reporun import __version__
 from reporun.api import problems
 from reporun.api.deps import Services
 from reporun.api.metrics import EndedJobs
-from reporun.api.routes import health, jobs, legacy
+from reporun.api.routes import health, jobs, legacy, workers
 
 
 class BodyLimit:
@@ -99,6 +99,7 @@ def create_app(
     problems.install(app)
     app.include_router(jobs.router)
     app.include_router(legacy.router)
+    app.include_router(workers.router)
     app.include_router(health.router)
 
     @app.middleware("http")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from reporun.jobs import Job, JobStatus
+from reporun.store import WorkerRecord
 
 
 class LimitsIn(BaseModel):
@@ -78,3 +79,51 @@ class JobOut(BaseModel):
 class JobPage(BaseModel):
     items: list[JobOut]
     next_cursor: str | None
+
+
+class WorkerOut(BaseModel):
+    id: str
+    host: str
+    pid: int
+    state: str
+    current_job: uuid.UUID | None
+    started_at: datetime
+    last_heartbeat: datetime
+
+    @classmethod
+    def of(cls, row: WorkerRecord, *, running: uuid.UUID | None) -> WorkerOut:
+        # The jobs table knows what a worker runs before its next heartbeat says so.
+        state = row.state
+        if running is not None and state == "idle":
+            state = "busy"
+        elif running is None and state == "busy":
+            state = "idle"
+        return cls(
+            id=row.id,
+            host=row.host,
+            pid=row.pid,
+            state=state,
+            current_job=running,
+            started_at=row.started_at,
+            last_heartbeat=row.heartbeat_at,
+        )
+
+
+class WorkerPage(BaseModel):
+    items: list[WorkerOut]
+
+
+class DecisionOut(BaseModel):
+    at: datetime
+    scaler: str
+    direction: str
+    actual: int
+    desired: int
+    reason: str
+    inputs: dict[str, Any]
+
+
+class ScalingOut(BaseModel):
+    actual: int = Field(description="workers with a recent heartbeat")
+    desired: int | None = Field(description="what the newest decision asked for")
+    decisions: list[DecisionOut] = Field(description="newest first")

@@ -87,8 +87,11 @@ def decide(seen: Observation, settings: PolicySettings, state: PolicyState) -> D
         recommended = max(current, min(max(proportional, current + 1), work))
         reason = f"wait {signal:.2f} s over target {target:g} s, {seen.queued} queued"
     else:
-        recommended = work
+        # Within target: no more workers (but one when there are none and a job waits).
+        recommended = max(min(work, current), 1 if work else 0)
         reason = "no waits seen" if signal is None else f"wait {signal:.2f} s within {target:g} s"
+    if _clamp(recommended, settings) > recommended:
+        reason = f"below the minimum of {settings.min_workers}"
     recommended = _clamp(recommended, settings)
 
     horizon = seen.now - settings.cooldown

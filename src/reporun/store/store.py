@@ -18,6 +18,7 @@ from reporun.errors import InvalidInput, NotFound, QuotaExceeded
 from reporun.jobs import TERMINAL, Job, JobSpec, JobStatus, check_transition, sources_of
 from reporun.store.dialect import clock, lock_owner, seconds_between
 from reporun.store.engine import create_engine
+from reporun.store.scaling import ScalingRecords
 from reporun.store.tables import job_logs, jobs, workers
 
 
@@ -141,6 +142,7 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.scaling = ScalingRecords(engine)
 
     @classmethod
     def open(cls, url: str) -> Store:

@@ -64,6 +64,7 @@ jobs = sa.Table(
     sa.Index("ix_jobs_fair_tag", "fair_tag"),
     sa.Index("ix_jobs_finished", "finished_at"),
     sa.Index("ix_jobs_owner_status", "owner", "status"),
+    sa.Index("ix_jobs_started", "started_at"),
 )
 
 job_logs = sa.Table(
@@ -85,4 +86,19 @@ workers = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("heartbeat_at", UTCDateTime, nullable=False),
     sa.Index("ix_workers_heartbeat", "heartbeat_at"),
+)
+
+# What the observer decided, with what it saw (changes only: holds are not kept).
+scaling_decisions = sa.Table(
+    "scaling_decisions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("scaler", sa.String(32), nullable=False),
+    sa.Column("direction", sa.String(8), nullable=False),
+    sa.Column("actual", sa.Integer, nullable=False),
+    sa.Column("desired", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("inputs", sa.JSON, nullable=False),
+    sa.Index("ix_scaling_decisions_at", "at"),
 )

@@ -80,21 +80,33 @@ class Worker:
         return extra
 
     # Main loop --------------------------------------------------------------------------------
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, retire: asyncio.Event | None = None) -> None:
+        """Claim and run jobs until `stop` (finish the job up to the drain grace, then give it
+        back) or `retire` (scale-in: take nothing new, finish the job however long it runs)."""
+        retire = retire or asyncio.Event()
         prepare_work_dir(self.work_dir)
         logger.info("worker started", extra=self._log("start", sandbox=self.sandbox.name))
+        # Registered before the first claim, so the observer knows every worker holding a job.
+        try:
+            await self._heartbeat()
+        except Exception:
+            logger.warning("first heartbeat failed", exc_info=True, extra=self._log("heartbeat"))
         side = [
             asyncio.create_task(self._every(self.settings.lease_seconds / 3, self._heartbeat)),
             # Reaping often keeps a lost worker's job waiting little more than one lease.
             asyncio.create_task(self._every(self.settings.lease_seconds / 4, self._reap)),
         ]
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not retire.is_set():
                 job = await self._claim()
                 if job is None:
-                    await _first(stop.wait(), self.queue.wait(self.settings.poll_interval))
+                    await _first(
+                        stop.wait(), retire.wait(), self.queue.wait(self.settings.poll_interval)
+                    )
                     continue
-                await self._run_draining(job, stop)
+                await self._run_draining(job, stop, retire)
+            if retire.is_set():
+                logger.info("retired by scale-in", extra=self._log("retire"))
         finally:
             self.state = "stopped"
             for task in side:
@@ -111,10 +123,14 @@ class Worker:
             await asyncio.sleep(compute_backoff(3))
             return None
 
-    async def _run_draining(self, job: Job, stop: asyncio.Event) -> None:
+    async def _run_draining(self, job: Job, stop: asyncio.Event, retire: asyncio.Event) -> None:
         """Run the job; a stop request lets it finish, up to the drain grace period."""
         task = asyncio.create_task(self.process(job))
-        await _first(asyncio.shield(task), stop.wait())
+        retiring = asyncio.create_task(self._retiring(retire, task))
+        try:
+            await _first(asyncio.shield(task), stop.wait())
+        finally:
+            retiring.cancel()
         if not task.done():
             self.state = "draining"
             logger.info("draining", extra=self._log("drain", job))
@@ -123,6 +139,12 @@ class Worker:
                 self._watch.drained = True
                 self._watch.stop.set()
             await task
+
+    async def _retiring(self, retire: asyncio.Event, task: asyncio.Task[None]) -> None:
+        await retire.wait()
+        if not task.done():
+            self.state = "draining"
+            logger.info("retiring after this job", extra=self._log("retire", self.current))
 
     async def _every(self, seconds: float, action: Callable[[], Awaitable[object]]) -> None:
         while True:
@@ -171,7 +193,9 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
             shutil.rmtree(workspace, ignore_errors=True)
-            self.state, self.current, self._watch = "idle", None, None
+            if self.state == "busy":
+                self.state = "idle"
+            self.current, self._watch = None, None
         if outcome is not None:
             await asyncio.shield(self._report(job, outcome))
         elif watch.drained:

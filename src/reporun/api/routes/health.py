@@ -79,7 +79,21 @@ async def metrics(request: Request, services: ServicesDep) -> Response:
         states[worker.state] = states.get(worker.state, 0) + 1
     for state, number in sorted(states.items()):
         alive.add_metric([state], number)
-    families: list[Any] = [finished, waiting, alive]
+    decisions = await store.scaling.decisions(limit=1)
+    desired = GaugeMetricFamily(
+        "reporun_workers_desired", "Workers the observer's newest decision asked for"
+    )
+    if decisions:
+        desired.add_metric([], decisions[0].desired)
+    actual = GaugeMetricFamily("reporun_workers_actual", "Workers with a recent heartbeat")
+    actual.add_metric([], len(workers))
+    directions = await store.scaling.counts()
+    scaled = CounterMetricFamily(
+        "reporun_scaling_decisions", "Scaling decisions, by direction", labels=["direction"]
+    )
+    for direction in ("out", "in"):
+        scaled.add_metric([direction], directions.get(direction, 0))
+    families: list[Any] = [finished, waiting, alive, desired, actual, scaled]
     for name, doc, (buckets, total, count) in (
         ("wait", "Queue wait (created to started)", ended.wait),
         ("run", "Run time", ended.run),

@@ -1,0 +1,96 @@
+"""Serving the API: the authenticator the settings ask for, and uvicorn run under reporun's own
+signal handling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+
+import uvicorn
+
+from reporun.api.app import create_app
+from reporun.api.auth import Authenticator, LocalAuth
+from reporun.api.deps import Services
+from reporun.config import Settings
+from reporun.errors import ConfigError
+from reporun.runtime import build_queue, stop_signals
+from reporun.store import Store
+
+
+def build_auth(settings: Settings, *, key: str | None = None) -> Authenticator:
+    if settings.auth == "oidc":
+        from reporun.api.oidc import OidcAuth
+
+        if not settings.oidc_issuer:
+            raise ConfigError("REPORUN_AUTH=oidc needs REPORUN_OIDC_ISSUER")
+        return OidcAuth(
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            azp=settings.oidc_azp,
+            roles_claim=settings.oidc_roles_claim,
+            algorithms=settings.oidc_algorithms,
+            leeway=settings.oidc_leeway,
+            refresh_interval=settings.oidc_jwks_refresh,
+        )
+    if key is None:
+        if settings.secret_key is None:
+            raise ConfigError("REPORUN_SECRET_KEY is required for local tokens")
+        key = settings.secret_key.get_secret_value()
+    return LocalAuth(key)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a caught SIGTERM after shutting down, which would kill `serve` before
+    it drains its workers: reporun handles the signals itself (`stop_signals`)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def run_api(
+    settings: Settings,
+    store: Store,
+    auth: Authenticator,
+    *,
+    on_started: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serve the API until SIGTERM or SIGINT."""
+    queue = build_queue(settings, store)
+    app = create_app(Services(settings, store, queue, auth))
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = _Server(config)
+    stop = asyncio.Event()
+
+    async def serve() -> bool:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn's way of saying it could not start
+            return False
+        return True
+
+    with stop_signals(stop):
+        serving = asyncio.create_task(serve())
+        stopping = asyncio.create_task(stop.wait())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if server.started and on_started is not None:
+            await on_started()
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        stopping.cancel()
+        close = getattr(auth, "close", None)
+        if close is not None:
+            await close()
+        if not await serving:
+            raise ConfigError(
+                f"cannot serve on {settings.host}:{settings.port} (in use, or not an address here)"
+            )

@@ -1,0 +1,259 @@
+"""`DockerScaler`: the containers of a Compose service are the workers, scaled through the
+Docker Engine API (Docker's socket, or podman's Docker-compatible one).
+
+Scaling out starts a stopped container of the service, else creates one more from an existing
+container's configuration, named and labelled as Compose names its replicas, so `docker compose
+ps` and `down` see it. Scaling in sends the container SIGUSR1: its worker finishes its job and
+exits, and the container is removed (the last one is kept, stopped, as the template of the next).
+The Docker API is plain HTTP; httpx speaks it over the unix socket, asynchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from reporun.errors import ConfigError, ReporunError
+from reporun.observer.scalers import Member
+
+logger = logging.getLogger("reporun.observer")
+
+PROJECT = "com.docker.compose.project"
+SERVICE = "com.docker.compose.service"
+NUMBER = "com.docker.compose.container-number"
+# Configuration a new replica takes from its template, as `docker inspect` shows it.
+CONFIG_KEYS = (
+    "Image",
+    "Cmd",
+    "Entrypoint",
+    "Env",
+    "Labels",
+    "User",
+    "WorkingDir",
+    "StopSignal",
+    "StopTimeout",
+    "Tty",
+    "OpenStdin",
+)
+# Host configuration a new replica shares with its template.
+HOST_CONFIG_KEYS = (
+    "Binds",
+    "Mounts",
+    "NetworkMode",
+    "RestartPolicy",
+    "SecurityOpt",
+    "CapAdd",
+    "CapDrop",
+    "Init",
+    "Memory",
+    "MemorySwap",
+    "NanoCpus",
+    "CpuShares",
+    "PidsLimit",
+    "Ulimits",
+    "Tmpfs",
+    "ReadonlyRootfs",
+    "ExtraHosts",
+    "Dns",
+    "LogConfig",
+    "ShmSize",
+)
+API_TIMEOUT = 30.0
+
+
+class DockerError(ReporunError):
+    """The Docker API refused a call."""
+
+
+def docker_transport(docker_host: str) -> tuple[httpx.AsyncHTTPTransport, str]:
+    """A transport and base URL for DOCKER_HOST (`unix:///path.sock` or `tcp://host:port`)."""
+    url = urlsplit(docker_host)
+    if url.scheme == "unix":
+        return httpx.AsyncHTTPTransport(uds=url.path), "http://docker"
+    if url.scheme in ("tcp", "http"):
+        return httpx.AsyncHTTPTransport(), f"http://{url.netloc}"
+    raise ConfigError(f"DOCKER_HOST must be unix:///path or tcp://host:port, not {docker_host!r}")
+
+
+class DockerScaler:
+    name = "docker"
+
+    def __init__(
+        self,
+        *,
+        project: str | None,
+        service: str,
+        docker_host: str,
+        drain_grace: float,
+        security_opt: Sequence[str] = (),
+    ) -> None:
+        transport, base = docker_transport(docker_host)
+        self.http = httpx.AsyncClient(transport=transport, base_url=base, timeout=API_TIMEOUT)
+        self.project = project
+        self.service = service
+        self.drain_grace = drain_grace
+        self.security_opt = list(security_opt)
+        self._retiring: set[str] = set()
+        self._hostnames: dict[str, str] = {}  # container id -> the host name its worker reports
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- the Docker API -------------------------------------------------------------------------
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise DockerError(f"the Docker API is not answering: {exc}") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("message", response.text)
+            except ValueError:
+                message = response.text
+            raise DockerError(f"{method} {path}: {response.status_code} {message}".strip())
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    async def _containers(self, *, running: bool) -> list[dict[str, Any]]:
+        project = await self._project()
+        filters = {"label": [f"{PROJECT}={project}", f"{SERVICE}={self.service}"]}
+        if running:
+            filters["status"] = ["running"]
+        found: list[dict[str, Any]] = await self._call(
+            "GET", "/containers/json", params={"all": "1", "filters": json.dumps(filters)}
+        )
+        return found
+
+    async def _project(self) -> str:
+        """The Compose project: configured, else the one this observer's container is in."""
+        if self.project is None:
+            import socket
+
+            with contextlib.suppress(DockerError):
+                own = await self._call("GET", f"/containers/{socket.gethostname()}/json")
+                self.project = (own.get("Config", {}).get("Labels") or {}).get(PROJECT)
+            if self.project is None:
+                raise ConfigError(
+                    "REPORUN_SCALER=docker needs REPORUN_DOCKER_PROJECT (the Compose project)"
+                )
+        return self.project
+
+    # -- Scaler ---------------------------------------------------------------------------------
+    async def members(self) -> list[Member]:
+        members = []
+        for container in await self._containers(running=True):
+            if container["Id"] in self._retiring:
+                continue
+            handle = container["Id"]
+            if handle not in self._hostnames:
+                details = await self._call("GET", f"/containers/{handle}/json")
+                self._hostnames[handle] = details.get("Config", {}).get("Hostname") or handle[:12]
+            members.append(Member(handle, self._hostnames[handle]))
+        return members
+
+    async def add(self, count: int) -> int:
+        started = 0
+        stopped = [c for c in await self._containers(running=False) if c.get("State") == "exited"]
+        for container in stopped[:count]:
+            await self._call("POST", f"/containers/{container['Id']}/start")
+            self._retiring.discard(container["Id"])
+            logger.info(
+                "worker container started again",
+                extra={"action": "spawn", "container": container["Id"][:12]},
+            )
+            started += 1
+        for _ in range(count - started):
+            await self._create_replica()
+            started += 1
+        return started
+
+    async def _create_replica(self) -> None:
+        containers = await self._containers(running=False)
+        if not containers:
+            raise DockerError(
+                f"no container of the service {self.service!r} in the project "
+                f"{await self._project()!r} to copy: start it once with compose"
+            )
+        template = await self._call("GET", f"/containers/{containers[0]['Id']}/json")
+        numbers = [int((c.get("Labels") or {}).get(NUMBER, 0) or 0) for c in containers]
+        number = max(numbers, default=0) + 1
+        config = {k: template["Config"][k] for k in CONFIG_KEYS if k in template["Config"]}
+        config["Labels"] = {**(config.get("Labels") or {}), NUMBER: str(number)}
+        # The template's own HOSTNAME would make the new worker report the wrong host.
+        config["Env"] = [e for e in config.get("Env") or [] if not e.startswith("HOSTNAME=")]
+        if not isinstance(config.get("StopSignal"), str):  # podman shows it as a number
+            config.pop("StopSignal", None)
+        config["HostConfig"] = _host_config(template.get("HostConfig") or {}, self.security_opt)
+        config["NetworkingConfig"] = {"EndpointsConfig": _endpoints(template, self.service)}
+        name = f"{await self._project()}_{self.service}_{number}"
+        created = await self._call("POST", "/containers/create", params={"name": name}, json=config)
+        await self._call("POST", f"/containers/{created['Id']}/start")
+        logger.info(
+            "worker container created",
+            extra={"action": "spawn", "container": created["Id"][:12], "name": name},
+        )
+
+    async def retire(self, handles: Sequence[str]) -> None:
+        for handle in handles:
+            await self._call("POST", f"/containers/{handle}/kill", params={"signal": "SIGUSR1"})
+            self._retiring.add(handle)
+            logger.info(
+                "retiring a worker container", extra={"action": "retire", "container": handle[:12]}
+            )
+            task = asyncio.create_task(self._remove_when_done(handle))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _remove_when_done(self, handle: str) -> None:
+        try:
+            result = await self._call("POST", f"/containers/{handle}/wait", timeout=None)
+            code = (result or {}).get("StatusCode")
+            others = [c for c in await self._containers(running=False) if c["Id"] != handle]
+            if others:  # the last one stays, stopped, as the template of the next
+                await self._call("DELETE", f"/containers/{handle}")
+            logger.info(
+                "worker container retired",
+                extra={"action": "retired", "container": handle[:12], "code": code},
+            )
+        except ReporunError:
+            logger.warning("could not remove a retired container", exc_info=True)
+        finally:
+            self._retiring.discard(handle)
+
+    async def close(self) -> None:
+        """Leave the containers running (the next observer takes them over); only wait a
+        little for retirements under way."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
+        for task in self._tasks:
+            task.cancel()
+        await self.http.aclose()
+
+
+def _host_config(template: dict[str, Any], security_opt: Sequence[str]) -> dict[str, Any]:
+    """The template's host configuration as `docker inspect` shows it, the keys a worker's
+    replica shares (not its published ports), in the form `create` takes, with the security
+    options the sandbox needs (inspect does not show them all: podman drops
+    `systempaths=unconfined`)."""
+    config = {k: template[k] for k in HOST_CONFIG_KEYS if template.get(k) not in (None, "")}
+    # podman shows ulimits by their rlimit names (RLIMIT_NOFILE) and takes them as nofile.
+    config["Ulimits"] = [
+        {**limit, "Name": str(limit["Name"]).lower().removeprefix("rlimit_")}
+        for limit in config.get("Ulimits") or []
+    ]
+    options = list(config.get("SecurityOpt") or [])
+    kinds = {opt.split("=", 1)[0] for opt in security_opt}
+    options = [o for o in options if o.split("=", 1)[0] not in kinds] + list(security_opt)
+    config["SecurityOpt"] = options
+    return config
+
+
+def _endpoints(template: dict[str, Any], service: str) -> dict[str, Any]:
+    networks = (template.get("NetworkSettings") or {}).get("Networks") or {}
+    return {name: {"Aliases": [service]} for name in networks}
