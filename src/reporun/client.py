@@ -28,7 +28,7 @@ async def find_token(settings: Settings) -> str | None:
         return settings.token.get_secret_value()
     secret = settings.oidc_client_secret
     cache = CredentialCache(settings.credentials_path)
-    cached = await cached_token(cache, secret.get_secret_value() if secret else None)
+    cached = await cached_token(cache, secret.get_secret_value() if secret else None, settings.url)
     if cached is not None:
         return cached
     path = settings.admin_token_path

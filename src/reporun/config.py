@@ -222,7 +222,7 @@ class Settings(BaseSettings):
 
     def check_secure(self, *, embedded: bool) -> None:
         """Refuse insecure settings at start, with one clear line."""
-        loopback = _is_loopback(self.host)
+        loopback = is_loopback(self.host)
         if self.auth == "local" and not embedded:
             key = self.secret_key.get_secret_value() if self.secret_key else ""
             if key in KNOWN_WEAK_SECRETS or len(key) < 32:
@@ -258,7 +258,7 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ class Credentials:
     expires_at: float
     refresh_token: str | None = None
     refresh_expires_at: float | None = None
+    # The reporun server (REPORUN_URL) this sign-in is for; other servers never get the token.
+    server: str | None = None
 
     @property
     def fresh(self) -> bool:
@@ -203,7 +205,8 @@ class Issuer:
             raise LoginError("your sign-in has expired; run `reporun login`")
         body = self._body(response)
         body.setdefault("refresh_token", credentials.refresh_token)
-        return self._credentials(body, token_endpoint=credentials.token_endpoint)
+        renewed = self._credentials(body, token_endpoint=credentials.token_endpoint)
+        return replace(renewed, server=credentials.server)
 
     async def revoke(self, token: str) -> None:
         endpoint = self.discovery.get("revocation_endpoint")
@@ -301,10 +304,13 @@ async def login(
     return await issuer.password_login(username, password)
 
 
-async def cached_token(cache: CredentialCache, client_secret: str | None) -> str | None:
-    """The cached access token, refreshed first when it has run out; None without a cache."""
+async def cached_token(
+    cache: CredentialCache, client_secret: str | None, server: str
+) -> str | None:
+    """The cached access token for `server`, refreshed first when it has run out; None
+    without a cache, or when the sign-in was for another server."""
     credentials = cache.load()
-    if credentials is None:
+    if credentials is None or credentials.server not in (None, server.rstrip("/")):
         return None
     if credentials.fresh:
         return credentials.access_token

@@ -127,10 +127,15 @@ def test_a_burst_grows_the_pool_drains_and_shrinks_back(
     grew = next(d for d in report["decisions"] if d["direction"] == "out" and d["actual"] >= 1)
     assert grew["inputs"]["queued"] > 0 and grew["inputs"]["signal"] > 1.0
     assert all(d["desired"] <= 4 for d in report["decisions"])
-    # The observer's log shows the seed's figures for each finished job.
-    log = pool.log()
+
+    # The observer's log shows the seed's figures for each finished job (a few seconds after
+    # it ended, once its transaction surely committed).
+    def logged() -> list[str]:
+        return [x for x in pool.log().splitlines() if "action=job_finished" in x]
+
+    pool.until("every finished job logged", lambda: len(logged()) >= len(ids), 30)
     for job_id in ids:
-        line = next(x for x in log.splitlines() if f"job_id={job_id}" in x and "job_finished" in x)
+        line = next(x for x in logged() if f"job_id={job_id}" in x)
         assert "posted_at=" in line and "wait_seconds=" in line and "run_seconds=" in line
     metrics = pool.http.get("/metrics").text
     assert "reporun_workers_desired 1.0" in metrics
@@ -142,7 +147,7 @@ def test_scale_in_never_takes_the_worker_running_a_long_job(
 ) -> None:
     pool = elastic(1, 3)
     repo = git_server.make_repo({"run.sh": '#!/bin/sh\nsleep "$1"\n'})
-    long = pool.submit(repo, "./run.sh 12")
+    long = pool.submit(repo, "./run.sh 20")
     pool.until("the long job started", lambda: pool.job(long)["status"] == "running", 30)
     short = [pool.submit(repo, "./run.sh 1.5") for _ in range(6)]
     pool.until("more workers", lambda: len(pool.workers()) >= 2, 30)
@@ -159,7 +164,7 @@ def test_scale_in_never_takes_the_worker_running_a_long_job(
     pool.until("the long job ended", lambda: pool.job(long)["status"] != "running", 30)
     ended = pool.job(long)
     assert ended["status"] == "succeeded" and ended["attempts"] == 1, ended
-    assert ended["run_seconds"] >= 12
+    assert ended["run_seconds"] >= 20
     assert any(d["direction"] == "in" for d in pool.scaling()["decisions"])
     assert reporun("workers", env=pool.env).returncode == 0
     shown = reporun("scaling", env=pool.env)
@@ -202,7 +207,8 @@ def test_reporun_observer_scales_workers_of_a_separate_api(
             most = max(most, workers())
             cluster.wait_status(job_id, {"succeeded"}, timeout=60)
         assert most >= 2
-        assert http.get("/v1/scaling").json()["decisions"][0]["direction"] == "out"
+        directions = {d["direction"] for d in http.get("/v1/scaling").json()["decisions"]}
+        assert "out" in directions
         # SIGTERM: the observer drains its workers and leaves none behind.
         pids = [w["pid"] for w in http.get("/v1/workers").json()["items"]]
         assert pids

@@ -82,6 +82,12 @@ def test_password_login_caches_a_private_token_the_cli_uses_and_refreshes(
     cached = oidc_api.cached()
     assert cached["issuer"] == oidc_provider.issuer and cached["refresh_token"]
 
+    assert cached["server"] == oidc_api.env["REPORUN_URL"]
+    # Another server never gets this sign-in's token.
+    elsewhere = {**oidc_api.env, "REPORUN_URL": f"http://127.0.0.1:{free_port()}"}
+    refused = reporun("jobs", env=elsewhere)
+    assert refused.returncode == 2 and "no token" in refused.stderr, refused.stderr
+
     submitted = reporun("submit", REPO, "--json", env=oidc_api.env)
     assert submitted.returncode == 0, submitted.stderr
     assert json.loads(submitted.stdout)["owner"] == "user"
@@ -171,7 +177,8 @@ def test_refusals_are_one_line(oidc_api: OidcApi, tmp_path: Path) -> None:
     for args, message in (
         (("--password-stdin",), "--password-stdin needs --username"),
         (("--username", "user"), "use --password-stdin"),
-        (("--issuer", "ftp://x"), "--issuer must be an http(s) URL"),
+        (("--issuer", "ftp://x"), "--issuer must be an https:// URL"),
+        (("--issuer", "http://sso.example.org/realms/x"), "http:// only on a loopback"),
     ):
         refused = oidc_api.login(*args)
         assert refused.returncode == 2, refused.stderr

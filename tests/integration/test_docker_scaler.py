@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from reporun.errors import ConfigError
 from reporun.jobs import JobSpec, JobStatus, Limits
 from reporun.observer.docker import DockerScaler
 from reporun.observer.loop import Observer
@@ -137,6 +138,7 @@ async def test_the_docker_scaler_grows_and_drains_a_compose_service(
         )
 
     try:
+        await scaler.prepare()
         # Out: the pool is below its minimum; two more replicas like the first.
         decision = await observer.tick()
         assert (decision.direction, decision.desired) == ("out", 3)
@@ -208,3 +210,50 @@ def _tail(result: subprocess.CompletedProcess[str]) -> str:
 
 def running(project: Compose) -> list[str]:
     return [c["Id"] for c in project.containers("worker") if c["State"] == "running"]
+
+
+async def test_the_docker_scaler_refuses_templates_it_must_not_copy(
+    podman: Podman, tmp_path: Path
+) -> None:
+    """A worker service running as root (with /proc unmasked it could write host sysctls),
+    one that restarts always (a retired worker would come back), or none at all: one line."""
+    lines = ["services:"]
+    for service, extra in (
+        ("rootworker", ['    user: "0"']),
+        ("alwaysworker", ["    restart: always"]),
+    ):
+        lines += [
+            f"  {service}:",
+            f"    image: {podman.image}",
+            '    entrypoint: ["sleep", "infinity"]',
+            "    init: true",
+            *extra,
+        ]
+    path = tmp_path / "compose.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    project = podman.compose(path)
+    project.up()
+    for service, message in (
+        ("rootworker", "run as root"),
+        ("alwaysworker", "restart: on-failure"),
+        ("missing", "bring the service up once"),
+    ):
+        scaler = DockerScaler(
+            project=project.project,
+            service=service,
+            docker_host=podman.docker_host,
+            drain_grace=5,
+        )
+        try:
+            with pytest.raises(ConfigError, match=message):
+                await scaler.prepare()
+        finally:
+            await scaler.close()
+    nowhere = DockerScaler(
+        project="p", service="worker", docker_host=f"unix://{tmp_path}/none.sock", drain_grace=5
+    )
+    try:
+        with pytest.raises(ConfigError, match="DOCKER_HOST"):
+            await nowhere.prepare()
+    finally:
+        await nowhere.close()

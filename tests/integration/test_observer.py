@@ -98,7 +98,9 @@ def worker_env(settings: Settings) -> dict[str, str]:
 async def test_a_retired_busy_worker_finishes_its_job_and_takes_no_other(
     settings: Settings, store: Store, api: Api, git_server: GitServer
 ) -> None:
-    """Even when scale-in picks a worker the moment it took a job, the job is not killed."""
+    """Scale-in never picks a busy worker, but a worker may take a job between the pick and
+    the signal: retired while it runs a job, it finishes the job (well past the drain grace a
+    SIGTERM would give it), takes no other and exits 0."""
     require_tool("bwrap", "the job sandbox")
     scaler = LocalScaler(worker_env(settings), drain_grace=1)
     try:
@@ -107,17 +109,15 @@ async def test_a_retired_busy_worker_finishes_its_job_and_takes_no_other(
         job = await api.submit(repo=repo)
         await api.wait(job["id"], {"running"}, timeout=30)
         [member] = await scaler.members()
-        started = time.monotonic()
         await scaler.retire([member.handle])
+        [process] = scaler.retiring
         assert await scaler.members() == []
         later = await api.submit(repo=repo)
         done = await api.wait(job["id"], timeout=30)
+        # A SIGTERM drain would have given the job back after 1 s: attempts 2.
         assert done["status"] == "succeeded" and done["attempts"] == 1, done
         assert b"finished" in await api.log(job["id"])
-        for process in scaler.retiring:
-            assert await asyncio.wait_for(process.wait(), 15) == 0
-        assert time.monotonic() - started > 1.5  # it outlived the drain grace: not a SIGTERM
-        await asyncio.sleep(0.5)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
         assert (await api.job(later["id"]))["status"] == "queued"
     finally:
         await scaler.close()

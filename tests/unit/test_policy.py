@@ -157,6 +157,35 @@ def test_scaling_out_is_sized_to_the_breach() -> None:
     assert decide(seen, big, PolicyState()).desired == 5
 
 
+def test_workers_still_starting_hold_further_growth() -> None:
+    """Ticks come faster than workers start: sized on the ready ones, the pool grows once
+    per real change, not x2 on every tick while the oldest job's age keeps growing."""
+    big = PolicySettings(target_wait=2.0, min_workers=1, max_workers=16, cooldown=10.0)
+    state = PolicyState()
+    workers, starting, counts = 1, 0, []
+    for tick in range(5):
+        seen = Observation(
+            now=tick * 0.5,
+            waits=(),
+            queued=39,
+            running=1,
+            workers=workers,
+            starting=starting,
+            oldest_queued_age=2.5 + tick * 0.5,
+        )
+        decision = decide(seen, big, state)
+        state = decision.state
+        starting += decision.desired - workers  # none of them is up yet
+        workers = decision.desired
+        counts.append(workers)
+    assert counts == [2, 2, 2, 2, 3], counts  # ready stays 1: ceil(1 x age / 2)
+    # Once they are up, the step is sized on all of them.
+    seen = Observation(
+        now=3, waits=(), queued=39, running=3, workers=3, starting=0, oldest_queued_age=5.0
+    )
+    assert decide(seen, big, state).desired == 8
+
+
 def test_minimum_zero_scales_to_zero_and_back() -> None:
     settings = PolicySettings(target_wait=2.0, min_workers=0, max_workers=4, cooldown=5.0)
     run = simulate(

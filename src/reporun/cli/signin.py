@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
 from reporun.cli.base import app, fail, load_settings, run
+from reporun.config import is_loopback
 
 
 @app.command()
@@ -42,8 +45,15 @@ def login(
     issuer = issuer or settings.oidc_issuer
     if not issuer:
         fail("no issuer: pass --issuer or set REPORUN_OIDC_ISSUER")
-    if not issuer.startswith(("https://", "http://")):
-        fail(f"--issuer must be an http(s) URL, not {issuer!r}")
+    scheme, _, rest = issuer.partition("://")
+    host = urlsplit(issuer).hostname or ""
+    if scheme not in ("https", "http") or not rest:
+        fail(f"--issuer must be an https:// URL, not {issuer!r}")
+    if scheme == "http" and not is_loopback(host):
+        fail(
+            "--issuer must be https:// (http:// only on a loopback address): "
+            "passwords and tokens cross it"
+        )
     if password_stdin and username is None:
         fail("--password-stdin needs --username")
     secret = settings.oidc_client_secret.get_secret_value() if settings.oidc_client_secret else None
@@ -76,10 +86,10 @@ def login(
                 device=device,
             )
         cache = CredentialCache(settings.credentials_path)
-        cache.save(credentials)
+        cache.save(dataclasses.replace(credentials, server=settings.url.rstrip("/")))
         name, roles = credentials.who()
         print(
-            f"signed in as {name} (roles: {', '.join(roles) or 'none'}); "
+            f"signed in as {name} (roles: {', '.join(roles) or 'none'}) for {settings.url}; "
             f"token cached in {cache.path}"
         )
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ import httpx
 
 from reporun.errors import ConfigError, ReporunError
 from reporun.observer.scalers import Member
+from reporun.retry import compute_backoff
 
 logger = logging.getLogger("reporun.observer")
 
@@ -64,6 +66,13 @@ HOST_CONFIG_KEYS = (
     "Dns",
     "LogConfig",
     "ShmSize",
+    # Isolation the operator chose: a runtime (gVisor, Kata), user namespaces, devices...
+    "Runtime",
+    "UsernsMode",
+    "CgroupnsMode",
+    "Devices",
+    "GroupAdd",
+    "Sysctls",
 )
 API_TIMEOUT = 30.0
 
@@ -103,6 +112,9 @@ class DockerScaler:
         self._retiring: set[str] = set()
         self._hostnames: dict[str, str] = {}  # container id -> the host name its worker reports
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+        self._failures = 0
+        self._hold_until = 0.0
 
     # -- the Docker API -------------------------------------------------------------------------
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -118,6 +130,8 @@ class DockerScaler:
             raise DockerError(f"{method} {path}: {response.status_code} {message}".strip())
         if response.status_code == 204 or not response.content:
             return None
+        if not response.headers.get("content-type", "").startswith("application/json"):
+            return response.text  # /_ping says OK
         return response.json()
 
     async def _containers(self, *, running: bool) -> list[dict[str, Any]]:
@@ -144,33 +158,97 @@ class DockerScaler:
                 )
         return self.project
 
+    async def _inspect(self, handle: str) -> dict[str, Any]:
+        found: dict[str, Any] = await self._call("GET", f"/containers/{handle}/json")
+        return found
+
     # -- Scaler ---------------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        try:
+            await self._call("GET", "/_ping")
+        except DockerError as exc:
+            raise ConfigError(f"DOCKER_HOST: {exc.message}") from None
+        containers = await self._containers(running=False)
+        if not containers:
+            raise ConfigError(
+                f"no container of the service {self.service!r} in the Compose project "
+                f"{self.project!r}: bring the service up once (docker compose up -d)"
+            )
+        await self._check_template(await self._inspect(containers[0]["Id"]))
+
+    async def _check_template(self, template: dict[str, Any]) -> None:
+        """Refuse to copy a worker container that would be unsafe, or would not stay down."""
+        host = template.get("HostConfig") or {}
+        restart = (host.get("RestartPolicy") or {}).get("Name") or "no"
+        if restart in ("always", "unless-stopped"):
+            raise ConfigError(
+                f"the {self.service!r} service restarts {restart}: a retired worker exits 0 "
+                "and must stay down; give it restart: on-failure"
+            )
+        if host.get("Privileged"):
+            raise ConfigError(f"the {self.service!r} containers must not be privileged")
+        user = template["Config"].get("User") or ""
+        if not user:
+            image = await self._call("GET", f"/images/{template['Config']['Image']}/json")
+            user = (image.get("Config") or {}).get("User") or ""
+        if user.split(":")[0] in ("", "0", "root"):
+            raise ConfigError(
+                f"the {self.service!r} containers run as root: with /proc unmasked for the "
+                "sandbox, root could write host sysctls; run them as an unprivileged user"
+            )
+
     async def members(self) -> list[Member]:
         members = []
-        for container in await self._containers(running=True):
-            if container["Id"] in self._retiring:
-                continue
+        listed = await self._containers(running=True)
+        ids = {c["Id"] for c in listed}
+        self._hostnames = {k: v for k, v in self._hostnames.items() if k in ids}
+        for container in listed:
             handle = container["Id"]
+            if handle in self._retiring:
+                continue
             if handle not in self._hostnames:
-                details = await self._call("GET", f"/containers/{handle}/json")
+                details = await self._inspect(handle)
                 self._hostnames[handle] = details.get("Config", {}).get("Hostname") or handle[:12]
             members.append(Member(handle, self._hostnames[handle]))
         return members
 
+    def retiring_count(self) -> int:
+        return len(self._retiring)
+
     async def add(self, count: int) -> int:
+        if time.monotonic() < self._hold_until:
+            return 0
         started = 0
-        stopped = [c for c in await self._containers(running=False) if c.get("State") == "exited"]
-        for container in stopped[:count]:
-            await self._call("POST", f"/containers/{container['Id']}/start")
-            self._retiring.discard(container["Id"])
-            logger.info(
-                "worker container started again",
-                extra={"action": "spawn", "container": container["Id"][:12]},
-            )
-            started += 1
-        for _ in range(count - started):
-            await self._create_replica()
-            started += 1
+        crashed = False
+        async with self._lock:  # no removal deletes what is being started
+            for container in await self._containers(running=False):
+                if started == count:
+                    break
+                handle = container["Id"]
+                if container.get("State") not in ("exited", "created"):
+                    continue
+                details = await self._inspect(handle)
+                if container.get("State") == "exited" and details["State"].get("ExitCode"):
+                    crashed = True  # a worker that failed: a fresh replica, after a while
+                    await self._call("DELETE", f"/containers/{handle}", params={"force": "1"})
+                    continue
+                await self._call("POST", f"/containers/{handle}/start")
+                self._retiring.discard(handle)
+                logger.info(
+                    "worker container started again",
+                    extra={"action": "spawn", "container": handle[:12]},
+                )
+                started += 1
+            if crashed:
+                self._failures += 1
+                self._hold_until = time.monotonic() + compute_backoff(
+                    self._failures, base=1.0, cap=30.0
+                )
+                return started
+            self._failures = 0
+            while started < count:
+                await self._create_replica()
+                started += 1
         return started
 
     async def _create_replica(self) -> None:
@@ -180,7 +258,8 @@ class DockerScaler:
                 f"no container of the service {self.service!r} in the project "
                 f"{await self._project()!r} to copy: start it once with compose"
             )
-        template = await self._call("GET", f"/containers/{containers[0]['Id']}/json")
+        template = await self._inspect(containers[0]["Id"])
+        await self._check_template(template)
         numbers = [int((c.get("Labels") or {}).get(NUMBER, 0) or 0) for c in containers]
         number = max(numbers, default=0) + 1
         config = {k: template["Config"][k] for k in CONFIG_KEYS if k in template["Config"]}
@@ -193,7 +272,12 @@ class DockerScaler:
         config["NetworkingConfig"] = {"EndpointsConfig": _endpoints(template, self.service)}
         name = f"{await self._project()}_{self.service}_{number}"
         created = await self._call("POST", "/containers/create", params={"name": name}, json=config)
-        await self._call("POST", f"/containers/{created['Id']}/start")
+        try:
+            await self._call("POST", f"/containers/{created['Id']}/start")
+        except DockerError:
+            with contextlib.suppress(DockerError):
+                await self._call("DELETE", f"/containers/{created['Id']}", params={"force": "1"})
+            raise
         logger.info(
             "worker container created",
             extra={"action": "spawn", "container": created["Id"][:12], "name": name},
@@ -201,7 +285,14 @@ class DockerScaler:
 
     async def retire(self, handles: Sequence[str]) -> None:
         for handle in handles:
-            await self._call("POST", f"/containers/{handle}/kill", params={"signal": "SIGUSR1"})
+            try:
+                await self._call("POST", f"/containers/{handle}/kill", params={"signal": "SIGUSR1"})
+            except DockerError as exc:  # gone already, or exited: nothing to retire
+                logger.warning(
+                    "cannot retire a worker container",
+                    extra={"action": "retire", "container": handle[:12], "reason": exc.message},
+                )
+                continue
             self._retiring.add(handle)
             logger.info(
                 "retiring a worker container", extra={"action": "retire", "container": handle[:12]}
@@ -214,9 +305,12 @@ class DockerScaler:
         try:
             result = await self._call("POST", f"/containers/{handle}/wait", timeout=None)
             code = (result or {}).get("StatusCode")
-            others = [c for c in await self._containers(running=False) if c["Id"] != handle]
-            if others:  # the last one stays, stopped, as the template of the next
-                await self._call("DELETE", f"/containers/{handle}")
+            async with self._lock:  # two removals at once must not both see the other
+                containers = await self._containers(running=False)
+                mine = [c for c in containers if c["Id"] == handle and c.get("State") == "exited"]
+                others = [c for c in containers if c["Id"] != handle]
+                if mine and others:  # the last one stays, stopped, as the template of the next
+                    await self._call("DELETE", f"/containers/{handle}")
             logger.info(
                 "worker container retired",
                 extra={"action": "retired", "container": handle[:12], "code": code},
@@ -227,12 +321,13 @@ class DockerScaler:
             self._retiring.discard(handle)
 
     async def close(self) -> None:
-        """Leave the containers running (the next observer takes them over); only wait a
-        little for retirements under way."""
+        """Leave the containers running (the next observer takes them over); wait a little
+        for retirements under way, then stop watching them."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=5)
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.http.aclose()
 
 
@@ -248,8 +343,9 @@ def _host_config(template: dict[str, Any], security_opt: Sequence[str]) -> dict[
         for limit in config.get("Ulimits") or []
     ]
     options = list(config.get("SecurityOpt") or [])
-    kinds = {opt.split("=", 1)[0] for opt in security_opt}
-    options = [o for o in options if o.split("=", 1)[0] not in kinds] + list(security_opt)
+    present = {opt.split("=", 1)[0].split(":", 1)[0] for opt in options}
+    # Only what the template lacks: a seccomp profile of its own stays.
+    options += [opt for opt in security_opt if opt.split("=", 1)[0] not in present]
     config["SecurityOpt"] = options
     return config
 

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
+from reporun.errors import ConfigError
 from reporun.observer.policy import (
     Candidate,
     Decision,
@@ -33,7 +34,7 @@ logger = logging.getLogger("reporun.observer")
 
 # Jobs are logged once they ended this long ago, so every transaction that ended them has
 # committed before the observer moves past them.
-SETTLE = timedelta(seconds=1)
+SETTLE = timedelta(seconds=5)
 FINISHED_BATCH = 1000
 
 
@@ -57,8 +58,10 @@ class Observer:
         self.state = PolicyState()
         self.last: Decision | None = None
         self._logged_until: datetime | None = None
+        self._logged_id: uuid.UUID | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        await self.scaler.prepare()
         logger.info(
             "observer started",
             extra={
@@ -75,6 +78,8 @@ class Observer:
                 await self.tick()
                 failures = 0
                 pause = self.interval
+            except ConfigError:
+                raise  # no tick fixes the configuration: stop, with its one line
             except Exception:
                 failures += 1
                 logger.warning("observer tick failed", exc_info=True, extra={"action": "tick"})
@@ -87,6 +92,8 @@ class Observer:
             logger.warning("reaped jobs of lost workers", extra={"action": "reap", "count": reaped})
         snapshot = await self.store.scaling.snapshot(self.window)
         members = await self.scaler.members()
+        rows = await self.store.list_workers()
+        states = {m.handle: _state_of(m, rows, snapshot.busy_workers) for m in members}
         seen = Observation(
             now=time.monotonic(),
             waits=snapshot.waits,
@@ -94,25 +101,29 @@ class Observer:
             running=snapshot.running,
             workers=len(members),
             oldest_queued_age=snapshot.oldest_queued_age,
+            starting=sum(1 for state in states.values() if state is None),
         )
         decision = decide(seen, self.policy, self.state)
         self.state, self.last = decision.state, decision
-        if decision.direction != "hold":
-            await self._apply(decision, members, snapshot.busy_workers)
+        if decision.direction != "hold" and await self._apply(decision, members, states):
             await self._record(decision, seen)
         await self._log_finished(snapshot.at)
         return decision
 
     async def _apply(
-        self, decision: Decision, members: Sequence[Member], busy: Mapping[str, uuid.UUID]
-    ) -> None:
+        self, decision: Decision, members: Sequence[Member], states: Mapping[str, str | None]
+    ) -> int:
+        """Make the scaler follow; how many workers it started or retired."""
         current = len(members)
         if decision.desired > current:
-            await self.scaler.add(decision.desired - current)
-            return
-        rows = await self.store.list_workers()
-        candidates = [Candidate(m.handle, _state_of(m, rows, busy)) for m in members]
-        await self.scaler.retire(pick_retirees(candidates, current - decision.desired))
+            # Retiring workers may still run a job: together they stay within the maximum.
+            room = self.policy.max_workers - current - self.scaler.retiring_count()
+            wanted = min(decision.desired - current, room)
+            return await self.scaler.add(wanted) if wanted > 0 else 0
+        candidates = [Candidate(m.handle, states[m.handle]) for m in members]
+        retirees = pick_retirees(candidates, current - decision.desired)
+        await self.scaler.retire(retirees)
+        return len(retirees)
 
     async def _record(self, decision: Decision, seen: Observation) -> None:
         inputs = {
@@ -152,7 +163,7 @@ class Observer:
             self._logged_until = until
             return
         ended = await self.store.scaling.finished_between(
-            self._logged_until, until, limit=FINISHED_BATCH
+            self._logged_until, until, limit=FINISHED_BATCH, after_id=self._logged_id
         )
         for job in ended:
             logger.info(
@@ -168,8 +179,10 @@ class Observer:
                     "finished_at": job.finished_at.isoformat(),
                 },
             )
-        # A full batch may leave more at the same instant: go on from the last one next time.
-        self._logged_until = ended[-1].finished_at if len(ended) == FINISHED_BATCH else until
+        if len(ended) == FINISHED_BATCH:  # more may be left: go on from the last one
+            self._logged_until, self._logged_id = ended[-1].finished_at, ended[-1].id
+        else:
+            self._logged_until, self._logged_id = until, None
 
 
 def _state_of(

@@ -45,6 +45,7 @@ class Observation:
     running: int
     workers: int  # workers there are (starting or alive), draining ones not counted
     oldest_queued_age: float | None = None  # seconds the oldest queued job has waited so far
+    starting: int = 0  # of `workers`, those not yet ready (started, not heard from)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +83,13 @@ def decide(seen: Observation, settings: PolicySettings, state: PolicyState) -> D
     current = seen.workers
     target = settings.target_wait
     if signal is not None and signal > target * (1 + settings.tolerance):
-        # Over target: never fewer; more only while jobs wait that no worker holds.
-        proportional = math.ceil(max(current, 1) * signal / target)
-        recommended = max(current, min(max(proportional, current + 1), work))
+        # Over target: never fewer; more only while jobs wait that no worker holds. Sized on
+        # the workers that are up: those still starting have not been able to help yet, and
+        # counting them would compound the step every tick until they are (HPA does the same
+        # with pods not ready).
+        ready = max(current - seen.starting, 0)
+        proportional = math.ceil(max(ready, 1) * signal / target)
+        recommended = max(current, min(max(proportional, ready + 1), work))
         reason = f"wait {signal:.2f} s over target {target:g} s, {seen.queued} queued"
     else:
         # Within target: no more workers (but one when there are none and a job waits).

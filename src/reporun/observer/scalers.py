@@ -44,6 +44,9 @@ class Member:
 class Scaler(Protocol):
     name: str
 
+    async def prepare(self) -> None:
+        """Check the scaler can work here; ConfigError with one line when it cannot."""
+
     async def members(self) -> list[Member]:
         """Workers started and not retiring."""
 
@@ -52,6 +55,9 @@ class Scaler(Protocol):
 
     async def retire(self, handles: Sequence[str]) -> None:
         """Tell these workers to finish their job and exit."""
+
+    def retiring_count(self) -> int:
+        """Workers told to retire that have not exited yet (they may still run a job)."""
 
     async def close(self) -> None:
         """Drain every worker and wait for them (up to the drain grace)."""
@@ -77,6 +83,12 @@ class LocalScaler:
     def retiring(self) -> list[asyncio.subprocess.Process]:
         """Workers told to retire that have not exited yet."""
         return list(self._retiring.values())
+
+    def retiring_count(self) -> int:
+        return len(self._retiring)
+
+    async def prepare(self) -> None:
+        return None
 
     async def members(self) -> list[Member]:
         for pid, process in list(self._live.items()):

@@ -94,9 +94,15 @@ class ScalingRecords:
         )
 
     async def finished_between(
-        self, after: datetime | None, until: datetime, *, limit: int = 1000
+        self,
+        after: datetime | None,
+        until: datetime,
+        *,
+        limit: int = 1000,
+        after_id: uuid.UUID | None = None,
     ) -> list[FinishedJob]:
-        """Jobs that ended in (after, until], oldest first (index on finished_at)."""
+        """Jobs that ended in (after, until], oldest first (index on finished_at); with
+        `after_id`, those that ended at `after` itself with a greater id too (keyset)."""
         stmt = (
             sa.select(
                 jobs.c.id,
@@ -114,7 +120,12 @@ class ScalingRecords:
             .limit(limit)
         )
         if after is not None:
-            stmt = stmt.where(jobs.c.finished_at > sa.literal(after, type_=jobs.c.finished_at.type))
+            stamp = sa.literal(after, type_=jobs.c.finished_at.type)
+            if after_id is None:
+                stmt = stmt.where(jobs.c.finished_at > stamp)
+            else:
+                key = sa.literal(after_id, type_=jobs.c.id.type)
+                stmt = stmt.where(sa.tuple_(jobs.c.finished_at, jobs.c.id) > sa.tuple_(stamp, key))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [
