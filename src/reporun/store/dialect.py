@@ -19,6 +19,15 @@ def clock(engine: AsyncEngine) -> Any:
     return datetime.now(UTC)
 
 
+async def read_clock(conn: AsyncConnection) -> datetime:
+    """The time now on `clock`'s clock (a round trip only on PostgreSQL)."""
+    current = clock(conn.engine)
+    if isinstance(current, datetime):
+        return current
+    value: datetime = (await conn.execute(sa.select(current))).scalar_one()
+    return value.astimezone(UTC)
+
+
 def seconds_between(start: Any, end: Any, dialect: str) -> sa.ColumnElement[float]:
     """`end - start` in seconds, as a SQL expression."""
     if dialect == "sqlite":

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reporun.jobs import TERMINAL, JobStatus
-from reporun.store.dialect import clock, seconds_between
+from reporun.store.dialect import clock, read_clock, seconds_between
 from reporun.store.tables import jobs, scaling_decisions
 
 
@@ -53,20 +53,13 @@ class ScalingRecords:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def _now(self, conn: Any) -> datetime:
-        current = clock(self.engine)
-        if isinstance(current, datetime):
-            return current
-        value: datetime = (await conn.execute(sa.select(current))).scalar_one()
-        return value
-
     async def snapshot(self, window: float) -> QueueSnapshot:
         """The queue now: waits of jobs started in the last `window` seconds (index on
         started_at), queued and running counts, the oldest queued job's age."""
         wait = seconds_between(jobs.c.created_at, jobs.c.started_at, self.engine.dialect.name)
         queued = jobs.c.status == JobStatus.QUEUED.value
         async with self.engine.connect() as conn:
-            now = await self._now(conn)
+            now = await read_clock(conn)
             since = sa.literal(now - timedelta(seconds=window), type_=jobs.c.started_at.type)
             waits = [
                 max(0.0, float(v))
@@ -144,10 +137,6 @@ class ScalingRecords:
             )
             for row in rows
         ]
-
-    async def now(self) -> datetime:
-        async with self.engine.connect() as conn:
-            return await self._now(conn)
 
     async def record(
         self,

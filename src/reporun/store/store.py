@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from reporun.errors import InvalidInput, NotFound, QuotaExceeded
 from reporun.jobs import TERMINAL, Job, JobSpec, JobStatus, check_transition, sources_of
-from reporun.store.dialect import clock, lock_owner, seconds_between
+from reporun.store.dialect import clock, lock_owner, read_clock, seconds_between
 from reporun.store.engine import create_engine
 from reporun.store.scaling import ScalingRecords
 from reporun.store.tables import job_logs, jobs, workers
@@ -425,8 +425,7 @@ class Store:
         if isinstance(current, datetime):
             return current
         async with self.engine.connect() as conn:
-            value: datetime = (await conn.execute(sa.select(current))).scalar_one()
-        return value.astimezone(UTC)
+            return await read_clock(conn)
 
     async def pending_counts(self) -> dict[str, int]:
         """Queued and running jobs (index-backed, whatever the history)."""
