@@ -17,36 +17,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import BenchError, Reporun, reporun_serve
-from workloads import TERMINAL, list_all, percentile, require_succeeded, wait_idle, wait_job
+from harness import BenchError, Reporun, progress, reporun_serve, stamp
+from workloads import (
+    TERMINAL,
+    job,
+    list_all,
+    percentile,
+    require_succeeded,
+    submit,
+    wait_idle,
+    wait_job,
+)
 
 TARGET = 2.0
 MAX_WORKERS = 4
 BURST_COMMAND = "sleep 0.5"
 KEDA_POLL = 30.0
 HPA_SCALE_IN = 300.0
-
-
-def progress(message: str) -> None:
-    import sys
-
-    print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def _stamp(value: str) -> float:
-    return datetime.fromisoformat(value).timestamp()
-
-
-async def _submit(http: httpx.AsyncClient, repo: str, command: str) -> str:
-    response = await http.post("/v1/jobs", json={"repo": repo, "command": command})
-    if response.status_code != 202:
-        raise BenchError(f"POST /v1/jobs answered {response.status_code}: {response.text[:300]}")
-    return str(response.json()["id"])
 
 
 async def _workers(http: httpx.AsyncClient) -> int:
@@ -73,22 +64,16 @@ async def reaction_once(root: Path, repo: str, name: str, env: dict[str, str]) -
         server.client() as http,
     ):
         await _until_workers(http, 1)
-        blocker = await _submit(http, repo, "sleep 120")
-        while (await _job(http, blocker))["status"] != "running":
+        blocker = await submit(http, repo, "sleep 120")
+        while (await job(http, blocker))["status"] != "running":
             await asyncio.sleep(0.05)
-        probe = await wait_job(http, await _submit(http, repo, "true"))
+        probe = await wait_job(http, await submit(http, repo, "true"))
         await require_succeeded(http, [probe])
-        if probe["worker"] == (await _job(http, blocker))["worker"]:
+        if probe["worker"] == (await job(http, blocker))["worker"]:
             raise BenchError("the probe job ran on the blocked worker: no scale-out happened")
-        crossed = _stamp(probe["created_at"]) + TARGET
+        crossed = stamp(probe["created_at"]) + TARGET
         await http.post(f"/v1/jobs/{blocker}/cancel")
-        return _stamp(probe["started_at"]) - crossed
-
-
-async def _job(http: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    response = await http.get(f"/v1/jobs/{job_id}")
-    response.raise_for_status()
-    return dict(response.json())
+        return stamp(probe["started_at"]) - crossed
 
 
 async def reaction(root: Path, repo: str, rounds: int, *, compare: bool = True) -> dict[str, Any]:
@@ -127,7 +112,7 @@ async def _drain(server: Reporun, repo: str, jobs: int) -> tuple[float, float, i
         await _until_workers(http, server.workers)
         watcher = asyncio.create_task(watch())
         started = time.time()
-        ids = set(await asyncio.gather(*(_submit(http, repo, BURST_COMMAND) for _ in range(jobs))))
+        ids = set(await asyncio.gather(*(submit(http, repo, BURST_COMMAND) for _ in range(jobs))))
         await wait_idle(http)
         watcher.cancel()
         records = [r for r in await list_all(http) if r["id"] in ids]
@@ -136,7 +121,7 @@ async def _drain(server: Reporun, repo: str, jobs: int) -> tuple[float, float, i
         await require_succeeded(http, records)
         if retried := [r["id"] for r in records if r["attempts"] != 1]:
             raise BenchError(f"jobs ran more than once: {retried[:5]}")
-        last = max(_stamp(r["finished_at"]) for r in records)
+        last = max(stamp(r["finished_at"]) for r in records)
         return last - started, last, most
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -26,6 +27,15 @@ STOP_GRACE = 20.0
 STARTUP_TIMEOUT = 60.0
 DAEMON_TIMEOUT = 15.0
 GIT_TIMEOUT = 60.0
+
+
+def progress(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def stamp(value: str) -> float:
+    """An RFC 3339 time from the API as seconds since the epoch."""
+    return datetime.fromisoformat(value).timestamp()
 
 
 class BenchError(Exception):

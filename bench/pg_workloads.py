@@ -17,17 +17,16 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from harness import BenchError
+import workloads
+from harness import BenchError, progress, stamp
 from pgcluster import Cluster, PgServer, cluster
 from workloads import TERMINAL, gather_all, percentile, require_succeeded, wait_job
 
@@ -46,14 +45,6 @@ LIGHT_USER = "user-0042"  # one of 1000 users sharing the rest (~800 jobs)
 SEED_BATCH = 250_000
 
 
-def progress(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def _stamp(value: str) -> float:
-    return datetime.fromisoformat(value).timestamp()
-
-
 def _spread(values: list[float]) -> dict[str, float]:
     return {
         "p50": percentile(values, 50),
@@ -64,10 +55,7 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 # Talking to reporun -------------------------------------------------------------------------
 async def submit(http: httpx.AsyncClient, repo: str, command: str = COMMAND) -> str:
-    response = await http.post("/v1/jobs", json={"repo": repo, "command": command})
-    if response.status_code != 202:
-        raise BenchError(f"POST /v1/jobs answered {response.status_code}: {response.text[:300]}")
-    return str(response.json()["id"])
+    return await workloads.submit(http, repo, command)
 
 
 async def listed(http: httpx.AsyncClient) -> list[dict[str, Any]]:
@@ -603,8 +591,8 @@ async def lease(server: PgServer, root: Path, repo: str, lease_seconds: float | 
     return {
         "lease_seconds": lease_seconds or 30.0,
         "lease_set": lease_seconds is not None,
-        "running_again_seconds": _stamp(again["started_at"]) - killed,
-        "ended_seconds": _stamp(ended["finished_at"]) - killed,
+        "running_again_seconds": stamp(again["started_at"]) - killed,
+        "ended_seconds": stamp(ended["finished_at"]) - killed,
         "second_run_seconds": float(ended["run_seconds"]),
     }
 

@@ -83,7 +83,14 @@ from typing import Any
 
 import elastic
 import pg_workloads
-from harness import BenchError, git_daemon, make_repository, reporun_serve, traversable_dir
+from harness import (
+    BenchError,
+    git_daemon,
+    make_repository,
+    progress,
+    reporun_serve,
+    traversable_dir,
+)
 from pgcluster import PgServer
 from workloads import (
     dispatch_latency,
@@ -203,10 +210,6 @@ def parse_args(argv: list[str]) -> Options:
     if not (options.embedded or options.postgres or options.elastic):
         parser.error("--no-embedded, --no-elastic and --no-postgres leave nothing to measure")
     return options
-
-
-def progress(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 @contextlib.asynccontextmanager

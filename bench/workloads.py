@@ -11,12 +11,11 @@ import statistics
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import BenchError, Reporun, run_git, traversable_dir
+from harness import BenchError, Reporun, run_git, stamp, traversable_dir
 
 from reporun.jobs import Limits
 from reporun.worker.sandbox import Bubblewrap
@@ -58,13 +57,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def _stamp(value: str) -> float:
-    return datetime.fromisoformat(value).timestamp()
-
-
 # Talking to reporun -------------------------------------------------------------------------
-async def submit(http: httpx.AsyncClient, repo: str) -> str:
-    response = await http.post("/v1/jobs", json={"repo": repo, "command": COMMAND})
+async def submit(http: httpx.AsyncClient, repo: str, command: str = COMMAND) -> str:
+    response = await http.post("/v1/jobs", json={"repo": repo, "command": command})
     if response.status_code != 202:
         raise BenchError(f"POST /v1/jobs answered {response.status_code}: {response.text[:300]}")
     return str(response.json()["id"])
@@ -161,7 +156,7 @@ async def reporun_throughput(server: Reporun, repo: str, jobs: int, rounds: int)
         await warm_up(http, server, repo)
         for _ in range(rounds):
             started, records = await run_batch(http, repo, jobs)
-            seconds.append(max(_stamp(r["finished_at"]) for r in records) - started)
+            seconds.append(max(stamp(r["finished_at"]) for r in records) - started)
             runs += [float(r["run_seconds"]) for r in records]
     extra = {"run_seconds_p50": percentile(runs, 50), "run_seconds_p95": percentile(runs, 95)}
     return Throughput(server.workers, jobs, seconds, extra)

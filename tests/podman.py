@@ -30,6 +30,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -138,6 +139,15 @@ def _run(
             f"{_tail(result.stdout)}\n{_tail(result.stderr)}"
         )
     return result
+
+
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 @contextlib.contextmanager
@@ -296,9 +306,12 @@ class Podman:
             while True:
                 if self.process.poll() is not None:
                     pytest.fail(f"podman system service exited: {self.service_log()}")
-                with contextlib.suppress(httpx.TransportError):
-                    if http.get("/_ping").text == "OK":
-                        break
+                # A plain connect first, closed here: a refused connect inside httpx leaves
+                # its socket to the garbage collector (a ResourceWarning, an error here).
+                if _accepts(self.socket):
+                    with contextlib.suppress(httpx.TransportError):
+                        if http.get("/_ping").text == "OK":
+                            break
                 if time.monotonic() > deadline:
                     pytest.fail(f"podman system service did not answer: {self.service_log()}")
                 time.sleep(0.05)

@@ -69,7 +69,6 @@ def build_scaler(settings: Settings, env: Mapping[str, str]) -> Scaler:
             project=settings.docker_project,
             service=settings.docker_service,
             docker_host=settings.docker_host,
-            drain_grace=settings.drain_grace,
             security_opt=settings.docker_security_opt,
         )
     return LocalScaler(env, drain_grace=settings.drain_grace)

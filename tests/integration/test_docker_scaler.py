@@ -121,7 +121,6 @@ async def test_the_docker_scaler_grows_and_drains_a_compose_service(
         project=project.project,
         service="worker",
         docker_host=podman.docker_host,
-        drain_grace=30,
         security_opt=WORKER_SECURITY_OPT,
     )
     observer = Observer(
@@ -177,7 +176,12 @@ async def test_the_docker_scaler_grows_and_drains_a_compose_service(
         await until("the job ended", lambda: _status(store, job.id, JobStatus.SUCCEEDED), 60, logs)
         ended = await store.get_job(job.id)
         assert ended.attempts == 1 and ended.exit_code == 0
-        await until("the container exited", lambda: running(project) == [], 60, logs)
+        await until(
+            "the container exited",
+            lambda: [c["State"] for c in project.containers("worker")] == ["exited"],
+            60,
+            logs,
+        )
         [kept] = project.containers("worker")
         assert kept["State"] == "exited"
         inspect = podman.cli("inspect", left, "--format", "{{.State.ExitCode}}").stdout.strip()
@@ -242,7 +246,6 @@ async def test_the_docker_scaler_refuses_templates_it_must_not_copy(
             project=project.project,
             service=service,
             docker_host=podman.docker_host,
-            drain_grace=5,
         )
         try:
             with pytest.raises(ConfigError, match=message):
@@ -250,7 +253,7 @@ async def test_the_docker_scaler_refuses_templates_it_must_not_copy(
         finally:
             await scaler.close()
     nowhere = DockerScaler(
-        project="p", service="worker", docker_host=f"unix://{tmp_path}/none.sock", drain_grace=5
+        project="p", service="worker", docker_host=f"unix://{tmp_path}/none.sock"
     )
     try:
         with pytest.raises(ConfigError, match="DOCKER_HOST"):

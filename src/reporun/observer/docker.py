@@ -75,6 +75,8 @@ HOST_CONFIG_KEYS = (
     "Sysctls",
 )
 API_TIMEOUT = 30.0
+# A container whose process ended: podman says "stopped" until its cleanup ran, then "exited".
+ENDED = ("exited", "stopped")
 
 
 class DockerError(ReporunError):
@@ -100,14 +102,12 @@ class DockerScaler:
         project: str | None,
         service: str,
         docker_host: str,
-        drain_grace: float,
         security_opt: Sequence[str] = (),
     ) -> None:
         transport, base = docker_transport(docker_host)
         self.http = httpx.AsyncClient(transport=transport, base_url=base, timeout=API_TIMEOUT)
         self.project = project
         self.service = service
-        self.drain_grace = drain_grace
         self.security_opt = list(security_opt)
         self._retiring: set[str] = set()
         self._hostnames: dict[str, str] = {}  # container id -> the host name its worker reports
@@ -225,10 +225,10 @@ class DockerScaler:
                 if started == count:
                     break
                 handle = container["Id"]
-                if container.get("State") not in ("exited", "created"):
+                if container.get("State") not in (*ENDED, "created"):
                     continue
                 details = await self._inspect(handle)
-                if container.get("State") == "exited" and details["State"].get("ExitCode"):
+                if container.get("State") in ENDED and details["State"].get("ExitCode"):
                     crashed = True  # a worker that failed: a fresh replica, after a while
                     await self._call("DELETE", f"/containers/{handle}", params={"force": "1"})
                     continue
@@ -307,7 +307,7 @@ class DockerScaler:
             code = (result or {}).get("StatusCode")
             async with self._lock:  # two removals at once must not both see the other
                 containers = await self._containers(running=False)
-                mine = [c for c in containers if c["Id"] == handle and c.get("State") == "exited"]
+                mine = [c for c in containers if c["Id"] == handle and c.get("State") in ENDED]
                 others = [c for c in containers if c["Id"] != handle]
                 if mine and others:  # the last one stays, stopped, as the template of the next
                     await self._call("DELETE", f"/containers/{handle}")

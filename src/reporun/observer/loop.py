@@ -56,7 +56,6 @@ class Observer:
         self.interval = interval
         self.window = window
         self.state = PolicyState()
-        self.last: Decision | None = None
         self._logged_until: datetime | None = None
         self._logged_id: uuid.UUID | None = None
 
@@ -104,7 +103,7 @@ class Observer:
             starting=sum(1 for state in states.values() if state is None),
         )
         decision = decide(seen, self.policy, self.state)
-        self.state, self.last = decision.state, decision
+        self.state = decision.state
         if decision.direction != "hold" and await self._apply(decision, members, states):
             await self._record(decision, seen)
         await self._log_finished(snapshot.at)

@@ -16,6 +16,10 @@ from reporun.store.dialect import clock, read_clock, seconds_between
 from reporun.store.tables import jobs, scaling_decisions
 
 
+def _running() -> sa.Select[Any]:
+    return sa.select(jobs.c.worker, jobs.c.id).where(jobs.c.status == JobStatus.RUNNING.value)
+
+
 @dataclass(frozen=True, slots=True)
 class QueueSnapshot:
     at: datetime
@@ -70,13 +74,7 @@ class ScalingRecords:
                     sa.select(sa.func.count(), sa.func.min(jobs.c.created_at)).where(queued)
                 )
             ).one()
-            busy = (
-                await conn.execute(
-                    sa.select(jobs.c.worker, jobs.c.id).where(
-                        jobs.c.status == JobStatus.RUNNING.value
-                    )
-                )
-            ).all()
+            busy = (await conn.execute(_running())).all()
         return QueueSnapshot(
             at=now,
             waits=waits,
@@ -85,6 +83,11 @@ class ScalingRecords:
             oldest_queued_age=max(0.0, (now - oldest).total_seconds()) if oldest else None,
             busy_workers={worker: job_id for worker, job_id in busy if worker},
         )
+
+    async def busy_workers(self) -> dict[str, uuid.UUID]:
+        """Worker -> the running job it holds (what a heartbeat says only later)."""
+        async with self.engine.connect() as conn:
+            return {worker: job_id for worker, job_id in await conn.execute(_running()) if worker}
 
     async def finished_between(
         self,

@@ -19,7 +19,7 @@ AdminUser = Annotated[Principal, Depends(admin_user)]
 async def workers(_: AdminUser, services: ServicesDep) -> WorkerPage:
     store = services.store
     alive = services.settings.lease_seconds
-    busy = (await store.scaling.snapshot(0)).busy_workers
+    busy = await store.scaling.busy_workers()
     rows = await store.list_workers(alive_within=alive)
     return WorkerPage(items=[WorkerOut.of(row, running=busy.get(row.id)) for row in rows])
 
