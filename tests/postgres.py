@@ -23,7 +23,9 @@ import pytest
 from reporun.store import Store
 from reporun.store.migrate import upgrade
 
-TEMPLATE = "reporun_template"
+# One template per test session, so two sessions on one server (a developer's and CI's) never
+# drop each other's.
+TEMPLATE_PREFIX = "reporun_template_"
 
 
 def _answers(host: str, port: int) -> bool:
@@ -67,6 +69,7 @@ class Postgres:
         self.port = 5432
         self.cluster: Path | None = None
         self.owner: str | None = None
+        self.template = f"{TEMPLATE_PREFIX}{os.getpid()}"
 
     def start(self) -> None:
         configured = os.environ.get("REPORUN_TEST_PG_PORT")
@@ -157,6 +160,7 @@ class Postgres:
 
     def stop(self) -> None:
         if self.cluster is None:
+            _psql(self.host, self.port, "postgres", f"DROP DATABASE IF EXISTS {self.template}")
             return
         with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
             self._pg_ctl("-m", "immediate", "stop")
@@ -173,11 +177,12 @@ class Postgres:
 
     def prepare_template(self) -> None:
         """A migrated database that each test's database is copied from (fast)."""
-        self.sql(f"DROP DATABASE IF EXISTS {TEMPLATE}")
-        self.sql(f"CREATE DATABASE {TEMPLATE}")
+        self._drop_stale_templates()
+        self.sql(f"DROP DATABASE IF EXISTS {self.template}")
+        self.sql(f"CREATE DATABASE {self.template}")
 
         async def migrate() -> None:
-            store = Store.open(self.url(TEMPLATE))
+            store = Store.open(self.url(self.template))
             try:
                 await upgrade(store.engine)
             finally:
@@ -187,9 +192,17 @@ class Postgres:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, migrate()).result()
 
+    def _drop_stale_templates(self) -> None:
+        """Templates of sessions whose process is gone (killed before it could drop them)."""
+        names = self.sql(f"SELECT datname FROM pg_database WHERE datname LIKE '{TEMPLATE_PREFIX}%'")
+        for name in names.split():
+            pid = name.removeprefix(TEMPLATE_PREFIX)
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                _psql(self.host, self.port, "postgres", f"DROP DATABASE IF EXISTS {name}")
+
     def create_database(self, *, migrated: bool = True) -> str:
         name = f"reporun_t_{secrets.token_hex(6)}"
-        template = f" TEMPLATE {TEMPLATE}" if migrated else ""
+        template = f" TEMPLATE {self.template}" if migrated else ""
         deadline = time.monotonic() + 30
         while True:
             result = _psql(self.host, self.port, "postgres", f"CREATE DATABASE {name}{template}")
