@@ -17,6 +17,9 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 
+DEFAULT_DATA_DIR = Path(".reporun")
+ADMIN_TOKEN_FILE = "admin.token"
+
 # Secrets that ship in examples; a server refuses to start with them.
 KNOWN_WEAK_SECRETS = frozenset({"", "changeme", "secret", "postgres", "reporun", "admin"})
 
@@ -31,7 +34,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REPORUN_", extra="ignore")
 
     # Where the embedded service keeps its database, tokens, mirrors and workspaces.
-    data_dir: Path = Path(".reporun")
+    data_dir: Path = DEFAULT_DATA_DIR
     # Where checkouts wait for their sandbox; must be reachable by the jobs' uids.
     work_dir: Path | None = None
     database_url: str | None = None
@@ -48,8 +51,6 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    url: str = "http://127.0.0.1:8000"
-    token: SecretStr | None = None
 
     auth: Literal["local", "oidc"] = "local"
     secret_key: SecretStr | None = None
@@ -62,11 +63,6 @@ class Settings(BaseSettings):
     oidc_leeway: float = Field(30.0, ge=0, le=300)
     # Fetch the issuer's keys again for an unknown kid at most this often.
     oidc_jwks_refresh: float = Field(10.0, ge=0)
-    # `reporun login`: the issuer's client for the CLI (public unless a secret is given), and
-    # where the signed-in token is cached (default: ~/.config/reporun/credentials.json).
-    oidc_client_id: str = "reporun-cli"
-    oidc_client_secret: SecretStr | None = None
-    credentials_file: Path | None = None
     # Per user (0: no limit): jobs queued or running, and submissions a minute. Admins have
     # their own limits, none by default.
     quota_pending: int = Field(1000, ge=0)
@@ -207,14 +203,8 @@ class Settings(BaseSettings):
         return Path(tempfile.gettempdir()) / "reporun-work" / digest
 
     @property
-    def credentials_path(self) -> Path:
-        from reporun.login import default_credentials_path
-
-        return self.credentials_file or default_credentials_path()
-
-    @property
     def admin_token_path(self) -> Path:
-        return self.data_dir / "admin.token"
+        return self.data_dir / ADMIN_TOKEN_FILE
 
     @property
     def secret_key_path(self) -> Path:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from reporun.login import (
+from reporun.cli.settings import default_credentials_path
+from reporun.cli.signin import (
     EXPIRY_MARGIN,
     CredentialCache,
     Credentials,
     LoginError,
-    default_credentials_path,
 )
 
 

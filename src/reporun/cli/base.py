@@ -6,10 +6,11 @@ import asyncio
 import sys
 import uuid
 from collections.abc import Coroutine
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from reporun.config import Settings
 from reporun.errors import ClientError, ConfigError, InvalidInput, ReporunError
@@ -35,9 +36,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+AnySettings = TypeVar("AnySettings", bound=BaseSettings)
+
+
 def load_settings(**overrides: Any) -> Settings:
+    """The server's settings, with the command line's options over the environment."""
+    return read_settings(Settings, **overrides)
+
+
+def read_settings(kind: type[AnySettings], **overrides: Any) -> AnySettings:
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return kind(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"]) or "settings"

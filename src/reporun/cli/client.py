@@ -1,246 +1,105 @@
-"""Commands that talk to a server: submit, jobs, status, logs, cancel, workers, scaling."""
+"""The HTTP client the CLI uses (async, httpx)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import sys
-import time
+import os
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+import httpx
 
-from reporun.cli.base import TERMINAL, _job_id, app, fail, load_settings, run
+from reporun.cli.settings import ClientSettings
+from reporun.cli.signin import CredentialCache, cached_token
+from reporun.errors import ClientError
 
 
-# The client ------------------------------------------------------------------------------------
-@contextlib.asynccontextmanager
-async def _client() -> AsyncIterator[Any]:
-    from reporun.client import ApiClient, find_token
+class ApiError(ClientError):
+    """The server refused the request."""
 
-    settings = load_settings()
-    token = await find_token(settings)
-    if token is None:
-        fail(
-            "no token: set REPORUN_TOKEN, run `reporun login` (OIDC), or run `reporun serve` "
-            "here, which stores one"
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+async def find_token(settings: ClientSettings) -> str | None:
+    """REPORUN_TOKEN wins; then the token `reporun login` cached (refreshed when it ran out);
+    then the admin token `reporun serve` stored in its data dir."""
+    if settings.token is not None and settings.token.get_secret_value():
+        return settings.token.get_secret_value()
+    cache = CredentialCache(settings.credentials_path)
+    cached = await cached_token(cache, settings.client_secret, settings.url)
+    if cached is not None:
+        return cached
+    path = settings.admin_token_path
+    if path.is_file() and os.access(path, os.R_OK):
+        return path.read_text().strip() or None
+    return None
+
+
+class ApiClient:
+    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout
         )
-    async with ApiClient(settings.url, token) as client:
-        yield client
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach {self.http.base_url}: {exc}") from None
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _detail(response))
+        return response
+
+    async def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict((await self._request("POST", "/v1/jobs", json=body)).json())
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return dict((await self._request("GET", f"/v1/jobs/{job_id}")).json())
+
+    async def jobs(self, *, status: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if cursor:
+            params["cursor"] = cursor
+        return dict((await self._request("GET", "/v1/jobs", params=params)).json())
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return dict((await self._request("POST", f"/v1/jobs/{job_id}/cancel")).json())
+
+    async def workers(self) -> dict[str, Any]:
+        return dict((await self._request("GET", "/v1/workers")).json())
+
+    async def scaling(self, *, limit: int) -> dict[str, Any]:
+        return dict((await self._request("GET", "/v1/scaling", params={"limit": limit})).json())
+
+    async def logs(self, job_id: str, *, follow: bool) -> AsyncIterator[bytes]:
+        params = {"follow": "true"} if follow else {}
+        try:
+            async with self.http.stream(
+                "GET", f"/v1/jobs/{job_id}/logs", params=params, timeout=None
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise ApiError(response.status_code, _detail(response))
+                async for chunk in response.aiter_bytes():
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise ClientError(f"cannot reach {self.http.base_url}: {exc}") from None
 
 
-def _repo_argument(repo: str) -> str:
-    """A local directory becomes its absolute path (only `reporun serve` accepts those)."""
-    if "://" not in repo and not repo.startswith("-") and Path(repo).is_dir():
-        return str(Path(repo).resolve())
-    return repo
-
-
-def _env_pairs(pairs: list[str]) -> dict[str, str]:
-    env = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            fail(f"--env takes NAME=VALUE, not {pair!r}")
-        env[name] = value
-    return env
-
-
-def _show(job: dict[str, Any]) -> str:
-    parts = [job["id"], job["status"]]
-    if job.get("exit_code") is not None:
-        parts.append(f"exit={job['exit_code']}")
-    if job.get("reason"):
-        parts.append(f"({job['reason']})")
-    if job.get("cancel_requested") and job["status"] not in TERMINAL:
-        parts.append("(cancel requested)")
-    return " ".join(parts)
-
-
-async def _wait(client: Any, job_id: str) -> dict[str, Any]:
-    """Poll until the job ends; a spinner on a terminal, a line per change otherwise."""
-    last = None
-    status_line = None
-    if sys.stderr.isatty():
-        from rich.console import Console
-
-        status_line = Console(stderr=True).status(f"{job_id} queued")
-        status_line.start()
-    started = time.monotonic()
+def _detail(response: httpx.Response) -> str:
     try:
-        while True:
-            job: dict[str, Any] = await client.job(job_id)
-            if job["status"] != last:
-                last = job["status"]
-                if status_line is None:
-                    print(f"{job_id} {last}", file=sys.stderr, flush=True)
-            if status_line is not None:
-                status_line.update(f"{job_id} {last} ({time.monotonic() - started:.0f} s)")
-            if job["status"] in TERMINAL:
-                return job
-            await asyncio.sleep(0.25)
-    finally:
-        if status_line is not None:
-            status_line.stop()
-
-
-@app.command()
-def submit(
-    repo: str,
-    ref: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
-    command: Annotated[str | None, typer.Option(help="Shell command to run.")] = None,
-    timeout: Annotated[int | None, typer.Option(min=1, help="Seconds.")] = None,
-    env: Annotated[list[str] | None, typer.Option(help="NAME=VALUE, repeatable.")] = None,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the end; exit 1 unless it succeeded.")
-    ] = False,
-    follow: Annotated[bool, typer.Option("--follow", help="Stream the log until the end.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
-) -> None:
-    """Submit a repository (URL, or a local directory to `reporun serve`)."""
-    if wait and follow:
-        fail("--wait and --follow do not go together")
-    body: dict[str, Any] = {"repo": _repo_argument(repo)}
-    for key, value in (("ref", ref), ("command", command), ("timeout", timeout)):
-        if value is not None:
-            body[key] = value
-    if env:
-        body["env"] = _env_pairs(env)
-
-    async def submit_job() -> int:
-        async with _client() as client:
-            job = await client.submit(body)
-            if not (wait or follow):
-                print(json.dumps(job, indent=2) if as_json else job["id"])
-                return 0
-            if follow:
-                async for chunk in client.logs(job["id"], follow=True):
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
-            job = await _wait(client, job["id"])
-            if as_json:
-                print(json.dumps(job, indent=2))
-            else:
-                print(_show(job), file=sys.stdout if wait else sys.stderr)
-            return 0 if job["status"] == "succeeded" else 1
-
-    raise SystemExit(run(submit_job()))
-
-
-STATES = TERMINAL | {"queued", "running"}
-
-
-@app.command()
-def jobs(
-    every: Annotated[bool, typer.Option("--all", help="Every page, not only the newest.")] = False,
-    status: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """List jobs, newest first (admins see everyone's)."""
-    if status is not None and status not in STATES:
-        fail(f"--status must be one of {', '.join(sorted(STATES))}")
-
-    async def list_jobs() -> None:
-        async with _client() as client:
-            items: list[dict[str, Any]] = []
-            cursor = None
-            while True:
-                page = await client.jobs(status=status, limit=limit, cursor=cursor)
-                items += page["items"]
-                cursor = page["next_cursor"]
-                if not every or not cursor:
-                    break
-        if as_json:
-            print(json.dumps(items, indent=2))
-            return
-        for job in items:
-            print(
-                f"{job['id']}  {job['status']:<10} {job['owner']:<12} "
-                f"{job['created_at'][:19]}  {job['repo']}"
-            )
-
-    run(list_jobs())
-
-
-@app.command()
-def status(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show one job."""
-
-    async def show() -> None:
-        async with _client() as client:
-            job = await client.job(_job_id(job_id))
-        print(json.dumps(job, indent=2) if as_json else _show(job))
-
-    run(show())
-
-
-@app.command()
-def logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False) -> None:
-    """Print a job's log; --follow streams it until the job ends."""
-
-    async def stream() -> None:
-        async with _client() as client:
-            async for chunk in client.logs(_job_id(job_id), follow=follow):
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-
-    run(stream())
-
-
-@app.command()
-def cancel(job_id: str) -> None:
-    """Cancel a job: a queued one never starts, a running one is killed."""
-
-    async def request() -> None:
-        async with _client() as client:
-            job = await client.cancel(_job_id(job_id))
-        print(_show(job))
-
-    run(request())
-
-
-@app.command()
-def workers(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """The workers alive: state, current job, last heartbeat (admin)."""
-
-    async def show() -> None:
-        async with _client() as client:
-            items = (await client.workers())["items"]
-        if as_json:
-            print(json.dumps(items, indent=2))
-            return
-        for worker in items:
-            print(
-                f"{worker['id']:<40} {worker['state']:<9} {worker['current_job'] or '-':<36} "
-                f"{worker['last_heartbeat'][:19]}"
-            )
-
-    run(show())
-
-
-@app.command()
-def scaling(
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """The observer's recent scaling decisions, newest first (admin)."""
-
-    async def show() -> None:
-        async with _client() as client:
-            report = await client.scaling(limit=limit)
-        if as_json:
-            print(json.dumps(report, indent=2))
-            return
-        desired = report["desired"] if report["desired"] is not None else "-"
-        print(f"workers: {report['actual']} alive, {desired} desired")
-        for decision in report["decisions"]:
-            print(
-                f"{decision['at'][:19]}  {decision['direction']:<3} "
-                f"{decision['actual']} -> {decision['desired']}  {decision['reason']}"
-            )
-
-    run(show())
+        body = response.json()
+        detail = body.get("detail") if isinstance(body, dict) else None
+    except ValueError:
+        detail = None
+    return f"{response.status_code}: {detail or response.text[:200] or response.reason_phrase}"
