@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -59,6 +60,24 @@ def check_transition(source: JobStatus, target: JobStatus) -> None:
 def sources_of(target: JobStatus) -> frozenset[JobStatus]:
     """Every state a job may be in to move to `target`."""
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run ended, as the worker reports it."""
+
+    status: JobStatus
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What a worker learns of a job it runs: whether it still holds it, and whether the job
+    was asked to stop."""
+
+    held: bool
+    cancel_requested: bool = False
 
 
 class Limits(BaseModel):

@@ -15,7 +15,7 @@ from reporun.errors import ConfigError
 from reporun.observer.loop import Observer
 from reporun.observer.policy import PolicySettings
 from reporun.observer.scalers import LocalScaler, Scaler
-from reporun.queue import QueueBackend
+from reporun.queue import QueueBackend, QueueConfig
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
 from reporun.store.migrate import is_current
@@ -29,13 +29,13 @@ logger = logging.getLogger("reporun")
 def build_queue(settings: Settings, store: Store) -> QueueBackend:
     if settings.queue == "kafka":
         raise ConfigError("REPORUN_QUEUE=kafka is not available in this version; use sql")
-    return SqlQueue(
-        store,
+    config = QueueConfig(
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,
         poll_interval=settings.poll_interval,
-        listen=settings.notify,
+        notify=settings.notify,
     )
+    return SqlQueue(store, config)
 
 
 def build_sandbox(settings: Settings) -> Sandbox:

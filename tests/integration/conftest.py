@@ -16,7 +16,6 @@ from reporun.api.app import create_app
 from reporun.api.auth import LocalAuth
 from reporun.api.deps import Services
 from reporun.config import Settings
-from reporun.queue.sql import SqlQueue
 from reporun.runtime import build_queue
 from reporun.store import Store
 from reporun.worker.loop import Worker
@@ -87,12 +86,7 @@ async def start_worker(settings: Settings, store: Store) -> AsyncIterator[Worker
 
     def start(**overrides: Any) -> Worker:
         worker_settings = settings.model_copy(update=overrides)
-        queue = SqlQueue(
-            store,
-            lease_seconds=worker_settings.lease_seconds,
-            max_attempts=worker_settings.max_attempts,
-            poll_interval=worker_settings.poll_interval,
-        )
+        queue = build_queue(worker_settings, store)
         worker = Worker(
             settings=worker_settings,
             store=store,

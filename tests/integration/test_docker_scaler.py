@@ -18,6 +18,7 @@ from reporun.jobs import JobSpec, JobStatus, Limits
 from reporun.observer.docker import DockerScaler
 from reporun.observer.loop import Observer
 from reporun.observer.policy import PolicySettings
+from reporun.queue import QueueConfig
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
 from tests.conftest import GitServer
@@ -116,7 +117,9 @@ async def test_the_docker_scaler_grows_and_drains_a_compose_service(
     url = f"postgresql://postgres@{HOST_ADDRESS}:{host_postgres.port}/{database}"
     project: Compose = podman.compose(compose_file(tmp_path / "compose.yaml", podman.image, url))
     project.up(scale={"worker": 1})
-    queue = SqlQueue(store, lease_seconds=10, max_attempts=3, poll_interval=0.1, listen=False)
+    queue = SqlQueue(
+        store, QueueConfig(lease_seconds=10, max_attempts=3, poll_interval=0.1, notify=False)
+    )
     scaler = DockerScaler(
         project=project.project,
         service="worker",
@@ -152,8 +155,7 @@ async def test_the_docker_scaler_grows_and_drains_a_compose_service(
         # A long job on one of them.
         repo = host_git.make_repo({"run.sh": "#!/bin/sh\nsleep 8\necho survived\n"})
         repo = repo.replace("0.0.0.0", HOST_ADDRESS)
-        job = await store.create_job(JobSpec(repo=repo, limits=LIMITS), "alice")
-        await queue.enqueue(job)
+        job = await queue.submit(JobSpec(repo=repo, limits=LIMITS), "alice")
         await until("the job runs", lambda: _status(store, job.id, JobStatus.RUNNING), 60)
         holder = (await store.get_job(job.id)).worker
         assert holder is not None

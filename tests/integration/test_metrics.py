@@ -8,7 +8,7 @@ import pytest
 
 from reporun.api.metrics import EndedJobs
 from reporun.jobs import JobSpec, JobStatus, Limits
-from reporun.queue import Outcome
+from reporun.queue import Outcome, QueueConfig
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
 
@@ -25,7 +25,7 @@ async def end_jobs(store: Store, queue: SqlQueue, statuses: list[JobStatus]) -> 
 
 
 async def test_settled_totals_plus_recent_ones_equal_a_full_count(any_store: Store) -> None:
-    queue = SqlQueue(any_store, lease_seconds=30, max_attempts=3, poll_interval=0.05)
+    queue = SqlQueue(any_store, QueueConfig(lease_seconds=30, max_attempts=3, poll_interval=0.05))
     metrics = EndedJobs(BUCKETS, settle_seconds=0.2)
     await end_jobs(any_store, queue, [JobStatus.SUCCEEDED, JobStatus.FAILED])
     queued = await any_store.create_job(
@@ -39,7 +39,7 @@ async def test_settled_totals_plus_recent_ones_equal_a_full_count(any_store: Sto
     await end_jobs(any_store, queue, [JobStatus.SUCCEEDED, JobStatus.TIMED_OUT])
     for _ in range(3):  # repeated scrapes move jobs from recent to settled, never twice
         totals = await metrics.totals(any_store)
-        full = await any_store.ended_totals(BUCKETS)
+        full = await any_store.figures.ended_totals(BUCKETS)
         assert totals.finished == full.finished
         for mine, theirs in ((totals.wait, full.wait), (totals.run, full.run)):
             assert (mine[0], mine[2]) == (theirs[0], theirs[2])
@@ -47,4 +47,4 @@ async def test_settled_totals_plus_recent_ones_equal_a_full_count(any_store: Sto
         await asyncio.sleep(0.25)
     assert totals.finished == {"succeeded": 2, "failed": 1, "cancelled": 1, "timed_out": 1}
     assert totals.wait[0][-1] == totals.wait[2] == 4  # every timed job within 5 s
-    assert await any_store.pending_counts() == {"queued": 0, "running": 0}
+    assert await any_store.figures.pending_counts() == {"queued": 0, "running": 0}

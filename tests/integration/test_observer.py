@@ -17,7 +17,7 @@ from reporun.jobs import JobSpec, JobStatus, Limits
 from reporun.observer.loop import Observer
 from reporun.observer.policy import PolicySettings
 from reporun.observer.scalers import LocalScaler
-from reporun.queue import Outcome
+from reporun.queue import Outcome, QueueConfig
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
 from tests.conftest import GitServer, require_tool
@@ -31,7 +31,9 @@ def spec(repo: str = "https://example.org/a.git") -> JobSpec:
 
 
 def sql_queue(store: Store) -> SqlQueue:
-    return SqlQueue(store, lease_seconds=30, max_attempts=3, poll_interval=0.05, listen=False)
+    return SqlQueue(
+        store, QueueConfig(lease_seconds=30, max_attempts=3, poll_interval=0.05, notify=False)
+    )
 
 
 async def test_the_queue_snapshot_on_both_databases(any_store: Store) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 
 from reporun.config import Settings
 from reporun.jobs import Job, JobSpec, JobStatus, Limits
-from reporun.queue import Outcome, QueueBackend
+from reporun.queue import Lease, Outcome, QueueBackend, QueueConfig
 from reporun.queue.memory import MemoryQueue
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
@@ -26,42 +26,32 @@ def spec(n: int = 0) -> JobSpec:
 
 @dataclass
 class Backend:
+    """A queue under test, with the calls a submitter makes (every backend the same way)."""
+
     queue: QueueBackend
-    add: Callable[[JobSpec, str], asyncio.Future[Job] | Job]
-    get: Callable[[uuid.UUID], asyncio.Future[Job] | Job]
-    cancel: Callable[[uuid.UUID], object]
 
     async def submit(self, owner: str = "alice", n: int = 0) -> Job:
-        result = self.add(spec(n), owner)
-        return await result if asyncio.isfuture(result) or asyncio.iscoroutine(result) else result
+        return await self.queue.submit(spec(n), owner)
 
     async def job(self, job_id: uuid.UUID) -> Job:
-        result = self.get(job_id)
-        return await result if asyncio.iscoroutine(result) else result  # type: ignore[return-value]
+        return await self.queue.get(job_id)
 
     async def request_cancel(self, job_id: uuid.UUID) -> None:
-        result = self.cancel(job_id)
-        if asyncio.iscoroutine(result):
-            await result
+        await self.queue.cancel(job_id)
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
 async def backend(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Backend]:
-    lease = 0.3
+    config = QueueConfig(lease_seconds=0.3, max_attempts=2, poll_interval=0.05)
     if request.param == "memory":
-        memory = MemoryQueue(lease_seconds=lease, max_attempts=2)
-        yield Backend(memory, memory.add, lambda i: memory.jobs[i], memory.cancel)
+        yield Backend(MemoryQueue(config))
         return
     url = settings.db_url if request.param == "sqlite" else request.getfixturevalue("postgres_url")
     store = Store.open(url)
     await upgrade(store.engine)
-    sql = SqlQueue(store, lease_seconds=lease, max_attempts=2, poll_interval=0.05)
-    yield Backend(
-        sql,
-        lambda s, o: store.create_job(s, o),
-        store.get_job,
-        lambda i: store.cancel(i),
-    )
+    queue = SqlQueue(store, config)
+    yield Backend(queue)
+    await queue.close()
     await store.close()
 
 
@@ -123,6 +113,19 @@ async def test_cancel_of_a_running_job_is_seen_on_renewal(backend: Backend) -> N
     await backend.request_cancel(submitted.id)
     lease = await backend.queue.renew(job, "w1")
     assert lease.held and lease.cancel_requested
+
+
+async def test_check_tells_a_cancel_and_a_lost_job_without_renewing(backend: Backend) -> None:
+    submitted = await backend.submit()
+    job = await backend.queue.claim("w1")
+    assert job is not None
+    assert await backend.queue.check(job, "w1") == Lease(held=True, cancel_requested=False)
+    assert not (await backend.queue.check(job, "w2")).held
+    await backend.request_cancel(submitted.id)
+    assert await backend.queue.check(job, "w1") == Lease(held=True, cancel_requested=True)
+    await asyncio.sleep(0.4)  # a check is no renewal: the lease runs out
+    assert await backend.queue.reap() == 1
+    assert not (await backend.queue.check(job, "w1")).held
 
 
 async def test_a_lost_worker_with_a_cancel_request_ends_cancelled(backend: Backend) -> None:
@@ -188,14 +191,15 @@ async def test_concurrent_claims_never_hand_out_a_job_twice(backend: Backend) ->
 async def test_notify_wakes_a_worker_in_another_process_at_once(postgres_url: str) -> None:
     api_store, worker_store = Store.open(postgres_url), Store.open(postgres_url)
     try:
-        api = SqlQueue(api_store, lease_seconds=30, max_attempts=2, poll_interval=30)
-        worker = SqlQueue(worker_store, lease_seconds=30, max_attempts=2, poll_interval=30)
+        api = SqlQueue(api_store, QueueConfig(lease_seconds=30, max_attempts=2, poll_interval=30))
+        worker = SqlQueue(
+            worker_store, QueueConfig(lease_seconds=30, max_attempts=2, poll_interval=30)
+        )
         await worker.wait(0.01)  # starts listening
         waiting = asyncio.create_task(worker.wait(30))
         await asyncio.sleep(0.1)
         assert not waiting.done()
-        job = await api_store.create_job(spec(), "alice")
-        await api.enqueue(job)
+        job = await api.submit(spec(), "alice")
         await asyncio.wait_for(waiting, 5)  # far less than the 30 s poll
         claimed = await worker.claim("w1")
         assert claimed is not None and claimed.id == job.id
@@ -208,7 +212,9 @@ async def test_notify_wakes_a_worker_in_another_process_at_once(postgres_url: st
 async def test_without_notify_a_worker_polls(postgres_url: str) -> None:
     store = Store.open(postgres_url)
     try:
-        queue = SqlQueue(store, lease_seconds=30, max_attempts=2, poll_interval=0.05, listen=False)
+        queue = SqlQueue(
+            store, QueueConfig(lease_seconds=30, max_attempts=2, poll_interval=0.05, notify=False)
+        )
         started = asyncio.get_running_loop().time()
         await queue.wait(30)
         assert asyncio.get_running_loop().time() - started < 1
@@ -224,7 +230,7 @@ async def test_a_single_job_starts_within_a_few_claims_of_a_2000_job_backlog(
     store = Store.open(url)
     try:
         await upgrade(store.engine)
-        queue = SqlQueue(store, lease_seconds=30, max_attempts=3, poll_interval=0.05)
+        queue = SqlQueue(store, QueueConfig(lease_seconds=30, max_attempts=3, poll_interval=0.05))
         for n in range(2000):
             await store.create_job(spec(n), "user-a")
         for _ in range(10):

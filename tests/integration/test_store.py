@@ -114,9 +114,10 @@ async def test_concurrent_submissions_of_one_owner_get_distinct_fair_tags(any_st
 
 
 async def test_a_worker_that_lost_the_job_writes_no_log(any_store: Store) -> None:
+    from reporun.queue import QueueConfig
     from reporun.queue.sql import SqlQueue
 
-    queue = SqlQueue(any_store, lease_seconds=30, max_attempts=3, poll_interval=0.05)
+    queue = SqlQueue(any_store, QueueConfig(lease_seconds=30, max_attempts=3, poll_interval=0.05))
     job = await any_store.create_job(JobSpec(repo="https://example.org/x.git", limits=LIMITS), "a")
     claimed = await queue.claim("w1")
     assert claimed is not None

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from reporun.config import Settings
 from reporun.jobs import Job, JobStatus, Limits
-from reporun.queue import Lease
+from reporun.queue import Lease, QueueConfig
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
 from reporun.worker.loop import Worker
@@ -59,7 +59,7 @@ async def test_a_hung_renewal_stops_the_run_before_the_lease_ends(
 
     limits = Limits(timeout=60, memory=1 << 30, processes=64, log=1 << 20, disk=1 << 30)
     job = await store.create_job(JobSpec(repo=repo, limits=limits), "alice")
-    queue = HangingRenewals(store, lease_seconds=1.5, max_attempts=3, poll_interval=0.05)
+    queue = HangingRenewals(store, QueueConfig(lease_seconds=1.5, poll_interval=0.05))
     sandbox = WaitForStop()
     worker = Worker(settings=settings, store=store, queue=queue, sandbox=sandbox, worker_id="w1")
     claimed = await queue.claim("w1")

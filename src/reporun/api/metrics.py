@@ -28,10 +28,10 @@ class EndedJobs:
         async with self._lock:
             horizon = await store.now() - self.settle
             if self._settled_until is None or horizon > self._settled_until:
-                newly = await store.ended_totals(
+                newly = await store.figures.ended_totals(
                     self.buckets, after=self._settled_until, until=horizon
                 )
                 self._settled = self._settled + newly
                 self._settled_until = horizon
-            recent = await store.ended_totals(self.buckets, after=self._settled_until)
+            recent = await store.figures.ended_totals(self.buckets, after=self._settled_until)
             return self._settled + recent

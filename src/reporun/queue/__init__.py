@@ -1,40 +1,51 @@
-"""The queue: who runs which job next, under a lease.
+"""The queue: who runs which job next, under a lease, and waking the workers that wait.
 
-`QueueBackend` is the interface; `sql` keeps the queue in the jobs table (SQLite or PostgreSQL),
-`memory` is for unit tests.
+Where the line runs: the store owns the job rows and every change of their state (through one
+checked transition); a queue backend decides what a worker gets next, hands it out under a
+lease, and wakes idle workers when work arrives. Every backend implements the whole
+`QueueBackend`, so one contract test runs them all the same way: `sql` keeps the queue in the
+jobs table (SQLite or PostgreSQL), `memory` is for unit tests.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from reporun.jobs import Job, JobStatus
+from reporun.jobs import Job, JobSpec, Lease, Outcome
+from reporun.store import Quota
+
+__all__ = ["Lease", "Outcome", "QueueBackend", "QueueConfig"]
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a run ended, as the worker reports it."""
-
-    status: JobStatus
-    exit_code: int | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """The answer to a renewal."""
-
-    held: bool
-    cancel_requested: bool = False
+class QueueConfig:
+    lease_seconds: float = 30.0
+    max_attempts: int = 3
+    # How often an idle worker looks for work when nothing wakes it.
+    poll_interval: float = 0.2
+    # PostgreSQL: wake idle workers with LISTEN/NOTIFY (False: poll only).
+    notify: bool = True
 
 
 class QueueBackend(Protocol):
-    async def enqueue(self, job: Job) -> None:
-        """Make a stored, queued job available to workers."""
+    async def submit(self, spec: JobSpec, owner: str, *, quota: Quota | None = None) -> Job:
+        """Store a queued job (within `quota`) and make it available to workers."""
+
+    async def cancel(self, job_id: uuid.UUID, *, owner: str | None = None) -> Job:
+        """End a queued job at once; flag a running one, whose worker then stops it.
+        NotFound when there is no such job (or it is not `owner`'s)."""
+
+    async def get(self, job_id: uuid.UUID) -> Job:
+        """The job as it is now; NotFound when there is none."""
 
     async def claim(self, worker_id: str) -> Job | None:
         """Take the next job under a lease, fairly across owners; None when none is queued."""
+
+    async def check(self, job: Job, worker_id: str) -> Lease:
+        """Whether this run still holds the job, and whether it was asked to stop (no write).
+        The one way a worker learns of a cancel, with `renew`."""
 
     async def renew(self, job: Job, worker_id: str) -> Lease:
         """Extend the lease on a running job; `held` is False when the job is no longer ours."""
@@ -50,7 +61,7 @@ class QueueBackend(Protocol):
         maximum attempts."""
 
     async def reap(self) -> int:
-        """Handle running jobs whose lease expired (their worker is lost); returns how many."""
+        """Give back running jobs whose lease expired (their worker is lost); how many."""
 
     async def wait(self, timeout: float) -> None:
         """Return when a job may be available, or after `timeout` seconds."""

@@ -7,22 +7,25 @@ import contextlib
 import uuid
 from datetime import datetime, timedelta
 
-from reporun.jobs import Job, JobSpec, JobStatus, check_transition
-from reporun.queue import Lease, Outcome
-from reporun.store import utcnow
+from reporun.errors import NotFound
+from reporun.jobs import Job, JobSpec, JobStatus, Lease, Outcome, check_transition
+from reporun.queue import QueueConfig
+from reporun.store import Quota, utcnow
 
 
 class MemoryQueue:
-    def __init__(self, *, lease_seconds: float = 30.0, max_attempts: int = 3) -> None:
-        self.lease = timedelta(seconds=lease_seconds)
-        self.max_attempts = max_attempts
+    def __init__(self, config: QueueConfig | None = None) -> None:
+        self.config = config or QueueConfig()
+        self.lease = timedelta(seconds=self.config.lease_seconds)
+        self.max_attempts = self.config.max_attempts
         self.jobs: dict[uuid.UUID, Job] = {}
         self.tags: dict[uuid.UUID, int] = {}
         self.leases: dict[uuid.UUID, datetime] = {}
         self._wakeup = asyncio.Event()
 
-    def add(self, spec: JobSpec, owner: str) -> Job:
-        """Store a queued job (what the store does for the SQL queue)."""
+    async def submit(self, spec: JobSpec, owner: str, *, quota: Quota | None = None) -> Job:
+        if quota is not None:
+            self._check_quota(quota, owner)
         queued = [j for j in self.jobs.values() if j.status is JobStatus.QUEUED]
         head = min((self.tags[j.id] for j in queued), default=max(self.tags.values(), default=0))
         last = max((self.tags[j.id] for j in queued if j.owner == owner), default=None)
@@ -48,7 +51,23 @@ class MemoryQueue:
         )
         self.jobs[job.id] = job
         self.tags[job.id] = max(head, last + 1 if last is not None else 0)
+        self._wakeup.set()
         return job
+
+    def _check_quota(self, quota: Quota, owner: str) -> None:
+        mine = [j for j in self.jobs.values() if j.owner == owner]
+        pending = sum(1 for j in mine if not j.status.terminal)
+        if quota.pending and pending >= quota.pending:
+            raise quota.too_many_pending(pending)
+        since = utcnow() - timedelta(seconds=60)
+        if quota.per_minute and sum(1 for j in mine if j.created_at > since) >= quota.per_minute:
+            raise quota.too_fast()
+
+    async def get(self, job_id: uuid.UUID) -> Job:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise NotFound(f"no job {job_id}") from None
 
     def _move(self, job: Job, target: JobStatus, **values: object) -> Job:
         check_transition(job.status, target)
@@ -67,9 +86,6 @@ class MemoryQueue:
             return None
         return current
 
-    async def enqueue(self, job: Job) -> None:
-        self._wakeup.set()
-
     async def claim(self, worker_id: str) -> Job | None:
         queued = [j for j in self.jobs.values() if j.status is JobStatus.QUEUED]
         if not queued:
@@ -80,6 +96,12 @@ class MemoryQueue:
         return self._move(
             head, JobStatus.RUNNING, worker=worker_id, attempts=head.attempts + 1, started_at=now
         )
+
+    async def check(self, job: Job, worker_id: str) -> Lease:
+        current = self._ours(job, worker_id)
+        if current is None:
+            return Lease(held=False)
+        return Lease(held=True, cancel_requested=current.cancel_requested)
 
     async def renew(self, job: Job, worker_id: str) -> Lease:
         current = self._ours(job, worker_id)
@@ -132,12 +154,22 @@ class MemoryQueue:
         ]
         for job in expired:
             self._give_back(job, f"worker {job.worker} was lost")
+        if expired:
+            self._wakeup.set()
         return len(expired)
 
-    def cancel(self, job_id: uuid.UUID) -> Job:
-        job = self.jobs[job_id]
+    async def cancel(self, job_id: uuid.UUID, *, owner: str | None = None) -> Job:
+        job = await self.get(job_id)
+        if owner is not None and job.owner != owner:
+            raise NotFound(f"no job {job_id}")
         if job.status is JobStatus.QUEUED:
-            return self._move(job, JobStatus.CANCELLED, finished_at=utcnow())
+            return self._move(
+                job,
+                JobStatus.CANCELLED,
+                finished_at=utcnow(),
+                reason="cancelled before it started",
+                cancel_requested=True,
+            )
         if job.status is JobStatus.RUNNING:
             self.jobs[job_id] = job = job.model_copy(update={"cancel_requested": True})
         return job

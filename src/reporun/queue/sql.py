@@ -1,4 +1,5 @@
-"""The queue kept in the jobs table: leases and fair claims, on SQLite or PostgreSQL."""
+"""The queue kept in the jobs table (SQLite or PostgreSQL): the store's rows handed out under
+leases, and idle workers woken by LISTEN/NOTIFY on PostgreSQL, by polling everywhere."""
 
 from __future__ import annotations
 
@@ -8,14 +9,10 @@ import logging
 import uuid
 from datetime import timedelta
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from reporun.jobs import Job, JobStatus
-from reporun.queue import Lease, Outcome
-from reporun.store import Store
-from reporun.store.dialect import Listener, clock, notifies, notify
-from reporun.store.tables import jobs
+from reporun.jobs import Job, JobSpec, JobStatus, Lease, Outcome
+from reporun.queue import QueueConfig
+from reporun.store import Quota, Store
+from reporun.store.dialect import Listener, notifies, notify
 
 logger = logging.getLogger("reporun.queue")
 
@@ -24,175 +21,67 @@ LISTENING_POLL = 2.0
 
 
 class SqlQueue:
-    def __init__(
-        self,
-        store: Store,
-        *,
-        lease_seconds: float,
-        max_attempts: int,
-        poll_interval: float,
-        listen: bool = True,
-    ) -> None:
+    def __init__(self, store: Store, config: QueueConfig) -> None:
         self.store = store
-        self.lease = timedelta(seconds=lease_seconds)
-        self.max_attempts = max_attempts
-        self.poll_interval = poll_interval
+        self.config = config
+        self.lease = timedelta(seconds=config.lease_seconds)
         self._wakeup = asyncio.Event()
+        self._notifies = notifies(store.engine)
         self._listener = (
-            Listener(store.engine, self._wakeup.set) if listen and notifies(store.engine) else None
+            Listener(store.engine, self._wakeup.set) if config.notify and self._notifies else None
         )
 
-    async def enqueue(self, job: Job) -> None:
-        # The row is the queue entry: wake the workers waiting here and, on PostgreSQL, all.
+    async def _wake(self) -> None:
+        """A job became available: wake the workers waiting here and, on PostgreSQL, all."""
         self._wakeup.set()
-        if notifies(self.store.engine):
+        if self._notifies:
             async with self.store.engine.begin() as conn:
                 await notify(conn)
 
-    async def claim(self, worker_id: str) -> Job | None:
-        # A read first: idle polls then cost no write lock (SQLite) or row locks (PostgreSQL).
-        async with self.store.engine.connect() as conn:
-            waiting = await conn.execute(
-                sa.select(jobs.c.id).where(jobs.c.status == JobStatus.QUEUED.value).limit(1)
-            )
-            if waiting.first() is None:
-                return None
-        now = clock(self.store.engine)
-        head = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.status == JobStatus.QUEUED.value)
-            .order_by(jobs.c.fair_tag, jobs.c.created_at, jobs.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        async with self.store.engine.begin() as conn:
-            return await Store.transition(
-                conn,
-                head,
-                JobStatus.RUNNING,
-                sources=[JobStatus.QUEUED],
-                values={
-                    "worker": worker_id,
-                    "attempts": jobs.c.attempts + 1,
-                    "started_at": now,
-                    "lease_expires_at": now + self.lease,
-                },
-            )
+    async def submit(self, spec: JobSpec, owner: str, *, quota: Quota | None = None) -> Job:
+        job = await self.store.create_job(spec, owner, quota=quota)
+        await self._wake()
+        return job
 
-    def _ours(self, job: Job, worker_id: str) -> list[sa.ColumnElement[bool]]:
-        return [jobs.c.worker == worker_id, jobs.c.attempts == job.attempts]
+    async def cancel(self, job_id: uuid.UUID, *, owner: str | None = None) -> Job:
+        return await self.store.cancel(job_id, owner=owner)
+
+    async def get(self, job_id: uuid.UUID) -> Job:
+        return await self.store.get_job(job_id)
+
+    async def claim(self, worker_id: str) -> Job | None:
+        if not await self.store.runs.any_queued():
+            return None
+        return await self.store.runs.claim(worker_id, lease=self.lease)
+
+    async def check(self, job: Job, worker_id: str) -> Lease:
+        return await self.store.runs.check(job, worker_id)
 
     async def renew(self, job: Job, worker_id: str) -> Lease:
-        async with self.store.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    sa.update(jobs)
-                    .where(
-                        jobs.c.id == job.id,
-                        jobs.c.status == JobStatus.RUNNING.value,
-                        *self._ours(job, worker_id),
-                    )
-                    .values(lease_expires_at=clock(self.store.engine) + self.lease)
-                    .returning(jobs.c.cancel_requested)
-                )
-            ).first()
-        if row is None:
-            return Lease(held=False)
-        return Lease(held=True, cancel_requested=bool(row.cancel_requested))
+        return await self.store.runs.renew(job, worker_id, lease=self.lease)
 
     async def started(self, job: Job, worker_id: str, *, commit: str, command: str) -> None:
-        async with self.store.engine.begin() as conn:
-            await conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == job.id, *self._ours(job, worker_id))
-                .values(commit=commit, command=command)
-            )
+        await self.store.runs.started(job, worker_id, commit=commit, command=command)
 
     async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:
-        async with self.store.engine.begin() as conn:
-            return await Store.transition(
-                conn,
-                job.id,
-                outcome.status,
-                sources=[JobStatus.RUNNING],
-                where=self._ours(job, worker_id),
-                values={
-                    "exit_code": outcome.exit_code,
-                    "reason": outcome.reason,
-                    "finished_at": clock(self.store.engine),
-                    "lease_expires_at": None,
-                },
-            )
+        return await self.store.runs.finish(job, worker_id, outcome)
 
     async def release(self, job: Job, worker_id: str, reason: str) -> Job | None:
-        async with self.store.engine.begin() as conn:
-            return await self._give_back(conn, job.id, reason, where=self._ours(job, worker_id))
-
-    async def _give_back(
-        self,
-        conn: AsyncConnection,
-        job_id: uuid.UUID,
-        reason: str,
-        where: list[sa.ColumnElement[bool]],
-    ) -> Job | None:
-        """Cancelled if asked, queued again while attempts remain, else error."""
-        running = [JobStatus.RUNNING]
-        now = clock(self.store.engine)
-        done = await Store.transition(
-            conn,
-            job_id,
-            JobStatus.CANCELLED,
-            sources=running,
-            where=[*where, jobs.c.cancel_requested.is_(True)],
-            values={"finished_at": now, "lease_expires_at": None, "reason": f"cancelled; {reason}"},
+        done = await self.store.runs.release(
+            job, worker_id, reason, max_attempts=self.config.max_attempts
         )
-        if done is None:
-            done = await Store.transition(
-                conn,
-                job_id,
-                JobStatus.QUEUED,
-                sources=running,
-                where=[*where, jobs.c.attempts < self.max_attempts],
-                values={"worker": None, "started_at": None, "lease_expires_at": None},
-            )
-            if done is not None:
-                await notify(conn)
-        if done is None:
-            done = await Store.transition(
-                conn,
-                job_id,
-                JobStatus.ERROR,
-                sources=running,
-                where=where,
-                values={
-                    "finished_at": now,
-                    "lease_expires_at": None,
-                    "reason": f"{reason}; gave up after {self.max_attempts} attempts",
-                },
-            )
+        if done is not None and done.status is JobStatus.QUEUED:
+            await self._wake()
         return done
 
     async def reap(self) -> int:
-        now = clock(self.store.engine)
-        async with self.store.engine.connect() as conn:
-            expired = (
-                await conn.execute(
-                    sa.select(jobs.c.id, jobs.c.worker).where(
-                        jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at < now
-                    )
-                )
-            ).all()
-        reaped = 0
-        for job_id, worker in expired:
-            async with self.store.engine.begin() as conn:
-                guard = [jobs.c.worker == worker, jobs.c.lease_expires_at < now]
-                if await self._give_back(conn, job_id, f"worker {worker} was lost", guard):
-                    reaped += 1
-        return reaped
+        moved = await self.store.runs.reap(max_attempts=self.config.max_attempts)
+        if any(job.status is JobStatus.QUEUED for job in moved):
+            await self._wake()
+        return len(moved)
 
     async def wait(self, timeout: float) -> None:
-        poll = self.poll_interval
+        poll = self.config.poll_interval
         if self._listener is not None:
             if not self._listener.alive:
                 try:

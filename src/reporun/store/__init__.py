@@ -1,5 +1,6 @@
 """Persistence: tables, migrations and repository functions (SQLite and PostgreSQL)."""
 
-from reporun.store.store import EndedTotals, Page, Quota, Store, WorkerRecord, utcnow
+from reporun.store.figures import EndedTotals
+from reporun.store.store import Page, Quota, Store, WorkerRecord, utcnow
 
 __all__ = ["EndedTotals", "Page", "Quota", "Store", "WorkerRecord", "utcnow"]

@@ -1,23 +1,27 @@
-"""Repository functions over the tables. Every job state change goes through `transition`."""
+"""Repository functions over the tables: jobs, their logs, the workers. Every job state change
+goes through `moves.transition`; the rows of running jobs are `runs`, the figures /metrics
+reads are `figures`."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import uuid
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from math import ceil
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reporun.errors import InvalidInput, NotFound, QuotaExceeded
-from reporun.jobs import TERMINAL, Job, JobSpec, JobStatus, check_transition, sources_of
-from reporun.store.dialect import clock, lock_owner, read_clock, seconds_between
+from reporun.jobs import Job, JobSpec, JobStatus
+from reporun.store.dialect import clock, lock_owner, read_clock
 from reporun.store.engine import create_engine
+from reporun.store.figures import Figures
+from reporun.store.moves import job_of, transition
+from reporun.store.runs import Runs
 from reporun.store.scaling import ScalingRecords
 from reporun.store.tables import job_logs, jobs, workers
 
@@ -35,31 +39,6 @@ class WorkerRecord:
     current_job: uuid.UUID | None
     started_at: datetime
     heartbeat_at: datetime
-
-
-Histogram = tuple[list[int], float, int]  # cumulative bucket counts, sum, count
-
-
-@dataclass(frozen=True, slots=True)
-class EndedTotals:
-    """What /metrics says of ended jobs; totals of disjoint spans of time add up."""
-
-    finished: dict[str, int]
-    wait: Histogram
-    run: Histogram
-
-    @classmethod
-    def empty(cls, buckets: int) -> EndedTotals:
-        return cls({}, ([0] * buckets, 0.0, 0), ([0] * buckets, 0.0, 0))
-
-    def __add__(self, other: EndedTotals) -> EndedTotals:
-        def add(a: Histogram, b: Histogram) -> Histogram:
-            return [x + y for x, y in zip(a[0], b[0], strict=True)], a[1] + b[1], a[2] + b[2]
-
-        finished = dict(self.finished)
-        for status, count in other.finished.items():
-            finished[status] = finished.get(status, 0) + count
-        return EndedTotals(finished, add(self.wait, other.wait), add(self.run, other.run))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +72,17 @@ class Quota:
     pending: int = 0
     per_minute: int = 0
 
+    def too_many_pending(self, pending: int) -> QuotaExceeded:
+        # A full pending quota frees up when a job ends: no way to know when, so a short hint.
+        return QuotaExceeded(
+            f"{pending} jobs queued or running, the most allowed is {self.pending}",
+            retry_after=5,
+        )
 
-# A full pending quota frees up when a job ends: no way to know when, so a short hint.
-QUOTA_RETRY_AFTER = 5
+    def too_fast(self, wait: float = 60.0) -> QuotaExceeded:
+        return QuotaExceeded(
+            f"more than {self.per_minute} submissions a minute", retry_after=max(1, ceil(wait))
+        )
 
 
 def _count_pending(owner: str) -> sa.Select[Any]:
@@ -114,10 +101,6 @@ def _within(quota: Quota, owner: str, now: Any) -> list[sa.ColumnElement[bool]]:
         recent = sa.select(sa.func.count()).where(jobs.c.owner == owner, jobs.c.created_at > since)
         conditions.append(recent.scalar_subquery() < quota.per_minute)
     return conditions
-
-
-def job_of(row: sa.Row[Any]) -> Job:
-    return Job.model_validate(dict(row._mapping))
 
 
 def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
@@ -142,6 +125,8 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self.runs = Runs(engine)
+        self.figures = Figures(engine)
         self.scaling = ScalingRecords(engine)
 
     @classmethod
@@ -154,30 +139,6 @@ class Store:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
-
-    # State changes --------------------------------------------------------------------------
-    @staticmethod
-    async def transition(
-        conn: AsyncConnection,
-        job_id: uuid.UUID | sa.ScalarSelect[Any],
-        target: JobStatus,
-        *,
-        sources: Iterable[JobStatus] | None = None,
-        where: Sequence[sa.ColumnElement[bool]] = (),
-        values: dict[str, Any] | None = None,
-    ) -> Job | None:
-        """Move a job to `target` if it is in one of `sources`; None when it was not."""
-        allowed = frozenset(sources) if sources is not None else sources_of(target)
-        for source in allowed:
-            check_transition(source, target)
-        stmt = (
-            sa.update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status.in_([s.value for s in allowed]), *where)
-            .values(status=target.value, **(values or {}))
-            .returning(*jobs.c)
-        )
-        row = (await conn.execute(stmt)).first()
-        return job_of(row) if row is not None else None
 
     # Jobs -----------------------------------------------------------------------------------
     async def create_job(
@@ -246,13 +207,8 @@ class Store:
             if oldest is not None:
                 oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
                 wait = 60.0 - (await self.now() - oldest).total_seconds()
-            return QuotaExceeded(
-                f"more than {quota.per_minute} submissions a minute", retry_after=max(1, ceil(wait))
-            )
-        return QuotaExceeded(
-            f"{pending} jobs queued or running, the most allowed is {quota.pending}",
-            retry_after=QUOTA_RETRY_AFTER,
-        )
+            return quota.too_fast(wait)
+        return quota.too_many_pending(pending)
 
     async def get_job(self, job_id: uuid.UUID, *, owner: str | None = None) -> Job:
         """The job; NotFound also when `owner` is given and the job is someone else's."""
@@ -307,7 +263,7 @@ class Store:
                 .where(jobs.c.id == job_id, jobs.c.status.in_(pending))
                 .values(cancel_requested=True)
             )
-            await self.transition(
+            await transition(
                 conn,
                 job_id,
                 JobStatus.CANCELLED,
@@ -315,13 +271,6 @@ class Store:
                 values={"finished_at": clock(self.engine), "reason": "cancelled before it started"},
             )
         return await self.get_job(job_id)
-
-    async def cancel_requested(self, job_id: uuid.UUID) -> bool:
-        async with self.engine.connect() as conn:
-            value = (
-                await conn.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id))
-            ).scalar()
-        return bool(value)
 
     # Logs -----------------------------------------------------------------------------------
     async def append_log(
@@ -418,7 +367,7 @@ class Store:
             result = await conn.execute(sa.delete(workers).where(workers.c.heartbeat_at < cutoff))
         return int(result.rowcount or 0)
 
-    # Figures for /metrics -------------------------------------------------------------------
+    # Time ----------------------------------------------------------------------------------
     async def now(self) -> datetime:
         """The time on the clock the store's timestamps use (see `dialect.clock`)."""
         current = clock(self.engine)
@@ -426,65 +375,3 @@ class Store:
             return current
         async with self.engine.connect() as conn:
             return await read_clock(conn)
-
-    async def pending_counts(self) -> dict[str, int]:
-        """Queued and running jobs (index-backed, whatever the history)."""
-        pending = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
-        stmt = (
-            sa.select(jobs.c.status, sa.func.count())
-            .where(jobs.c.status.in_(pending))
-            .group_by(jobs.c.status)
-        )
-        async with self.engine.connect() as conn:
-            counts = {row[0]: int(row[1]) for row in await conn.execute(stmt)}
-        return {status: counts.get(status, 0) for status in pending}
-
-    async def ended_totals(
-        self,
-        buckets: Sequence[float],
-        *,
-        after: datetime | None = None,
-        until: datetime | None = None,
-    ) -> EndedTotals:
-        """Jobs that ended in (after, until]: counts by status, and histograms (cumulative
-        buckets, sum, count) of queue wait and run time."""
-        dialect = self.engine.dialect.name
-        wait = seconds_between(jobs.c.created_at, jobs.c.started_at, dialect)
-        run = seconds_between(jobs.c.started_at, jobs.c.finished_at, dialect)
-        started = jobs.c.started_at.is_not(None)
-
-        def count_if(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
-            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
-
-        def total(span: sa.ColumnElement[float]) -> sa.ColumnElement[float]:
-            return sa.func.coalesce(sa.func.sum(sa.case((started, span), else_=0.0)), 0.0)
-
-        columns = [
-            sa.func.count(),
-            count_if(started),
-            total(wait),
-            total(run),
-            *(count_if(sa.and_(started, wait <= b)) for b in buckets),
-            *(count_if(sa.and_(started, run <= b)) for b in buckets),
-        ]
-        stmt = (
-            sa.select(jobs.c.status, *columns)
-            .where(jobs.c.status.in_([s.value for s in TERMINAL]), jobs.c.finished_at.is_not(None))
-            .group_by(jobs.c.status)
-        )
-        if after is not None:
-            stmt = stmt.where(jobs.c.finished_at > after)
-        if until is not None:
-            stmt = stmt.where(jobs.c.finished_at <= until)
-        totals = EndedTotals.empty(len(buckets))
-        n = len(buckets)
-        async with self.engine.connect() as conn:
-            for row in await conn.execute(stmt):
-                counted, timed, wait_sum, run_sum = (int(row[1]), int(row[2]), row[3], row[4])
-                part = EndedTotals(
-                    finished={row[0]: counted},
-                    wait=([int(v) for v in row[5 : 5 + n]], float(wait_sum), timed),
-                    run=([int(v) for v in row[5 + n : 5 + 2 * n]], float(run_sum), timed),
-                )
-                totals = totals + part
-        return totals

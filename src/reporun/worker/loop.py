@@ -290,8 +290,10 @@ class Worker:
                             else:
                                 watch.lease_lost = True
                             watch.cancel_requested |= lease.cancel_requested
-                        elif not watch.cancel_requested:
-                            watch.cancel_requested = await self.store.cancel_requested(job.id)
+                        else:
+                            lease = await self.queue.check(job, self.id)
+                            watch.lease_lost |= not lease.held
+                            watch.cancel_requested |= lease.cancel_requested
                         await log.flush()
                 except Exception:
                     logger.warning(

@@ -59,7 +59,7 @@ async def metrics(request: Request, services: ServicesDep) -> Response:
     if not services.settings.metrics_public:
         await admin_user(await authenticated(request, services))
     store = services.store
-    pending = await store.pending_counts()
+    pending = await store.figures.pending_counts()
     ended = await request.app.state.ended_jobs.totals(store)
     workers = await store.list_workers(alive_within=services.settings.lease_seconds)
 

@@ -59,9 +59,7 @@ async def submit_job(
         if user.is_admin
         else Quota(settings.quota_pending, settings.quota_per_minute)
     )
-    job = await services.store.create_job(spec, user.name, quota=quota)
-    await services.queue.enqueue(job)
-    return job
+    return await services.queue.submit(spec, user.name, quota=quota)
 
 
 async def _check_resolved(host: str, services: Services) -> None:
@@ -138,7 +136,7 @@ async def logs(
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, summary="Cancel a job")
 async def cancel(job_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> JobOut:
-    job = await services.store.cancel(job_id, owner=owner_filter(user))
+    job = await services.queue.cancel(job_id, owner=owner_filter(user))
     if job.status.terminal and job.status is not JobStatus.CANCELLED:
         raise IllegalTransition(f"the job already ended ({job.status.value})")
     return JobOut.of(job)

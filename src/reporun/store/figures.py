@@ -1,0 +1,106 @@
+"""What /metrics reads: pending jobs, and totals of ended jobs (counts by status, histograms of
+queue wait and run time) over spans of time that add up."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from reporun.jobs import TERMINAL, JobStatus
+from reporun.store.dialect import seconds_between
+from reporun.store.tables import jobs
+
+Histogram = tuple[list[int], float, int]  # cumulative bucket counts, sum, count
+
+
+@dataclass(frozen=True, slots=True)
+class EndedTotals:
+    """What /metrics says of ended jobs; totals of disjoint spans of time add up."""
+
+    finished: dict[str, int]
+    wait: Histogram
+    run: Histogram
+
+    @classmethod
+    def empty(cls, buckets: int) -> EndedTotals:
+        return cls({}, ([0] * buckets, 0.0, 0), ([0] * buckets, 0.0, 0))
+
+    def __add__(self, other: EndedTotals) -> EndedTotals:
+        def add(a: Histogram, b: Histogram) -> Histogram:
+            return [x + y for x, y in zip(a[0], b[0], strict=True)], a[1] + b[1], a[2] + b[2]
+
+        finished = dict(self.finished)
+        for status, count in other.finished.items():
+            finished[status] = finished.get(status, 0) + count
+        return EndedTotals(finished, add(self.wait, other.wait), add(self.run, other.run))
+
+
+class Figures:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def pending_counts(self) -> dict[str, int]:
+        """Queued and running jobs (index-backed, whatever the history)."""
+        pending = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+        stmt = (
+            sa.select(jobs.c.status, sa.func.count())
+            .where(jobs.c.status.in_(pending))
+            .group_by(jobs.c.status)
+        )
+        async with self.engine.connect() as conn:
+            counts = {row[0]: int(row[1]) for row in await conn.execute(stmt)}
+        return {status: counts.get(status, 0) for status in pending}
+
+    async def ended_totals(
+        self,
+        buckets: Sequence[float],
+        *,
+        after: datetime | None = None,
+        until: datetime | None = None,
+    ) -> EndedTotals:
+        """Jobs that ended in (after, until]: counts by status, and histograms (cumulative
+        buckets, sum, count) of queue wait and run time."""
+        dialect = self.engine.dialect.name
+        wait = seconds_between(jobs.c.created_at, jobs.c.started_at, dialect)
+        run = seconds_between(jobs.c.started_at, jobs.c.finished_at, dialect)
+        started = jobs.c.started_at.is_not(None)
+
+        def count_if(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+        def total(span: sa.ColumnElement[float]) -> sa.ColumnElement[float]:
+            return sa.func.coalesce(sa.func.sum(sa.case((started, span), else_=0.0)), 0.0)
+
+        columns = [
+            sa.func.count(),
+            count_if(started),
+            total(wait),
+            total(run),
+            *(count_if(sa.and_(started, wait <= b)) for b in buckets),
+            *(count_if(sa.and_(started, run <= b)) for b in buckets),
+        ]
+        stmt = (
+            sa.select(jobs.c.status, *columns)
+            .where(jobs.c.status.in_([s.value for s in TERMINAL]), jobs.c.finished_at.is_not(None))
+            .group_by(jobs.c.status)
+        )
+        if after is not None:
+            stmt = stmt.where(jobs.c.finished_at > after)
+        if until is not None:
+            stmt = stmt.where(jobs.c.finished_at <= until)
+        totals = EndedTotals.empty(len(buckets))
+        n = len(buckets)
+        async with self.engine.connect() as conn:
+            for row in await conn.execute(stmt):
+                counted, timed, wait_sum, run_sum = (int(row[1]), int(row[2]), row[3], row[4])
+                part = EndedTotals(
+                    finished={row[0]: counted},
+                    wait=([int(v) for v in row[5 : 5 + n]], float(wait_sum), timed),
+                    run=([int(v) for v in row[5 + n : 5 + 2 * n]], float(run_sum), timed),
+                )
+                totals = totals + part
+        return totals

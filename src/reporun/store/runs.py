@@ -1,0 +1,189 @@
+"""The rows of running jobs: claims under a lease, renewals, the one terminal record, and jobs
+given back. The queue decides when to call these and wakes workers; every state change goes
+through `transition`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from reporun.jobs import Job, JobStatus, Lease, Outcome
+from reporun.store.dialect import clock
+from reporun.store.moves import transition
+from reporun.store.tables import jobs
+
+RUNNING = [JobStatus.RUNNING]
+
+
+def _held_by(job: Job, worker_id: str) -> list[sa.ColumnElement[bool]]:
+    """This run of the job: the worker that claimed it, at the attempt it claimed."""
+    return [jobs.c.worker == worker_id, jobs.c.attempts == job.attempts]
+
+
+class Runs:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def any_queued(self) -> bool:
+        """A plain read: idle polls then cost no write lock (SQLite) or row locks (PostgreSQL)."""
+        async with self.engine.connect() as conn:
+            waiting = await conn.execute(
+                sa.select(jobs.c.id).where(jobs.c.status == JobStatus.QUEUED.value).limit(1)
+            )
+            return waiting.first() is not None
+
+    async def claim(self, worker_id: str, *, lease: timedelta) -> Job | None:
+        """Take the head of the queue (fair tag, then age) under a lease."""
+        now = clock(self.engine)
+        head = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.status == JobStatus.QUEUED.value)
+            .order_by(jobs.c.fair_tag, jobs.c.created_at, jobs.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        async with self.engine.begin() as conn:
+            return await transition(
+                conn,
+                head,
+                JobStatus.RUNNING,
+                sources=[JobStatus.QUEUED],
+                values={
+                    "worker": worker_id,
+                    "attempts": jobs.c.attempts + 1,
+                    "started_at": now,
+                    "lease_expires_at": now + lease,
+                },
+            )
+
+    async def check(self, job: Job, worker_id: str) -> Lease:
+        """Whether this run still holds the job and whether it was asked to stop (a read)."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(jobs.c.cancel_requested).where(
+                        jobs.c.id == job.id,
+                        jobs.c.status == JobStatus.RUNNING.value,
+                        *_held_by(job, worker_id),
+                    )
+                )
+            ).first()
+        if row is None:
+            return Lease(held=False)
+        return Lease(held=True, cancel_requested=bool(row.cancel_requested))
+
+    async def renew(self, job: Job, worker_id: str, *, lease: timedelta) -> Lease:
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.update(jobs)
+                    .where(
+                        jobs.c.id == job.id,
+                        jobs.c.status == JobStatus.RUNNING.value,
+                        *_held_by(job, worker_id),
+                    )
+                    .values(lease_expires_at=clock(self.engine) + lease)
+                    .returning(jobs.c.cancel_requested)
+                )
+            ).first()
+        if row is None:
+            return Lease(held=False)
+        return Lease(held=True, cancel_requested=bool(row.cancel_requested))
+
+    async def started(self, job: Job, worker_id: str, *, commit: str, command: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.id == job.id, *_held_by(job, worker_id))
+                .values(commit=commit, command=command)
+            )
+
+    async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:
+        async with self.engine.begin() as conn:
+            return await transition(
+                conn,
+                job.id,
+                outcome.status,
+                sources=RUNNING,
+                where=_held_by(job, worker_id),
+                values={
+                    "exit_code": outcome.exit_code,
+                    "reason": outcome.reason,
+                    "finished_at": clock(self.engine),
+                    "lease_expires_at": None,
+                },
+            )
+
+    async def release(
+        self, job: Job, worker_id: str, reason: str, *, max_attempts: int
+    ) -> Job | None:
+        async with self.engine.begin() as conn:
+            return await _give_back(conn, job.id, reason, _held_by(job, worker_id), max_attempts)
+
+    async def reap(self, *, max_attempts: int) -> list[Job]:
+        """Give back every running job whose lease expired (its worker is lost)."""
+        now = clock(self.engine)
+        async with self.engine.connect() as conn:
+            expired = (
+                await conn.execute(
+                    sa.select(jobs.c.id, jobs.c.worker).where(
+                        jobs.c.status == JobStatus.RUNNING.value, jobs.c.lease_expires_at < now
+                    )
+                )
+            ).all()
+        moved = []
+        for job_id, worker in expired:
+            guard = [jobs.c.worker == worker, jobs.c.lease_expires_at < now]
+            async with self.engine.begin() as conn:
+                done = await _give_back(
+                    conn, job_id, f"worker {worker} was lost", guard, max_attempts
+                )
+            if done is not None:
+                moved.append(done)
+        return moved
+
+
+async def _give_back(
+    conn: AsyncConnection,
+    job_id: uuid.UUID,
+    reason: str,
+    where: list[sa.ColumnElement[bool]],
+    max_attempts: int,
+) -> Job | None:
+    """Cancelled if asked, queued again while attempts remain, else error."""
+    now = clock(conn.engine)
+    done = await transition(
+        conn,
+        job_id,
+        JobStatus.CANCELLED,
+        sources=RUNNING,
+        where=[*where, jobs.c.cancel_requested.is_(True)],
+        values={"finished_at": now, "lease_expires_at": None, "reason": f"cancelled; {reason}"},
+    )
+    if done is None:
+        done = await transition(
+            conn,
+            job_id,
+            JobStatus.QUEUED,
+            sources=RUNNING,
+            where=[*where, jobs.c.attempts < max_attempts],
+            values={"worker": None, "started_at": None, "lease_expires_at": None},
+        )
+    if done is None:
+        done = await transition(
+            conn,
+            job_id,
+            JobStatus.ERROR,
+            sources=RUNNING,
+            where=where,
+            values={
+                "finished_at": now,
+                "lease_expires_at": None,
+                "reason": f"{reason}; gave up after {max_attempts} attempts",
+            },
+        )
+    return done
