@@ -19,7 +19,6 @@ from harness import BenchError, Reporun, run_git, stamp, traversable_dir
 
 from reporun.jobs import Limits
 from reporun.worker.sandbox import Bubblewrap
-from reporun.worker.uids import UidPool
 
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "error"}
 COMMAND = "./run.sh"
@@ -245,7 +244,7 @@ async def hand_throughput(
     work: Path, repo: str, jobs: int, lanes: int, warmup: int, rounds: int
 ) -> Throughput:
     """Per round, `jobs` hand jobs pulled by `lanes` concurrent loops: seconds for the set."""
-    sandbox = Bubblewrap(UidPool(1_100_000, 65_536))
+    sandbox = Bubblewrap()
     traversable_dir(work)
     await _hand_lanes(sandbox, repo, work / "warmup", warmup, lanes)
     seconds = []

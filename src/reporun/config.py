@@ -12,10 +12,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from reporun.errors import ConfigError
-
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
+from reporun.jobs import GiB, KiB, MiB
 
 DEFAULT_DATA_DIR = Path(".reporun")
 ADMIN_TOKEN_FILE = "admin.token"
@@ -38,7 +35,7 @@ class Settings(BaseSettings):
     # Where checkouts wait for their sandbox; must be reachable by the jobs' uids.
     work_dir: Path | None = None
     database_url: str | None = None
-    queue: Literal["sql", "kafka"] = "sql"
+    queue: Literal["sql"] = "sql"
     kafka_bootstrap: str | None = Field(
         None, validation_alias=AliasChoices("REPORUN_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP")
     )
@@ -98,9 +95,9 @@ class Settings(BaseSettings):
     allow_local_repos: bool = False
 
     sandbox: Literal["bwrap", "none"] = "bwrap"
-    # First uid of the range jobs run as when the worker is root.
-    sandbox_uid_base: int = 1_100_000
-    sandbox_uid_count: int = 65_536
+    # The range of uids jobs run as when the worker is root (default: the sandbox's own).
+    sandbox_uid_base: int | None = Field(None, ge=1000)
+    sandbox_uid_count: int | None = Field(None, ge=1)
     checkout_timeout: float = 300.0
 
     worker_id: str | None = None

@@ -11,6 +11,7 @@ from reporun.config import Settings
 from reporun.jobs import Limits
 from reporun.store import Store
 from reporun.store.migrate import is_current
+from reporun.worker.main import sandbox_config
 from reporun.worker.sandbox import Bubblewrap
 from reporun.worker.uids import UidPool
 
@@ -24,15 +25,14 @@ async def _sandbox_works(settings: Settings) -> str | None:
     async def keep(chunk: bytes) -> None:
         output.extend(chunk)
 
+    config = sandbox_config(settings)
     limits = Limits(timeout=20, memory=256 << 20, processes=32, log=4096, disk=16 << 20)
     with tempfile.TemporaryDirectory(prefix="reporun-doctor-") as tmp:
         workspace = Path(tmp) / "ws"
         workspace.mkdir(mode=0o755)
         Path(tmp).chmod(0o755)
         try:
-            result = await Bubblewrap(
-                UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)
-            ).run(
+            result = await Bubblewrap(UidPool(config.uid_base, config.uid_count)).run(
                 workspace=workspace,
                 command="echo sandbox-ok",
                 env={},

@@ -11,11 +11,13 @@ from pathlib import Path
 from reporun.api.auth import LocalAuth, load_or_create_key, write_token_file
 from reporun.api.server import run_api
 from reporun.config import Settings
+from reporun.observer.main import build_observer
 from reporun.observer.scalers import LocalScaler
-from reporun.runtime import build_observer, build_sandbox
 from reporun.store import Store
 from reporun.store.migrate import upgrade
 from reporun.worker.loop import prepare_work_dir
+from reporun.worker.main import sandbox_config
+from reporun.worker.sandbox import build_sandbox
 
 # Ctrl-C on a laptop should not wait ten minutes for a job: running jobs go back to the queue.
 SERVE_DRAIN_GRACE = 10.0
@@ -62,7 +64,7 @@ def _cli_name() -> str:
 async def serve(settings: Settings) -> None:
     settings = embedded_settings(settings)
     settings.check_secure(embedded=True)
-    build_sandbox(settings)  # refuse to start without a working sandbox, with the reason
+    build_sandbox(sandbox_config(settings))  # refuse to start without one, with the reason
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     prepare_work_dir(settings.job_work_dir)
     auth = LocalAuth(load_or_create_key(settings.secret_key_path))

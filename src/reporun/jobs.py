@@ -15,9 +15,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from reporun.config import MiB, Settings
 from reporun.errors import IllegalTransition, InvalidInput
 from reporun.urlpolicy import RepoUrl, UrlPolicy, parse_repo_url
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
 
 
 class JobStatus(StrEnum):
@@ -151,13 +154,28 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _RESERVED_ENV = re.compile(r"^(LD_.*|REPORUN_.*|PATH|HOME|TMPDIR|BASH_ENV|ENV|SHELLOPTS|IFS)$")
 
 
-def url_policy(settings: Settings) -> UrlPolicy:
-    return UrlPolicy.of(
-        settings.allowed_schemes,
-        settings.allowed_hosts,
-        settings.trusted_hosts,
-        settings.allow_local_repos,
-    )
+@dataclass(frozen=True, slots=True)
+class LimitRange:
+    """What a job gets unless it asks, and the most it may ask for."""
+
+    default: int
+    maximum: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobRules:
+    """What a submission may ask for on this server (`wiring.job_rules`, from the settings)."""
+
+    url_policy: UrlPolicy
+    timeout: LimitRange
+    memory: LimitRange
+    processes: LimitRange
+    log: LimitRange
+    disk: LimitRange
+    network_allowed: bool
+    env_max_vars: int
+    env_max_bytes: int
+    command_max_bytes: int
 
 
 def check_ref(ref: str) -> str:
@@ -174,7 +192,7 @@ def check_ref(ref: str) -> str:
     return ref
 
 
-def check_command(command: str, settings: Settings) -> str:
+def check_command(command: str, rules: JobRules) -> str:
     if not command.strip():
         raise InvalidInput("command must not be empty", field="command")
     if "\x00" in command:
@@ -183,16 +201,16 @@ def check_command(command: str, settings: Settings) -> str:
         size = len(command.encode())
     except UnicodeEncodeError:
         raise InvalidInput("command is not valid Unicode text", field="command") from None
-    if size > settings.command_max_bytes:
+    if size > rules.command_max_bytes:
         raise InvalidInput(
-            f"command is longer than {settings.command_max_bytes} bytes", field="command"
+            f"command is longer than {rules.command_max_bytes} bytes", field="command"
         )
     return command
 
 
-def check_env(env: Mapping[str, str], settings: Settings) -> dict[str, str]:
-    if len(env) > settings.env_max_vars:
-        raise InvalidInput(f"env has more than {settings.env_max_vars} variables", field="env")
+def check_env(env: Mapping[str, str], rules: JobRules) -> dict[str, str]:
+    if len(env) > rules.env_max_vars:
+        raise InvalidInput(f"env has more than {rules.env_max_vars} variables", field="env")
     total = 0
     for name, value in env.items():
         if not _ENV_NAME.match(name):
@@ -205,29 +223,21 @@ def check_env(env: Mapping[str, str], settings: Settings) -> dict[str, str]:
             total += len(name) + len(value.encode())
         except UnicodeEncodeError:
             raise InvalidInput(f"env {name} is not valid Unicode text", field="env") from None
-    if total > settings.env_max_bytes:
-        raise InvalidInput(f"env is larger than {settings.env_max_bytes} bytes", field="env")
+    if total > rules.env_max_bytes:
+        raise InvalidInput(f"env is larger than {rules.env_max_bytes} bytes", field="env")
     return dict(env)
 
 
-_LIMIT_FIELDS = {
-    "timeout": "timeout",
-    "memory": "memory",
-    "processes": "processes",
-    "log": "log_limit",
-    "disk": "disk",
-}
-
-
+_LIMITS = ("timeout", "memory", "processes", "log", "disk")
 # Below these a job cannot even start its shell.
 _LIMIT_MINIMUMS = {"timeout": 1, "memory": 16 * MiB, "processes": 8, "log": 0, "disk": 1 * MiB}
 
 
-def _limit(name: str, value: object, settings: Settings, field: str) -> int:
-    setting = _LIMIT_FIELDS[name]
+def _limit(name: str, value: object, rules: JobRules, field: str) -> int:
+    allowed: LimitRange = getattr(rules, name)
     if value is None:
-        return int(getattr(settings, f"{setting}_default"))
-    maximum = getattr(settings, f"{setting}_max")
+        return allowed.default
+    maximum = allowed.maximum
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{name} must be an integer", field=field)
     if value < _LIMIT_MINIMUMS[name]:
@@ -238,17 +248,17 @@ def _limit(name: str, value: object, settings: Settings, field: str) -> int:
 
 
 def resolve_limits(
-    asked: Mapping[str, Any], settings: Settings, *, timeout: int | None = None
+    asked: Mapping[str, Any], rules: JobRules, *, timeout: int | None = None
 ) -> Limits:
     """The server's defaults, lowered or raised (up to the maxima) by what the job asks."""
     values: dict[str, Any] = {
-        name: _limit(name, asked.get(name), settings, f"limits.{name}") for name in _LIMIT_FIELDS
+        name: _limit(name, asked.get(name), rules, f"limits.{name}") for name in _LIMITS
     }
     if timeout is not None:
-        values["timeout"] = _limit("timeout", timeout, settings, "timeout")
+        values["timeout"] = _limit("timeout", timeout, rules, "timeout")
     values["timeout_set"] = timeout is not None or asked.get("timeout") is not None
     network = bool(asked.get("network") or False)
-    if network and not settings.network_allowed:
+    if network and not rules.network_allowed:
         raise InvalidInput("this server does not give jobs a network", field="limits.network")
     values["network"] = network
     return Limits(**values)
@@ -262,15 +272,15 @@ def build_spec(
     timeout: int | None,
     env: Mapping[str, str] | None,
     limits: Mapping[str, Any] | None,
-    settings: Settings,
+    rules: JobRules,
 ) -> tuple[JobSpec, RepoUrl]:
-    """Check a submission against the server's policy; raise InvalidInput naming the field."""
-    repo_url = parse_repo_url(repo, url_policy(settings))
+    """Check a submission against the server's rules; raise InvalidInput naming the field."""
+    repo_url = parse_repo_url(repo, rules.url_policy)
     spec = JobSpec(
         repo=repo_url.url,
         ref=check_ref(ref) if ref is not None else None,
-        command=check_command(command, settings) if command is not None else None,
-        env=check_env(env or {}, settings),
-        limits=resolve_limits(limits or {}, settings, timeout=timeout),
+        command=check_command(command, rules) if command is not None else None,
+        env=check_env(env or {}, rules),
+        limits=resolve_limits(limits or {}, rules, timeout=timeout),
     )
     return spec, repo_url

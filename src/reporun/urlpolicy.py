@@ -1,9 +1,12 @@
-"""Which repository URLs a job may name: pure checks, plus the address check after DNS."""
+"""Which repository URLs a job may name: pure checks, plus the address check after DNS, and
+the one resolver the API and the worker both ask."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -12,6 +15,7 @@ from urllib.parse import urlsplit
 from reporun.errors import InvalidInput
 
 MAX_URL_LENGTH = 2048
+DNS_TIMEOUT = 5.0
 KNOWN_SCHEMES = frozenset({"https", "http", "git", "ssh", "file"})
 _SCP_LIKE = re.compile(r"^(?P<user>[A-Za-z0-9._-]+@)?(?P<host>[A-Za-z0-9.-]+):(?P<path>[^/].*)$")
 _TRANSPORT_SYNTAX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
@@ -53,6 +57,10 @@ class RepoUrl:
     url: str
     scheme: str  # https, http, git, ssh or file
     host: str | None  # None for local paths
+
+
+class Unresolvable(InvalidInput):
+    """The repository's host does not resolve."""
 
 
 def _bad(message: str) -> InvalidInput:
@@ -161,3 +169,23 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         return address.ipv4_mapped
     return address
+
+
+async def resolve(host: str, *, timeout: float = DNS_TIMEOUT) -> list[str]:
+    """The addresses `host` resolves to now; Unresolvable when it does not (in time)."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout
+        )
+    except (OSError, TimeoutError) as exc:
+        reason = str(exc) or f"no answer in {timeout:.0f} s"
+        raise Unresolvable(f"cannot resolve host {host!r}: {reason}", field="repo") from None
+    return [str(info[4][0]) for info in infos]
+
+
+async def check_resolved(url: RepoUrl, policy: UrlPolicy) -> None:
+    """Refuse a host that resolves to a non-public address (unless trusted); Unresolvable when
+    it does not resolve. Local paths have no host to check."""
+    if url.host is not None and url.host not in policy.trusted_hosts:
+        check_addresses(url.host, await resolve(url.host), policy)

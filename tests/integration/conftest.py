@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -14,13 +15,13 @@ import pytest
 
 from reporun.api.app import create_app
 from reporun.api.auth import LocalAuth
-from reporun.api.deps import Services
+from reporun.api.server import build_services
 from reporun.config import Settings
-from reporun.runtime import build_queue
 from reporun.store import Store
+from reporun.wiring import build_queue
 from reporun.worker.loop import Worker
+from reporun.worker.main import worker_config
 from reporun.worker.sandbox import Bubblewrap
-from reporun.worker.uids import UidPool
 from tests.conftest import require_tool
 
 
@@ -69,7 +70,7 @@ class Api:
 @pytest.fixture
 async def api(settings: Settings, store: Store) -> AsyncIterator[Api]:
     auth = LocalAuth(settings.secret_key.get_secret_value())  # type: ignore[union-attr]
-    app = create_app(Services(settings, store, build_queue(settings, store), auth))
+    app = create_app(build_services(settings, store, auth))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://reporun.test") as client:
         yield Api(client, auth)
@@ -87,12 +88,12 @@ async def start_worker(settings: Settings, store: Store) -> AsyncIterator[Worker
     def start(**overrides: Any) -> Worker:
         worker_settings = settings.model_copy(update=overrides)
         queue = build_queue(worker_settings, store)
+        config = worker_config(worker_settings)
         worker = Worker(
-            settings=worker_settings,
+            config=dataclasses.replace(config, worker_id=f"test-{uuid.uuid4().hex[:6]}"),
             store=store,
             queue=queue,
-            sandbox=Bubblewrap(UidPool(settings.sandbox_uid_base, settings.sandbox_uid_count)),
-            worker_id=f"test-{uuid.uuid4().hex[:6]}",
+            sandbox=Bubblewrap(),
         )
         stop = asyncio.Event()
         running.append((stop, asyncio.create_task(worker.run(stop))))

@@ -297,12 +297,11 @@ async def test_quota_and_rate_limit_answer_429_with_retry_after(
 
     from reporun.api.app import create_app
     from reporun.api.auth import LocalAuth
-    from reporun.api.deps import Services
-    from reporun.runtime import build_queue
+    from reporun.api.server import build_services
 
     limited = settings.model_copy(update={"quota_pending": 2, "quota_per_minute": 0})
     auth = LocalAuth(limited.secret_key.get_secret_value())
-    app = create_app(Services(limited, store, build_queue(limited, store), auth))
+    app = create_app(build_services(limited, store, auth))
     user = {"Authorization": f"Bearer {auth.mint('carol', 'user')}"}
     admin = {"Authorization": f"Bearer {auth.mint('root', 'admin')}"}
     async with _httpx.AsyncClient(

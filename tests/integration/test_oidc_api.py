@@ -16,10 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from reporun.api.app import create_app
-from reporun.api.deps import Services
-from reporun.api.server import build_auth
+from reporun.api.server import build_auth, build_services
 from reporun.config import Settings
-from reporun.runtime import build_queue
 from reporun.store import Store
 from tests.oidc_provider import OidcProvider
 
@@ -38,7 +36,7 @@ async def oidc_client(
         }
     )
     auth = build_auth(configured)
-    app = create_app(Services(configured, store, build_queue(configured, store), auth))
+    app = create_app(build_services(configured, store, auth))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
     return client, auth
 

@@ -6,11 +6,13 @@ import itertools
 
 import pytest
 
-from reporun.config import GiB, MiB, Settings
+from reporun.config import Settings
 from reporun.errors import IllegalTransition, InvalidInput
 from reporun.jobs import (
     TERMINAL,
+    GiB,
     JobStatus,
+    MiB,
     build_spec,
     check_env,
     check_ref,
@@ -18,6 +20,7 @@ from reporun.jobs import (
     resolve_limits,
     sources_of,
 )
+from reporun.wiring import job_rules
 
 S = JobStatus
 LEGAL = {
@@ -82,7 +85,7 @@ def test_bad_refs(ref: str) -> None:
 
 
 def test_limits_default_lower_and_raise_to_the_maximum(settings: Settings) -> None:
-    default = resolve_limits({}, settings)
+    default = resolve_limits({}, job_rules(settings))
     assert (default.timeout, default.memory, default.processes, default.log, default.disk) == (
         600,
         1 * GiB,
@@ -91,9 +94,9 @@ def test_limits_default_lower_and_raise_to_the_maximum(settings: Settings) -> No
         1 * GiB,
     )
     assert not default.network and not default.timeout_set
-    lowered = resolve_limits({"memory": 64 * MiB}, settings, timeout=5)
+    lowered = resolve_limits({"memory": 64 * MiB}, job_rules(settings), timeout=5)
     assert (lowered.memory, lowered.timeout, lowered.timeout_set) == (64 * MiB, 5, True)
-    raised = resolve_limits({"processes": settings.processes_max}, settings)
+    raised = resolve_limits({"processes": settings.processes_max}, job_rules(settings))
     assert raised.processes == settings.processes_max
 
 
@@ -113,7 +116,7 @@ def test_limits_out_of_bounds(
     settings: Settings, asked: dict, timeout: int | None, field: str
 ) -> None:
     with pytest.raises(InvalidInput) as caught:
-        resolve_limits(asked, settings, timeout=timeout)
+        resolve_limits(asked, job_rules(settings), timeout=timeout)
     assert caught.value.field == field
 
 
@@ -132,7 +135,7 @@ def test_limits_out_of_bounds(
 )
 def test_bad_env(settings: Settings, env: dict[str, str]) -> None:
     with pytest.raises(InvalidInput) as caught:
-        check_env(env, settings)
+        check_env(env, job_rules(settings))
     assert caught.value.field == "env"
 
 
@@ -144,7 +147,7 @@ def test_build_spec_checks_everything(settings: Settings) -> None:
         timeout=30,
         env={"A": "1"},
         limits={"disk": 64 * MiB},
-        settings=settings,
+        rules=job_rules(settings),
     )
     assert (url.scheme, url.host) == ("https", "example.org")
     assert (spec.ref, spec.command, spec.env, spec.limits.timeout, spec.limits.disk) == (
@@ -162,5 +165,5 @@ def test_build_spec_checks_everything(settings: Settings) -> None:
             timeout=None,
             env=None,
             limits=None,
-            settings=settings,
+            rules=job_rules(settings),
         )

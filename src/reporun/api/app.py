@@ -7,13 +7,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reporun import __version__
 from reporun.api import problems
 from reporun.api.deps import Services
-from reporun.api.metrics import EndedJobs
+from reporun.api.metrics import EndedJobs, HttpMetrics
 from reporun.api.routes import health, jobs, legacy, workers
 
 
@@ -88,14 +87,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
-    app.state.ended_jobs = EndedJobs(health.BUCKETS)
-    app.state.registry = registry = CollectorRegistry(auto_describe=True)
-    requests = Counter(
-        "reporun_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
-    )
-    latency = Histogram(
-        "reporun_http_request_seconds", "HTTP request latency", ["route"], registry=registry
-    )
+    app.state.ended_jobs = EndedJobs()
+    app.state.http_metrics = http_metrics = HttpMetrics()
     problems.install(app)
     app.include_router(jobs.router)
     app.include_router(legacy.router)
@@ -109,9 +102,10 @@ def create_app(
         started = time.perf_counter()
         response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "unmatched")
-        requests.labels(request.method, route, str(response.status_code)).inc()
-        latency.labels(route).observe(time.perf_counter() - started)
+        http_metrics.observe(
+            request.method, route, response.status_code, time.perf_counter() - started
+        )
         return response
 
-    app.add_middleware(BodyLimit, limit=services.settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=services.config.max_body_bytes)
     return app

@@ -8,18 +8,28 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from reporun.api.auth import Authenticator, Principal
-from reporun.config import Settings
 from reporun.errors import Forbidden, Unauthorized
 from reporun.queue import QueueBackend
 from reporun.store import Store
+from reporun.submit import Submissions
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    max_body_bytes: int = 64 * 1024
+    # Serve /metrics without a token (a scraper inside a private network).
+    metrics_public: bool = False
+    # A worker counts as alive while its last heartbeat is this recent (one lease).
+    worker_alive: float = 30.0
 
 
 @dataclass
 class Services:
-    settings: Settings
+    config: ApiConfig
     store: Store
     queue: QueueBackend
     auth: Authenticator
+    submissions: Submissions
 
 
 def get_services(request: Request) -> Services:

@@ -1,23 +1,60 @@
-"""Totals of ended jobs for /metrics, kept up to date without rescanning history.
+"""Every Prometheus family reporun exports: the HTTP requests the API served (counted as they
+happen), and the jobs, workers and scaling figures read from the database at each scrape.
 
-Jobs that ended before a settle horizon (a few minutes back, so every transaction that wrote
-them has committed) are added up once and remembered; each scrape reads only the jobs that
+Totals of jobs that ended before a settle horizon (a few minutes back, so every transaction that
+wrote them has committed) are added up once and remembered; each scrape reads only the jobs that
 ended since. Every replica of the API derives the same totals from the database.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from reporun.jobs import TERMINAL
 from reporun.store import EndedTotals, Store
 
 SETTLE_SECONDS = 300.0
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class HttpMetrics:
+    """Requests by method, route and status, and their latency; one registry per app."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "reporun_http_requests",
+            "HTTP requests",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "reporun_http_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            registry=self.registry,
+        )
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
 
 
 class EndedJobs:
-    def __init__(self, buckets: Sequence[float], *, settle_seconds: float = SETTLE_SECONDS) -> None:
+    def __init__(
+        self, buckets: Sequence[float] = BUCKETS, *, settle_seconds: float = SETTLE_SECONDS
+    ) -> None:
         self.buckets = tuple(buckets)
         self.settle = timedelta(seconds=settle_seconds)
         self._settled = EndedTotals.empty(len(self.buckets))
@@ -35,3 +72,67 @@ class EndedJobs:
                 self._settled_until = horizon
             recent = await store.figures.ended_totals(self.buckets, after=self._settled_until)
             return self._settled + recent
+
+
+class _Snapshot:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+async def exposition(
+    store: Store, ended_jobs: EndedJobs, http: HttpMetrics, *, worker_alive: float
+) -> bytes:
+    """The Prometheus text of one scrape."""
+    pending = await store.figures.pending_counts()
+    ended = await ended_jobs.totals(store)
+    workers = await store.list_workers(alive_within=worker_alive)
+
+    finished = CounterMetricFamily(
+        "reporun_jobs_finished", "Jobs that ended, by final status", labels=["status"]
+    )
+    for status in sorted(TERMINAL):
+        finished.add_metric([status.value], ended.finished.get(status.value, 0))
+    waiting = GaugeMetricFamily("reporun_jobs_pending", "Jobs queued or running", labels=["status"])
+    for state, count in pending.items():
+        waiting.add_metric([state], count)
+    alive = GaugeMetricFamily(
+        "reporun_workers", "Workers with a recent heartbeat", labels=["state"]
+    )
+    states: dict[str, int] = {}
+    for worker in workers:
+        states[worker.state] = states.get(worker.state, 0) + 1
+    for state, number in sorted(states.items()):
+        alive.add_metric([state], number)
+    decisions = await store.scaling.decisions(limit=1)
+    desired = GaugeMetricFamily(
+        "reporun_workers_desired", "Workers the observer's newest decision asked for"
+    )
+    if decisions:
+        desired.add_metric([], decisions[0].desired)
+    actual = GaugeMetricFamily("reporun_workers_actual", "Workers with a recent heartbeat")
+    actual.add_metric([], len(workers))
+    directions = await store.scaling.counts()
+    scaled = CounterMetricFamily(
+        "reporun_scaling_decisions", "Scaling decisions, by direction", labels=["direction"]
+    )
+    for direction in ("out", "in"):
+        scaled.add_metric([direction], directions.get(direction, 0))
+    families: list[Any] = [finished, waiting, alive, desired, actual, scaled]
+    for name, doc, (buckets, total, count) in (
+        ("wait", "Queue wait (created to started)", ended.wait),
+        ("run", "Run time", ended.run),
+    ):
+        family = HistogramMetricFamily(f"reporun_job_{name}_seconds", doc)
+        family.add_metric(
+            [],
+            [(str(b), c) for b, c in zip(BUCKETS, buckets, strict=True)] + [("+Inf", count)],
+            sum_value=total,
+        )
+        families.append(family)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(families))
+    return generate_latest(registry) + generate_latest(http.registry)

@@ -1,5 +1,6 @@
-"""Serving the API: the authenticator the settings ask for, and uvicorn run under reporun's own
-signal handling."""
+"""Serving the API: its parts built from the settings (config, authenticator, submissions), and
+uvicorn run under reporun's own signal handling. Nothing here imports a worker, a sandbox or
+the observer."""
 
 from __future__ import annotations
 
@@ -11,11 +12,36 @@ import uvicorn
 
 from reporun.api.app import create_app
 from reporun.api.auth import Authenticator, LocalAuth
-from reporun.api.deps import Services
+from reporun.api.deps import ApiConfig, Services
 from reporun.config import Settings
 from reporun.errors import ConfigError
-from reporun.runtime import build_queue, stop_signals
-from reporun.store import Store
+from reporun.signals import stop_signals
+from reporun.store import Quota, Store
+from reporun.submit import Submissions, SubmitConfig
+from reporun.wiring import build_queue, job_rules
+
+
+def api_config(settings: Settings) -> ApiConfig:
+    return ApiConfig(
+        max_body_bytes=settings.max_body_bytes,
+        metrics_public=settings.metrics_public,
+        worker_alive=settings.lease_seconds,
+    )
+
+
+def submit_config(settings: Settings) -> SubmitConfig:
+    return SubmitConfig(
+        rules=job_rules(settings),
+        quota=Quota(settings.quota_pending, settings.quota_per_minute),
+        admin_quota=Quota(settings.admin_quota_pending, settings.admin_quota_per_minute),
+    )
+
+
+def build_services(settings: Settings, store: Store, auth: Authenticator) -> Services:
+    queue = build_queue(settings, store)
+    return Services(
+        api_config(settings), store, queue, auth, Submissions(submit_config(settings), queue)
+    )
 
 
 def build_auth(settings: Settings, *, key: str | None = None) -> Authenticator:
@@ -57,8 +83,7 @@ async def run_api(
     on_started: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve the API until SIGTERM or SIGINT."""
-    queue = build_queue(settings, store)
-    app = create_app(Services(settings, store, queue, auth))
+    app = create_app(build_services(settings, store, auth))
     config = uvicorn.Config(
         app,
         host=settings.host,

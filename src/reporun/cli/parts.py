@@ -53,8 +53,8 @@ def serve(
 def api(host: Host = None, port: Port = None) -> None:
     """The API alone (cluster mode)."""
     from reporun.api.server import build_auth, run_api
-    from reporun.runtime import check_schema
     from reporun.store import Store
+    from reporun.wiring import check_schema
 
     settings = load_settings(host=host, port=port)
     _setup_logs(settings)
@@ -74,7 +74,7 @@ def api(host: Host = None, port: Port = None) -> None:
 @app.command()
 def worker() -> None:
     """One worker: claims and runs jobs until SIGTERM, then drains."""
-    from reporun.runtime import run_worker
+    from reporun.worker.main import run_worker
 
     settings = load_settings()
     _setup_logs(settings)
@@ -84,7 +84,7 @@ def worker() -> None:
 @app.command()
 def observer(min_workers: MinWorkers = None, max_workers: MaxWorkers = None) -> None:
     """Scale the workers on queue wait (REPORUN_SCALER=local processes or docker containers)."""
-    from reporun.runtime import run_observer
+    from reporun.observer.main import run_observer
 
     settings = load_settings(min_workers=min_workers, max_workers=max_workers)
     _setup_logs(settings)

@@ -30,6 +30,8 @@ class QueueConfig:
 
 
 class QueueBackend(Protocol):
+    config: QueueConfig
+
     async def submit(self, spec: JobSpec, owner: str, *, quota: Quota | None = None) -> Job:
         """Store a queued job (within `quota`) and make it available to workers."""
 

@@ -13,13 +13,12 @@ import hashlib
 import os
 import re
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from reporun.errors import CheckoutError, InvalidInput
-from reporun.urlpolicy import RepoUrl, UrlPolicy, check_addresses, parse_repo_url
+from reporun.urlpolicy import RepoUrl, UrlPolicy, check_resolved, parse_repo_url
 
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _MAX_REASON = 400
@@ -142,8 +141,7 @@ class Mirrors:
     async def _checked(self, repo: str) -> RepoUrl:
         try:
             url = parse_repo_url(repo, self.policy)
-            if url.host is not None:
-                check_addresses(url.host, await _resolve_host(url.host), self.policy)
+            await check_resolved(url, self.policy)
         except InvalidInput as exc:
             raise CheckoutError(exc.message) from None
         return url
@@ -206,17 +204,6 @@ class Mirrors:
                 raise CheckoutError(f"checkout of {commit} failed: {exc.message}") from None
         finally:
             index.unlink(missing_ok=True)
-
-
-async def _resolve_host(host: str) -> list[str]:
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout=10
-        )
-    except (OSError, TimeoutError) as exc:
-        raise CheckoutError(f"cannot resolve host {host!r}: {exc}") from None
-    return [str(info[4][0]) for info in infos]
 
 
 _STAMP = "reporun-fetch-started"

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from reporun.config import Settings
 from reporun.errors import CheckoutError, ConfigError, SandboxError
-from reporun.jobs import Job, JobStatus, url_policy
+from reporun.jobs import Job, JobStatus
 from reporun.queue import Outcome, QueueBackend
 from reporun.retry import compute_backoff
 from reporun.store import Store
+from reporun.urlpolicy import UrlPolicy
 from reporun.worker.checkout import Mirrors
 from reporun.worker.entrypoint import BadRepoConfig, NoEntryPoint, pick_entry
 from reporun.worker.output import LogWriter
@@ -37,6 +37,23 @@ CANCEL_POLL = 0.25
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """What a worker needs besides its store, queue and sandbox (leases and polling are the
+    queue's own: `queue.config`)."""
+
+    work_dir: Path
+    mirrors_dir: Path
+    url_policy: UrlPolicy
+    worker_id: str | None = None
+    checkout_timeout: float = 300.0
+    # A job still running this long after a stop request goes back to the queue.
+    drain_grace: float = 600.0
+    # What reporun.toml may ask for: a timeout up to this, a network only where allowed.
+    timeout_max: int = 3600
+    network_allowed: bool = False
 
 
 @dataclass
@@ -54,21 +71,21 @@ class Worker:
     def __init__(
         self,
         *,
-        settings: Settings,
+        config: WorkerConfig,
         store: Store,
         queue: QueueBackend,
         sandbox: Sandbox,
-        worker_id: str | None = None,
     ) -> None:
-        self.settings = settings
+        self.config = config
         self.store = store
         self.queue = queue
         self.sandbox = sandbox
-        self.id = worker_id or settings.worker_id or new_worker_id()
+        self.id = config.worker_id or new_worker_id()
         self.mirrors = Mirrors(
-            settings.mirrors_dir, url_policy(settings), timeout=settings.checkout_timeout
+            config.mirrors_dir, config.url_policy, timeout=config.checkout_timeout
         )
-        self.work_dir = settings.job_work_dir
+        self.work_dir = config.work_dir
+        self.lease_seconds = queue.config.lease_seconds
         self.state = "idle"
         self.current: Job | None = None
         self._watch: Watch | None = None
@@ -92,16 +109,16 @@ class Worker:
         except Exception:
             logger.warning("first heartbeat failed", exc_info=True, extra=self._log("heartbeat"))
         side = [
-            asyncio.create_task(self._every(self.settings.lease_seconds / 3, self._heartbeat)),
+            asyncio.create_task(self._every(self.lease_seconds / 3, self._heartbeat)),
             # Reaping often keeps a lost worker's job waiting little more than one lease.
-            asyncio.create_task(self._every(self.settings.lease_seconds / 4, self._reap)),
+            asyncio.create_task(self._every(self.lease_seconds / 4, self._reap)),
         ]
         try:
             while not stop.is_set() and not retire.is_set():
                 job = await self._claim()
                 if job is None:
                     await _first(
-                        stop.wait(), retire.wait(), self.queue.wait(self.settings.poll_interval)
+                        stop.wait(), retire.wait(), self.queue.wait(self.queue.config.poll_interval)
                     )
                     continue
                 await self._run_draining(job, stop, retire)
@@ -134,7 +151,7 @@ class Worker:
         if not task.done():
             self.state = "draining"
             logger.info("draining", extra=self._log("drain", job))
-            done, _ = await asyncio.wait({task}, timeout=self.settings.drain_grace)
+            done, _ = await asyncio.wait({task}, timeout=self.config.drain_grace)
             if not done and self._watch is not None:
                 self._watch.drained = True
                 self._watch.stop.set()
@@ -168,7 +185,7 @@ class Worker:
     async def _reap(self) -> None:
         if reaped := await self.queue.reap():
             logger.warning("reaped jobs of lost workers", extra=self._log("reap", count=reaped))
-        await self.store.prune_workers(older_than=self.settings.lease_seconds * 10)
+        await self.store.prune_workers(older_than=self.lease_seconds * 10)
 
     # One job ----------------------------------------------------------------------------------
     async def process(self, job: Job) -> None:
@@ -224,10 +241,10 @@ class Worker:
         limits = job.limits
         if entry.timeout is not None and not limits.timeout_set:
             limits = limits.model_copy(
-                update={"timeout": min(entry.timeout, self.settings.timeout_max)}
+                update={"timeout": min(entry.timeout, self.config.timeout_max)}
             )
         if entry.network and not limits.network:
-            if not self.settings.network_allowed:
+            if not self.config.network_allowed:
                 return Outcome(
                     JobStatus.FAILED,
                     reason="reporun.toml asks for a network; this server gives none",
@@ -272,8 +289,8 @@ class Worker:
         """Renew the lease, notice cancel requests, flush quiet logs. Every database call has
         a deadline, and a separate fence stops the run once the lease may have run out: a
         hung database never lets two workers run the job at once."""
-        renew_every = self.settings.lease_seconds / 3
-        watch.held_until = time.monotonic() + self.settings.lease_seconds
+        renew_every = self.lease_seconds / 3
+        watch.held_until = time.monotonic() + self.lease_seconds
         fence = asyncio.create_task(self._fence(job, watch, renew_every))
         last_renew = time.monotonic()
         try:
@@ -286,7 +303,7 @@ class Worker:
                             lease = await self.queue.renew(job, self.id)
                             if lease.held:
                                 last_renew = now
-                                watch.held_until = now + self.settings.lease_seconds
+                                watch.held_until = now + self.lease_seconds
                             else:
                                 watch.lease_lost = True
                             watch.cancel_requested |= lease.cancel_requested

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
-from reporun.errors import SandboxError
+from reporun.errors import ConfigError, SandboxError
 from reporun.jobs import Limits
 from reporun.worker.process import OutputSink, RunResult, run_process
-from reporun.worker.uids import UidPool, sweep_uid
+from reporun.worker.uids import DEFAULT_UID_BASE, DEFAULT_UID_COUNT, UidPool, sweep_uid
+
+logger = logging.getLogger("reporun.worker")
 
 # The job's home (its copy of the repository) and its /tmp share one tmpfs of the disk limit.
 JOB_HOME = "/work"
@@ -50,6 +54,14 @@ PRELUDE = (
     'cp -a /src/. "$HOME"/ || { echo "reporun: the repository does not fit in the disk limit" >&2;'
     ' exit 125; }; cd "$HOME" && exec /bin/sh -c "$1"'
 )
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxConfig:
+    kind: Literal["bwrap", "none"] = "bwrap"
+    # The uids jobs run as when the worker is root.
+    uid_base: int = DEFAULT_UID_BASE
+    uid_count: int = DEFAULT_UID_COUNT
 
 
 class Sandbox(Protocol):
@@ -194,7 +206,7 @@ class Bubblewrap:
 
     def __init__(self, uids: UidPool | None = None) -> None:
         self.root = os.geteuid() == 0
-        self.uids = uids if uids is not None else UidPool(1_100_000, 65_536)
+        self.uids = uids if uids is not None else UidPool()
 
     @staticmethod
     def problems() -> list[str]:
@@ -269,3 +281,18 @@ class Unsandboxed:
         return await run_process(
             argv, limits=limits, on_output=on_output, stop=stop, cwd=workspace, env=environment
         )
+
+
+def build_sandbox(config: SandboxConfig) -> Sandbox:
+    """The sandbox the configuration asks for; ConfigError (one line) when this host cannot
+    give it."""
+    if config.kind == "none":
+        logger.warning(
+            "REPORUN_SANDBOX=none: jobs run unconfined as this user; trusted code only",
+            extra={"action": "sandbox_off"},
+        )
+        return Unsandboxed()
+    problems = Bubblewrap.problems()
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return Bubblewrap(UidPool(config.uid_base, config.uid_count))

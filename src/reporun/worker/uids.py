@@ -12,11 +12,20 @@ from pathlib import Path
 
 from reporun.errors import SandboxError
 
+# The range jobs run in when the worker is root: far above any uid a system hands out.
+DEFAULT_UID_BASE = 1_100_000
+DEFAULT_UID_COUNT = 65_536
+
 
 class UidPool:
     """Unprivileged uids for jobs, one per running job on this host (locks in /run)."""
 
-    def __init__(self, base: int, count: int, lock_dir: Path = Path("/run/reporun-uids")) -> None:
+    def __init__(
+        self,
+        base: int = DEFAULT_UID_BASE,
+        count: int = DEFAULT_UID_COUNT,
+        lock_dir: Path = Path("/run/reporun-uids"),
+    ) -> None:
         self.base = base
         self.count = count
         self.lock_dir = lock_dir

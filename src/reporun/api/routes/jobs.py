@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from typing import Annotated, Any
+from collections.abc import AsyncIterator
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from reporun.api.auth import Principal
-from reporun.api.deps import CurrentUser, Services, ServicesDep
+from reporun.api.deps import CurrentUser, ServicesDep
 from reporun.api.schemas import JobCreate, JobOut, JobPage
 from reporun.errors import IllegalTransition
-from reporun.jobs import Job, JobStatus, build_spec, url_policy
-from reporun.store import Quota
-from reporun.urlpolicy import check_addresses
+from reporun.jobs import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 FOLLOW_POLL = 0.2
-DNS_TIMEOUT = 2.0
 
 
 def owner_filter(user: Principal) -> str | None:
@@ -30,56 +26,11 @@ def owner_filter(user: Principal) -> str | None:
     return None if user.is_admin else user.name
 
 
-async def submit_job(
-    services: Services,
-    user: Principal,
-    *,
-    repo: str,
-    ref: str | None = None,
-    command: str | None = None,
-    timeout: int | None = None,
-    env: Mapping[str, str] | None = None,
-    limits: Mapping[str, Any] | None = None,
-) -> Job:
-    """Check, store and enqueue a job: the one path every submission takes."""
-    spec, url = build_spec(
-        repo=repo,
-        ref=ref,
-        command=command,
-        timeout=timeout,
-        env=env,
-        limits=limits,
-        settings=services.settings,
-    )
-    if url.host is not None:
-        await _check_resolved(url.host, services)
-    settings = services.settings
-    quota = (
-        Quota(settings.admin_quota_pending, settings.admin_quota_per_minute)
-        if user.is_admin
-        else Quota(settings.quota_pending, settings.quota_per_minute)
-    )
-    return await services.queue.submit(spec, user.name, quota=quota)
-
-
-async def _check_resolved(host: str, services: Services) -> None:
-    """Refuse a host that resolves to a private address now; the worker checks again at clone
-    time. A host that does not resolve is left for the clone to fail with its own reason."""
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), DNS_TIMEOUT
-        )
-    except (OSError, TimeoutError):
-        return
-    check_addresses(host, [str(info[4][0]) for info in infos], url_policy(services.settings))
-
-
 @router.post("", status_code=202, response_model=JobOut, summary="Submit a job")
 async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> JobOut:
-    job = await submit_job(
-        services,
-        user,
+    job = await services.submissions.submit(
+        user.name,
+        admin=user.is_admin,
         repo=body.repo,
         ref=body.ref,
         command=body.command,
@@ -142,4 +93,4 @@ async def cancel(job_id: uuid.UUID, user: CurrentUser, services: ServicesDep) ->
     return JobOut.of(job)
 
 
-__all__ = ["router", "submit_job"]
+__all__ = ["owner_filter", "router"]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import PlainTextResponse
 
 from reporun.api.deps import CurrentUser, ServicesDep
-from reporun.api.routes.jobs import owner_filter, submit_job
+from reporun.api.routes.jobs import owner_filter
 from reporun.jobs import Job, JobStatus
 
 router = APIRouter(tags=["legacy"])
@@ -34,7 +34,7 @@ def legacy_view(job: Job) -> dict[str, str]:
 async def add(
     url: Annotated[str, Query(max_length=4096)], user: CurrentUser, services: ServicesDep
 ) -> PlainTextResponse:
-    job = await submit_job(services, user, repo=url)
+    job = await services.submissions.submit(user.name, admin=user.is_admin, repo=url)
     return PlainTextResponse(f"Job added: {job.id}\n")
 
 

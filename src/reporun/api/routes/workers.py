@@ -18,7 +18,7 @@ AdminUser = Annotated[Principal, Depends(admin_user)]
 @router.get("/workers", response_model=WorkerPage, summary="Workers with a recent heartbeat")
 async def workers(_: AdminUser, services: ServicesDep) -> WorkerPage:
     store = services.store
-    alive = services.settings.lease_seconds
+    alive = services.config.worker_alive
     busy = await store.scaling.busy_workers()
     rows = await store.list_workers(alive_within=alive)
     return WorkerPage(items=[WorkerOut.of(row, running=busy.get(row.id)) for row in rows])
@@ -30,7 +30,7 @@ async def scaling(
 ) -> ScalingOut:
     store = services.store
     decisions = await store.scaling.decisions(limit=limit)
-    actual = len(await store.list_workers(alive_within=services.settings.lease_seconds))
+    actual = len(await store.list_workers(alive_within=services.config.worker_alive))
     return ScalingOut(
         actual=actual,
         desired=decisions[0].desired if decisions else None,

@@ -1,0 +1,60 @@
+"""Building the parts every process shares from the one Settings object, once at start: the
+store, the queue and the rules for jobs, each given its own small config. What only one part
+needs is built beside it (`worker.main`, `observer.main`, `api.server`), so a process imports
+only the parts it runs."""
+
+from __future__ import annotations
+
+from reporun.config import Settings
+from reporun.errors import ConfigError
+from reporun.jobs import JobRules, LimitRange
+from reporun.queue import QueueBackend, QueueConfig
+from reporun.queue.sql import SqlQueue
+from reporun.store import Store
+from reporun.store.migrate import is_current
+from reporun.urlpolicy import UrlPolicy
+
+
+def url_policy(settings: Settings) -> UrlPolicy:
+    return UrlPolicy.of(
+        settings.allowed_schemes,
+        settings.allowed_hosts,
+        settings.trusted_hosts,
+        settings.allow_local_repos,
+    )
+
+
+def job_rules(settings: Settings) -> JobRules:
+    def limit(name: str) -> LimitRange:
+        return LimitRange(getattr(settings, f"{name}_default"), getattr(settings, f"{name}_max"))
+
+    return JobRules(
+        url_policy=url_policy(settings),
+        timeout=limit("timeout"),
+        memory=limit("memory"),
+        processes=limit("processes"),
+        log=limit("log_limit"),
+        disk=limit("disk"),
+        network_allowed=settings.network_allowed,
+        env_max_vars=settings.env_max_vars,
+        env_max_bytes=settings.env_max_bytes,
+        command_max_bytes=settings.command_max_bytes,
+    )
+
+
+def queue_config(settings: Settings) -> QueueConfig:
+    return QueueConfig(
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts,
+        poll_interval=settings.poll_interval,
+        notify=settings.notify,
+    )
+
+
+def build_queue(settings: Settings, store: Store) -> QueueBackend:
+    return SqlQueue(store, queue_config(settings))
+
+
+async def check_schema(store: Store) -> None:
+    if not await is_current(store.engine):
+        raise ConfigError("the database schema is not current: run `reporun db upgrade`")

@@ -1,0 +1,78 @@
+"""`reporun worker`: one worker process, built from the settings, until SIGTERM (drain) or
+SIGUSR1 (retire after this job)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+from reporun.config import Settings
+from reporun.signals import signal_sets, stop_signals
+from reporun.store import Store
+from reporun.wiring import build_queue, check_schema, url_policy
+from reporun.worker.loop import Worker, WorkerConfig
+from reporun.worker.sandbox import SandboxConfig, build_sandbox
+
+logger = logging.getLogger("reporun.worker")
+
+
+def sandbox_config(settings: Settings) -> SandboxConfig:
+    uids = {
+        name: value
+        for name, value in (
+            ("uid_base", settings.sandbox_uid_base),
+            ("uid_count", settings.sandbox_uid_count),
+        )
+        if value is not None
+    }
+    return SandboxConfig(kind=settings.sandbox, **uids)
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    return WorkerConfig(
+        work_dir=settings.job_work_dir,
+        mirrors_dir=settings.mirrors_dir,
+        url_policy=url_policy(settings),
+        worker_id=settings.worker_id,
+        checkout_timeout=settings.checkout_timeout,
+        drain_grace=settings.drain_grace,
+        timeout_max=settings.timeout_max,
+        network_allowed=settings.network_allowed,
+    )
+
+
+async def _stop_when_orphaned(parent: int | None, stop: asyncio.Event) -> None:
+    """A worker started by `serve` drains when `serve` is gone, even after a SIGKILL."""
+    if parent is None:
+        return
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    logger.warning("the serving process is gone; draining", extra={"action": "orphaned"})
+    stop.set()
+
+
+async def run_worker(settings: Settings) -> None:
+    store = Store.open(settings.db_url)
+    try:
+        await check_schema(store)
+        queue = build_queue(settings, store)
+        worker = Worker(
+            config=worker_config(settings),
+            store=store,
+            queue=queue,
+            sandbox=build_sandbox(sandbox_config(settings)),
+        )
+        stop, retire = asyncio.Event(), asyncio.Event()
+        with stop_signals(stop), signal_sets(retire, signal.SIGUSR1):
+            watch = asyncio.create_task(
+                _stop_when_orphaned(settings.parent_pid, stop), name="orphan-watch"
+            )
+            try:
+                await worker.run(stop, retire)
+            finally:
+                watch.cancel()
+        await queue.close()
+    finally:
+        await store.close()
