@@ -15,9 +15,9 @@ from reporun.observer.main import build_observer
 from reporun.observer.scalers import LocalScaler
 from reporun.store import Store
 from reporun.store.migrate import upgrade
-from reporun.worker.loop import prepare_work_dir
 from reporun.worker.main import sandbox_config
 from reporun.worker.sandbox import build_sandbox
+from reporun.worker.workdir import prepare_work_dir
 
 # Ctrl-C on a laptop should not wait ten minutes for a job: running jobs go back to the queue.
 SERVE_DRAIN_GRACE = 10.0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reporun.errors import ConfigError
-from reporun.worker.loop import prepare_work_dir
+from reporun.worker.workdir import prepare_work_dir
 
 
 def test_created_traversable_but_not_listable(tmp_path: Path) -> None:

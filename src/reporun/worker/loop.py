@@ -9,30 +9,32 @@ import logging
 import os
 import shutil
 import socket
-import stat
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
-from reporun.errors import CheckoutError, ConfigError, SandboxError
+from reporun.errors import CheckoutError, SandboxError
 from reporun.jobs import Job, JobStatus
 from reporun.queue import Outcome, QueueBackend
-from reporun.retry import compute_backoff
+from reporun.retry import compute_backoff, retry_until
 from reporun.store import Store
+from reporun.tasks import unless, wait_any
 from reporun.urlpolicy import UrlPolicy
 from reporun.worker.checkout import Mirrors
 from reporun.worker.entrypoint import BadRepoConfig, NoEntryPoint, pick_entry
 from reporun.worker.output import LogWriter
 from reporun.worker.process import RunResult
 from reporun.worker.sandbox import Sandbox
+from reporun.worker.workdir import prepare_work_dir
 
 logger = logging.getLogger("reporun.worker")
-T = TypeVar("T")
 
 CANCEL_POLL = 0.25
+# Writing a job's end (or giving it back) is retried through a database outage this long; past
+# it, the lease runs out and a reaper returns the job to the queue.
+REPORT_DEADLINE = 300.0
 
 
 def new_worker_id() -> str:
@@ -109,15 +111,19 @@ class Worker:
         except Exception:
             logger.warning("first heartbeat failed", exc_info=True, extra=self._log("heartbeat"))
         side = [
-            asyncio.create_task(self._every(self.lease_seconds / 3, self._heartbeat)),
+            asyncio.create_task(
+                self._every("heartbeat", self.lease_seconds / 3, self._heartbeat), name="heartbeat"
+            ),
             # Reaping often keeps a lost worker's job waiting little more than one lease.
-            asyncio.create_task(self._every(self.lease_seconds / 4, self._reap)),
+            asyncio.create_task(
+                self._every("reap", self.lease_seconds / 4, self._reap), name="reaper"
+            ),
         ]
         try:
             while not stop.is_set() and not retire.is_set():
                 job = await self._claim()
                 if job is None:
-                    await _first(
+                    await wait_any(
                         stop.wait(), retire.wait(), self.queue.wait(self.queue.config.poll_interval)
                     )
                     continue
@@ -128,6 +134,7 @@ class Worker:
             self.state = "stopped"
             for task in side:
                 task.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.remove_worker(self.id))
             logger.info("worker stopped", extra=self._log("stop"))
@@ -142,12 +149,13 @@ class Worker:
 
     async def _run_draining(self, job: Job, stop: asyncio.Event, retire: asyncio.Event) -> None:
         """Run the job; a stop request lets it finish, up to the drain grace period."""
-        task = asyncio.create_task(self.process(job))
-        retiring = asyncio.create_task(self._retiring(retire, task))
+        task = asyncio.create_task(self.process(job), name=f"job-{job.id}")
+        retiring = asyncio.create_task(self._retiring(retire, task), name="retire-watch")
         try:
-            await _first(asyncio.shield(task), stop.wait())
+            await wait_any(asyncio.shield(task), stop.wait())
         finally:
             retiring.cancel()
+            await asyncio.gather(retiring, return_exceptions=True)
         if not task.done():
             self.state = "draining"
             logger.info("draining", extra=self._log("drain", job))
@@ -163,14 +171,16 @@ class Worker:
             self.state = "draining"
             logger.info("retiring after this job", extra=self._log("retire", self.current))
 
-    async def _every(self, seconds: float, action: Callable[[], Awaitable[object]]) -> None:
+    async def _every(
+        self, name: str, seconds: float, action: Callable[[], Awaitable[object]]
+    ) -> None:
         while True:
             try:
                 await action()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.warning("side task failed", exc_info=True, extra=self._log("side"))
+                logger.warning(f"{name} failed", exc_info=True, extra=self._log(name))
             await asyncio.sleep(seconds)
 
     async def _heartbeat(self) -> None:
@@ -194,7 +204,7 @@ class Worker:
         workspace = self.work_dir / str(job.id)
         log = LogWriter(self.store, job, self.id)
         logger.info("job claimed", extra=self._log("claim", job, attempt=job.attempts))
-        monitor = asyncio.create_task(self._monitor(job, watch, log))
+        monitor = asyncio.create_task(self._monitor(job, watch, log), name=f"monitor-{job.id}")
         outcome: Outcome | None = None
         try:
             if job.attempts > 1:
@@ -232,7 +242,7 @@ class Worker:
             max_bytes=job.limits.disk,
         )
         try:
-            commit = await _unless(watch.stop, checkout)
+            commit = await unless(watch.stop, checkout)
             if commit is None:  # cancelled, or the lease is gone: stop cloning too
                 return self._outcome(None, watch, job.limits.timeout)
             entry = pick_entry(workspace, job.command)
@@ -291,35 +301,37 @@ class Worker:
         hung database never lets two workers run the job at once."""
         renew_every = self.lease_seconds / 3
         watch.held_until = time.monotonic() + self.lease_seconds
-        fence = asyncio.create_task(self._fence(job, watch, renew_every))
+        fence = asyncio.create_task(self._fence(job, watch, renew_every), name=f"fence-{job.id}")
         last_renew = time.monotonic()
         try:
             while not watch.lease_lost:
                 await asyncio.sleep(CANCEL_POLL)
                 now = time.monotonic()
+                due = now - last_renew >= renew_every
                 try:
                     async with asyncio.timeout(renew_every / 2):
-                        if now - last_renew >= renew_every:
+                        if due:
                             lease = await self.queue.renew(job, self.id)
                             if lease.held:
                                 last_renew = now
                                 watch.held_until = now + self.lease_seconds
-                            else:
-                                watch.lease_lost = True
-                            watch.cancel_requested |= lease.cancel_requested
                         else:
                             lease = await self.queue.check(job, self.id)
-                            watch.lease_lost |= not lease.held
-                            watch.cancel_requested |= lease.cancel_requested
-                        await log.flush()
+                        watch.lease_lost |= not lease.held
+                        watch.cancel_requested |= lease.cancel_requested
                 except Exception:
-                    logger.warning(
-                        "lease renewal failed", exc_info=True, extra=self._log("renew", job)
-                    )
+                    what = "lease renewal" if due else "lease check"
+                    logger.warning(f"{what} failed", exc_info=True, extra=self._log("renew", job))
                 if watch.lease_lost or watch.cancel_requested:
                     watch.stop.set()
+                try:
+                    async with asyncio.timeout(renew_every / 2):
+                        await log.flush()
+                except Exception:
+                    logger.warning("log flush failed", exc_info=True, extra=self._log("log", job))
         finally:
             fence.cancel()
+            await asyncio.gather(fence, return_exceptions=True)
 
     async def _fence(self, job: Job, watch: Watch, margin: float) -> None:
         while time.monotonic() < watch.held_until - margin / 2 and not watch.lease_lost:
@@ -329,79 +341,30 @@ class Worker:
         logger.warning("lease lost; stopping the run", extra=self._log("lease_lost", job))
 
     async def _report(self, job: Job, outcome: Outcome) -> None:
-        """Write the terminal record, retrying through database outages while the lease holds."""
-        for attempt in range(1000):
-            try:
-                done = await self.queue.finish(job, self.id, outcome)
-            except Exception:
-                logger.warning(
-                    "report failed; retrying", exc_info=True, extra=self._log("report", job)
-                )
-                await asyncio.sleep(compute_backoff(attempt, cap=5.0))
-                continue
-            if done is None:
-                logger.warning(
-                    "job was no longer ours; result dropped", extra=self._log("report", job)
-                )
-            else:
-                logger.info(
-                    "job finished",
-                    extra=self._log("finish", job, status=done.status.value, reason=done.reason),
-                )
+        """Write the terminal record, retrying through a database outage up to a deadline."""
+        wrote, done = await retry_until(
+            lambda: self.queue.finish(job, self.id, outcome),
+            deadline=REPORT_DEADLINE,
+            what="report",
+            log=logger,
+            extra=self._log("report", job, status=outcome.status.value),
+        )
+        if not wrote:
             return
+        if done is None:
+            logger.warning("job was no longer ours; result dropped", extra=self._log("report", job))
+        else:
+            logger.info(
+                "job finished",
+                extra=self._log("finish", job, status=done.status.value, reason=done.reason),
+            )
 
     async def _give_back(self, job: Job, reason: str) -> None:
         logger.warning("platform fault", extra=self._log("release", job, reason=reason))
-        for attempt in range(100):
-            try:
-                await self.queue.release(job, self.id, reason)
-                return
-            except Exception:
-                await asyncio.sleep(compute_backoff(attempt, cap=5.0))
-
-
-async def _unless(stop: asyncio.Event, work: Coroutine[object, object, T]) -> T | None:
-    """The result of `work`, or None (and `work` cancelled) once `stop` is set."""
-    task = asyncio.ensure_future(work)
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return None
-
-
-async def _first(*aws: Awaitable[object]) -> None:
-    """Wait until the first of `aws` completes; cancel the rest."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            if not task.done():
-                task.cancel()
-
-
-def prepare_work_dir(path: Path) -> None:
-    """Create the work dir (others may pass through, not list) and make sure nobody else owns
-    or can write it or its parents we made: it sits in a shared /tmp by default."""
-    missing = []
-    probe = path
-    while not probe.exists() and not probe.is_symlink():
-        missing.append(probe)
-        probe = probe.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o711, exist_ok=True)
-        os.chmod(directory, 0o711)
-    for directory in [path, *missing[1:]] if missing else [path]:
-        info = os.lstat(directory)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-            raise ConfigError(
-                f"the work dir {directory} is not a directory of this user that only it can "
-                "write; remove it or set REPORUN_WORK_DIR"
-            )
+        await retry_until(
+            lambda: self.queue.release(job, self.id, reason),
+            deadline=REPORT_DEADLINE,
+            what="giving the job back",
+            log=logger,
+            extra=self._log("release", job, reason=reason),
+        )

@@ -77,3 +77,12 @@ class LogWriter:
                     if await self.flush(truncated=truncated):
                         return
             await asyncio.sleep(compute_backoff(attempt, cap=2.0))
+        logger.error(
+            "log write failed for good; the end of the log is lost",
+            extra={
+                "action": "log",
+                "job_id": str(self.job.id),
+                "worker": self.worker_id,
+                "dropped_bytes": len(self.buffer),
+            },
+        )

@@ -1,0 +1,43 @@
+"""Racing coroutines: what finishes first wins, and the losers are cancelled and awaited (so none
+is left running, or its exception unretrieved)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Coroutine, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def _cancel(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def wait_any(*aws: Awaitable[object]) -> None:
+    """Wait until the first of `aws` completes; cancel the rest and wait for them to end."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await _cancel([t for t in tasks if not t.done()])
+
+
+async def unless(stop: asyncio.Event, work: Coroutine[object, object, T]) -> T | None:
+    """The result of `work`, or None (and `work` cancelled and awaited) once `stop` is set."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await _cancel([stopper])
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
