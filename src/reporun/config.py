@@ -207,6 +207,12 @@ class Settings(BaseSettings):
     def secret_key_path(self) -> Path:
         return self.data_dir / "secret.key"
 
+    def required_issuer(self) -> str:
+        """The OIDC issuer, which REPORUN_AUTH=oidc cannot do without."""
+        if not self.oidc_issuer:
+            raise ConfigError("REPORUN_AUTH=oidc needs REPORUN_OIDC_ISSUER")
+        return self.oidc_issuer
+
     def check_secure(self, *, embedded: bool) -> None:
         """Refuse insecure settings at start, with one clear line."""
         loopback = is_loopback(self.host)
@@ -217,8 +223,8 @@ class Settings(BaseSettings):
                     "REPORUN_SECRET_KEY must be set to a random value of at least 32 characters "
                     "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
                 )
-        if self.auth == "oidc" and not self.oidc_issuer:
-            raise ConfigError("REPORUN_AUTH=oidc needs REPORUN_OIDC_ISSUER")
+        if self.auth == "oidc":
+            self.required_issuer()
         if self.allow_local_repos and not loopback:
             raise ConfigError("local repositories are allowed only on a loopback address")
         if self.sandbox == "none" and not loopback:

@@ -67,4 +67,5 @@ class SandboxError(ReporunError):
 
 
 class ClientError(ReporunError):
-    """The server refused the request."""
+    """A client command could not get what it asked for: the server could not be reached, it
+    answered with an error (`ApiError`), or signing in failed (`LoginError`)."""

@@ -48,10 +48,8 @@ def build_auth(settings: Settings, *, key: str | None = None) -> Authenticator:
     if settings.auth == "oidc":
         from reporun.api.oidc import OidcAuth
 
-        if not settings.oidc_issuer:
-            raise ConfigError("REPORUN_AUTH=oidc needs REPORUN_OIDC_ISSUER")
         return OidcAuth(
-            issuer=settings.oidc_issuer,
+            issuer=settings.required_issuer(),
             audience=settings.oidc_audience,
             azp=settings.oidc_azp,
             roles_claim=settings.oidc_roles_claim,

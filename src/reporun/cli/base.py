@@ -28,8 +28,6 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 
-TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "error"}
-
 
 def fail(message: str, code: int = 2) -> NoReturn:
     print(f"reporun: {message}", file=sys.stderr)

@@ -14,7 +14,8 @@ from reporun.errors import ClientError
 
 
 class ApiError(ClientError):
-    """The server refused the request."""
+    """The server answered with an error status (4xx or 5xx); `status` is that code and the
+    message its problem detail."""
 
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)

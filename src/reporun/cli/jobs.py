@@ -13,7 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from reporun.cli.base import TERMINAL, _job_id, app, fail, read_settings, run
+from reporun.cli.base import _job_id, app, fail, read_settings, run
+from reporun.jobs import TERMINAL, JobStatus
 
 
 # The client ------------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ def submit(
     raise SystemExit(run(submit_job()))
 
 
-STATES = TERMINAL | {"queued", "running"}
+STATES = frozenset(status.value for status in JobStatus)
 
 
 @app.command()
