@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -16,8 +16,9 @@ from prometheus_client.core import (
     Metric,
 )
 
-from reporun.api.deps import ServicesDep, admin_user, authenticated
-from reporun.api.problems import problem
+from reporun.api.deps import ServicesDep, admin_user, authenticated, bearer
+from reporun.api.problems import NotReady, answer, problem, responses
+from reporun.api.schemas import PrometheusText, Ready
 from reporun.jobs import TERMINAL
 
 router = APIRouter(tags=["health"])
@@ -31,7 +32,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="200 when the database and queue answer, else 503")
+@router.get(
+    "/readyz",
+    response_model=Ready,
+    summary="200 when the database and queue answer, else 503",
+    responses={503: answer(503, "The database or the queue is not answering.", model=NotReady)},
+)
 async def readyz(services: ServicesDep) -> Response:
     checks: dict[str, str] = {}
     for name, probe in (("database", services.store.ping), ("queue", services.queue.ping)):
@@ -54,7 +60,13 @@ class _Snapshot:
         return self.families
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    response_class=PrometheusText,
+    summary="Prometheus metrics",
+    responses=responses(),
+    dependencies=[Security(bearer)],
+)
 async def metrics(request: Request, services: ServicesDep) -> Response:
     if not services.settings.metrics_public:
         await admin_user(await authenticated(request, services))

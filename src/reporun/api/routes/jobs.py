@@ -13,6 +13,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from reporun.api.auth import Principal
 from reporun.api.deps import CurrentUser, Services, ServicesDep
+from reporun.api.problems import responses
 from reporun.api.schemas import JobCreate, JobOut, JobPage
 from reporun.errors import IllegalTransition
 from reporun.jobs import Job, JobStatus, build_spec, url_policy
@@ -77,7 +78,13 @@ async def _check_resolved(host: str, services: Services) -> None:
     check_addresses(host, [str(info[4][0]) for info in infos], url_policy(services.settings))
 
 
-@router.post("", status_code=202, response_model=JobOut, summary="Submit a job")
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Submit a job",
+    responses=responses(400, 413, 422, 429),
+)
 async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> JobOut:
     job = await submit_job(
         services,
@@ -92,7 +99,12 @@ async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> J
     return JobOut.of(job)
 
 
-@router.get("", response_model=JobPage, summary="List jobs, newest first")
+@router.get(
+    "",
+    response_model=JobPage,
+    summary="List jobs, newest first",
+    responses=responses(400, 422, why={400: "The cursor is not one this server gave out."}),
+)
 async def list_jobs(
     user: CurrentUser,
     services: ServicesDep,
@@ -106,7 +118,7 @@ async def list_jobs(
     return JobPage(items=[JobOut.of(j) for j in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="Show a job")
+@router.get("/{job_id}", response_model=JobOut, summary="Show a job", responses=responses(404, 422))
 async def show(job_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> JobOut:
     return JobOut.of(await services.store.get_job(job_id, owner=owner_filter(user)))
 
@@ -115,6 +127,7 @@ async def show(job_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> J
     "/{job_id}/logs",
     response_class=PlainTextResponse,
     summary="A job's log; ?follow=true streams it until the job ends",
+    responses=responses(404, 422),
 )
 async def logs(
     job_id: uuid.UUID, user: CurrentUser, services: ServicesDep, follow: bool = False
@@ -136,7 +149,13 @@ async def logs(
     return StreamingResponse(chunks(), media_type="text/plain; charset=utf-8")
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, summary="Cancel a job")
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    summary="Cancel a job",
+    responses=responses(404, 409, 422),
+)
 async def cancel(job_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> JobOut:
     job = await services.store.cancel(job_id, owner=owner_filter(user))
     if job.status.terminal and job.status is not JobStatus.CANCELLED:
