@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,16 +21,15 @@ from reporun.api.app import create_app
 from reporun.api.auth import LocalAuth
 from reporun.api.deps import Services
 from reporun.config import Settings
-from reporun.runtime import build_queue
+from reporun.jobs import JobStatus
+from reporun.queue import Outcome
+from reporun.queue.sql import SqlQueue
 from reporun.store import Store
 from tests.conftest import free_port
 
-# Checks that cannot apply to one operation are turned off (or narrowed) for it alone, each with
-# the reason beside it. Everything else runs with schemathesis' defaults.
-CONFIG = """
-[auth.openapi.bearer]
-bearer = "${REPORUN_TEST_TOKEN}"
-
+# Checks that cannot apply to one operation are narrowed for it alone, each with the reason
+# beside it. Everything else runs as schemathesis runs by default.
+EXCEPTIONS = """
 # Whether a repository URL is taken depends on this server's URL policy (its schemes, allowed
 # and trusted hosts) and on what the host resolves to, which no schema can state: a URL the
 # schema admits may get a 400 naming `repo`. Any other answer to valid data still fails.
@@ -51,8 +52,8 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
 """
 
 SEED = 20240611
-MAX_EXAMPLES = 20
 REQUEST_TIMEOUT = 5.0
+WORKER = "stand-in"
 
 
 @dataclass
@@ -60,42 +61,75 @@ class Served:
     url: str
     auth: LocalAuth
 
+    def token(self, name: str, role: str) -> str:
+        return self.auth.mint(name, role)
+
+
+async def stand_in_worker(store: Store, queue: SqlQueue) -> None:
+    """Ends every job at once, failed, with a line of log, and no sandbox: no job stays queued
+    (with none running, `logs?follow=true` on a queued job would stream until the timeout), and
+    the answers for ended jobs (a log, an exit code, 409 on cancel) and workers are exercised."""
+    beat = 0.0
+    while True:
+        if time.monotonic() - beat > 1:
+            await store.worker_heartbeat(
+                WORKER, host="localhost", pid=os.getpid(), state="idle", current_job=None
+            )
+            beat = time.monotonic()
+        job = await queue.claim(WORKER)
+        if job is None:
+            await asyncio.sleep(0.05)
+            continue
+        await queue.started(job, WORKER, commit="0" * 40, command="true")
+        await store.append_log(job.id, 0, b"stand-in worker: nothing ran\n")
+        await queue.finish(job, WORKER, Outcome(JobStatus.FAILED, 1, "stand-in worker"))
+
 
 @pytest.fixture
 async def served(settings: Settings, store: Store) -> AsyncIterator[Served]:
-    """The API on uvicorn on a free loopback port. Only 127.0.0.1 may be a repository host, so no
-    drawn URL sends a DNS query off this machine."""
+    """The API on uvicorn on a free loopback port, with jobs of two users, a worker and a scaling
+    decision to show. Only 127.0.0.1 may be a repository host, so no drawn URL sends a DNS query
+    off this machine."""
     settings = settings.model_copy(update={"allowed_hosts": ["127.0.0.1"]})
     auth = LocalAuth(settings.secret_key.get_secret_value())  # type: ignore[union-attr]
-    app = create_app(Services(settings, store, build_queue(settings, store), auth))
+    queue = SqlQueue(
+        store,
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts,
+        poll_interval=settings.poll_interval,
+    )
+    app = create_app(Services(settings, store, queue, auth))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
     )
     serving = asyncio.create_task(server.serve())
+    worker = asyncio.create_task(stand_in_worker(store, queue))
     deadline = time.monotonic() + 10
     while not server.started:
         if serving.done() or time.monotonic() > deadline:
             pytest.fail(f"uvicorn did not start on 127.0.0.1:{port}")
         await asyncio.sleep(0.02)
+    served = Served(f"http://127.0.0.1:{port}", auth)
     try:
-        yield Served(f"http://127.0.0.1:{port}", auth)
+        await seed(served, store)
+        yield served
     finally:
+        worker.cancel()
         server.should_exit = True
-        await serving
+        await asyncio.gather(serving, worker, return_exceptions=True)
 
 
-async def seed_jobs(served: Served) -> None:
-    """A cancelled job each for an admin and a user, so lists and reads answer real jobs (none
-    stays queued: with no worker, `logs?follow=true` on it would stream until the timeout)."""
+async def seed(served: Served, store: Store) -> None:
+    await store.scaling.record(
+        scaler="local", direction="out", actual=0, desired=1, reason="seed", inputs={"p95": 3.0}
+    )
     async with httpx.AsyncClient(base_url=served.url) as client:
-        for name, role in (("root", "admin"), ("alice", "user")):
-            headers = {"Authorization": f"Bearer {served.auth.mint(name, role)}"}
+        for name, role in (("root", "admin"), ("alice", "user"), ("bob", "user")):
+            headers = {"Authorization": f"Bearer {served.token(name, role)}"}
             body = {"repo": "https://127.0.0.1/octo/hello.git", "ref": "main", "env": {"A": "1"}}
             job = await client.post("/v1/jobs", json=body, headers=headers)
             assert job.status_code == 202, job.text
-            cancel = await client.post(f"/v1/jobs/{job.json()['id']}/cancel", headers=headers)
-            assert cancel.status_code == 202, cancel.text
 
 
 def schemathesis_cli() -> Path:
@@ -105,9 +139,13 @@ def schemathesis_cli() -> Path:
     return cli
 
 
-async def schemathesis(served: Served, tmp_path: Path, token: str) -> tuple[int, str]:
+async def schemathesis(
+    served: Served, tmp_path: Path, auth: str, *options: str
+) -> tuple[dict[str, Any], str]:
+    """`st run` against the served document; its JSON report and what it printed."""
     config = tmp_path / "schemathesis.toml"
-    config.write_text(CONFIG)
+    config.write_text(auth + EXCEPTIONS)
+    report = tmp_path / "report.json"
     process = await asyncio.create_subprocess_exec(
         str(schemathesis_cli()),
         "--config-file",
@@ -119,8 +157,6 @@ async def schemathesis(served: Served, tmp_path: Path, token: str) -> tuple[int,
         "all",
         "--seed",
         str(SEED),
-        "--max-examples",
-        str(MAX_EXAMPLES),
         "--request-timeout",
         str(REQUEST_TIMEOUT),
         "--generation-database",
@@ -128,20 +164,50 @@ async def schemathesis(served: Served, tmp_path: Path, token: str) -> tuple[int,
         "--workers",
         "1",
         "--continue-on-failure",
+        "--report",
+        "json",
+        "--report-json-path",
+        str(report),
+        *options,
         cwd=tmp_path,
-        env={**os.environ, "REPORUN_TEST_TOKEN": token, "NO_COLOR": "1"},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, output.decode(errors="replace")
+    printed = output.decode(errors="replace")
+    if process.returncode != 0 or not report.exists():
+        pytest.fail(f"schemathesis found failures (exit {process.returncode}):\n{printed}")
+    return json.loads(report.read_text()), printed
+
+
+async def documented_operations(served: Served) -> int:
+    async with httpx.AsyncClient(base_url=served.url) as client:
+        document = (await client.get("/openapi.json")).json()
+    return sum(len(methods) for methods in document["paths"].values())
+
+
+def assert_clean(report: dict[str, Any], printed: str, operations: int) -> None:
+    assert report["complete"] and not report["failures"] and not report["errors"], printed
+    assert report["operations"]["tested"] == operations, printed
 
 
 async def test_schemathesis_finds_no_failure_as_an_admin(served: Served, tmp_path: Path) -> None:
-    await seed_jobs(served)
-    started = time.monotonic()
-    code, report = await schemathesis(served, tmp_path, served.auth.mint("root", "admin"))
-    took = time.monotonic() - started
-    assert code == 0, f"schemathesis found failures ({took:.1f} s):\n{report}"
-    print(report)
+    auth = f'[auth.openapi.bearer]\nbearer = "{served.token("root", "admin")}"\n'
+    report, printed = await schemathesis(served, tmp_path, auth, "--max-examples", "20")
+    assert_clean(report, printed, await documented_operations(served))
+
+
+async def test_schemathesis_finds_no_failure_as_users(served: Served, tmp_path: Path) -> None:
+    """Two users that must not see each other's jobs: the 403 of every admin call, each user's
+    own view, and (object_level_authorization) neither reading the other's job."""
+    users = tmp_path / "users.json"
+    entries = [
+        {"name": name, "fixedHeaders": [{"name": "Authorization", "value": f"Bearer {token}"}]}
+        for name, token in ((n, served.token(n, "user")) for n in ("alice", "bob"))
+    ]
+    users.write_text(json.dumps({"auth": entries}))
+    auth = f'[auth.wfc]\npath = "{users}"\npeers = ["alice", "bob"]\n'
+    report, printed = await schemathesis(
+        served, tmp_path, auth, "--max-examples", "10", "--phases", "fuzzing,stateful"
+    )
+    assert_clean(report, printed, await documented_operations(served))
