@@ -1,4 +1,5 @@
-"""Errors as application/problem+json (RFC 9457), mapped once for the whole app."""
+"""Errors as application/problem+json (RFC 9457): mapped once for the whole app, and described
+once for the OpenAPI document (`responses()` builds a route's `responses=`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from reporun.errors import (
 logger = logging.getLogger("reporun.api")
 
 PROBLEM = "application/problem+json"
+_REF = "#/components/schemas/"
 _TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -235,15 +237,12 @@ def answer(
 
 
 def responses(
-    *statuses: int, authenticated: bool = True, why: Mapping[int, str] | None = None
+    *statuses: int, why: Mapping[int, str] | None = None
 ) -> dict[int | str, dict[str, Any]]:
-    """A route's `responses=`: the problems it can answer. An authenticated call can also be
-    refused its token (401) or role (403), or find the database or issuer down (503)."""
-    every = sorted({*statuses, *((401, 403, 503) if authenticated else ())})
+    """An authenticated route's `responses=`: the problems it answers besides those every such
+    call may get, a refused token (401) or role (403) and a database or issuer down (503)."""
+    every = sorted({*statuses, 401, 403, 503})
     return {status: answer(status, (why or {}).get(status)) for status in every}
-
-
-_REF = "#/components/schemas/"
 
 
 def document(app: FastAPI) -> None:

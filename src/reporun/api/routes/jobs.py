@@ -24,6 +24,10 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 FOLLOW_POLL = 0.2
 DNS_TIMEOUT = 2.0
+REFUSED = (
+    "The URL policy refuses the repository, or a ref, command, env or limit is refused; "
+    "`field` names it."
+)
 
 
 def owner_filter(user: Principal) -> str | None:
@@ -83,7 +87,7 @@ async def _check_resolved(host: str, services: Services) -> None:
     status_code=202,
     response_model=JobOut,
     summary="Submit a job",
-    responses=responses(400, 413, 422, 429),
+    responses=responses(400, 413, 422, 429, why={400: REFUSED}),
 )
 async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> JobOut:
     job = await submit_job(

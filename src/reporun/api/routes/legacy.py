@@ -37,7 +37,7 @@ def legacy_view(job: Job) -> dict[str, str]:
     "/add",
     response_class=PlainTextResponse,
     summary="Submit a job (seed)",
-    responses=responses(400, 422, 429),
+    responses=responses(400, 422, 429, why={400: "The URL policy refuses the repository."}),
 )
 async def add(
     url: Annotated[
