@@ -148,8 +148,8 @@ class Job(BaseModel):
 
 # Submission checks ---------------------------------------------------------------------------
 
-_REF = re.compile(r"^[A-Za-z0-9._/+-]{1,255}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+REF_PATTERN = re.compile(r"^[A-Za-z0-9._/+-]{1,255}$")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # Names a job may not set: they steer the loader, the shell or reporun itself.
 _RESERVED_ENV = re.compile(r"^(LD_.*|REPORUN_.*|PATH|HOME|TMPDIR|BASH_ENV|ENV|SHELLOPTS|IFS)$")
 
@@ -181,7 +181,7 @@ class JobRules:
 def check_ref(ref: str) -> str:
     """A branch, tag or commit name, as git's check-ref-format would take it."""
     if (
-        not _REF.match(ref)
+        not REF_PATTERN.match(ref)
         or ref.startswith(("-", "/", "."))
         or ref.endswith(("/", ".", ".lock"))
         or ".." in ref
@@ -213,7 +213,7 @@ def check_env(env: Mapping[str, str], rules: JobRules) -> dict[str, str]:
         raise InvalidInput(f"env has more than {rules.env_max_vars} variables", field="env")
     total = 0
     for name, value in env.items():
-        if not _ENV_NAME.match(name):
+        if not ENV_NAME_PATTERN.match(name):
             raise InvalidInput(f"env name {name[:80]!r} is not a valid name", field="env")
         if _RESERVED_ENV.match(name):
             raise InvalidInput(f"env name {name!r} is reserved", field="env")
@@ -230,7 +230,7 @@ def check_env(env: Mapping[str, str], rules: JobRules) -> dict[str, str]:
 
 _LIMITS = ("timeout", "memory", "processes", "log", "disk")
 # Below these a job cannot even start its shell.
-_LIMIT_MINIMUMS = {"timeout": 1, "memory": 16 * MiB, "processes": 8, "log": 0, "disk": 1 * MiB}
+LIMIT_MINIMUMS = {"timeout": 1, "memory": 16 * MiB, "processes": 8, "log": 0, "disk": 1 * MiB}
 
 
 def _limit(name: str, value: object, rules: JobRules, field: str) -> int:
@@ -240,8 +240,8 @@ def _limit(name: str, value: object, rules: JobRules, field: str) -> int:
     maximum = allowed.maximum
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidInput(f"{name} must be an integer", field=field)
-    if value < _LIMIT_MINIMUMS[name]:
-        raise InvalidInput(f"{name} must be at least {_LIMIT_MINIMUMS[name]}", field=field)
+    if value < LIMIT_MINIMUMS[name]:
+        raise InvalidInput(f"{name} must be at least {LIMIT_MINIMUMS[name]}", field=field)
     if value > maximum:
         raise InvalidInput(f"{name} {value} is above this server's maximum {maximum}", field=field)
     return value

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from reporun.api.auth import Authenticator, Principal
 from reporun.errors import Forbidden, Unauthorized
@@ -40,7 +41,20 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def authenticated(request: Request, services: ServicesDep) -> Principal:
+# Declares the scheme in the OpenAPI document; `authenticated` reads the header itself, so a
+# bad one gets reporun's own 401.
+bearer = HTTPBearer(
+    scheme_name="bearer",
+    auto_error=False,
+    description="a token from `reporun token create`, or the OIDC issuer's access token",
+)
+
+
+async def authenticated(
+    request: Request,
+    services: ServicesDep,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

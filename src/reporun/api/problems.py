@@ -1,15 +1,21 @@
-"""Errors as application/problem+json (RFC 9457), mapped once for the whole app."""
+"""Errors as application/problem+json (RFC 9457): mapped once for the whole app, and described
+once for the OpenAPI document (`responses()` builds a route's `responses=`)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from http import HTTPMethod
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema, models_json_schema
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from reporun.errors import (
     AuthError,
@@ -26,6 +32,7 @@ from reporun.errors import (
 logger = logging.getLogger("reporun.api")
 
 PROBLEM = "application/problem+json"
+_REF = "#/components/schemas/"
 _TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -40,6 +47,39 @@ _TITLES = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # absent, never null
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="the field, dotted: `limits.memory`, `env.A`")
+    message: str
+
+
+class Problem(BaseModel):
+    """An error as RFC 9457 problem details; more members may follow."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["about:blank"])
+    title: str = Field(examples=["Bad Request"])
+    status: int = Field(ge=400, le=599)
+    detail: str = Field(description="what went wrong, in one line")
+    field: str | SkipJsonSchema[None] = Field(
+        None, description="the request field at fault", json_schema_extra=_no_default
+    )
+    errors: list[FieldError] | SkipJsonSchema[None] = Field(
+        None, description="every invalid field (422)", json_schema_extra=_no_default
+    )
+
+
+class NotReady(Problem):
+    checks: dict[str, str] = Field(
+        description="`ok` or `down: <error>` for the database and the queue",
+        examples=[{"database": "ok", "queue": "down: TimeoutError"}],
+    )
 
 
 def problem(
@@ -88,7 +128,21 @@ def _field_of(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or str(loc[0] if loc else "body")
 
 
+def _allowed(request: Request) -> str:
+    """Every method the request's path takes: Starlette's 405 names only the first route's."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in sorted(HTTPMethod)
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
+
+
 def install(app: FastAPI) -> None:
+    document(app)
+
     @app.exception_handler(ReporunError)
     async def _reporun(request: Request, exc: ReporunError) -> JSONResponse:
         status = _status_of(exc)
@@ -117,7 +171,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed(request)}
+        return problem(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(DBAPIError)
     async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
@@ -137,3 +194,77 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error", extra={"action": "error"})
         return problem(500, "internal error")
+
+
+# The OpenAPI document -------------------------------------------------------------------------
+
+_RETRY_AFTER = {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}
+# What each status means wherever it is answered, and the headers it always (or may) carry.
+_ANSWERS: dict[int, tuple[str, dict[str, dict[str, Any]]]] = {
+    400: ("A value the server's policy refuses; `field` names it.", {}),
+    401: (
+        "No bearer token, or one that is not valid.",
+        {"WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Bearer"}}},
+    ),
+    403: ("The token lacks the role this call needs.", {}),
+    404: ("No such job, or (for a non-admin) another user's.", {}),
+    409: ("The job already ended.", {}),
+    413: ("The body is larger than the server's REPORUN_MAX_BODY_BYTES.", {}),
+    422: ("The request does not match this document; `errors` lists every invalid field.", {}),
+    429: (
+        "Over the caller's quota of pending jobs or submissions a minute.",
+        {"Retry-After": {**_RETRY_AFTER, "required": True}},
+    ),
+    503: (
+        "The database, the queue or the identity provider is not answering.",
+        {"Retry-After": _RETRY_AFTER},
+    ),
+}
+
+
+def answer(
+    status: int, description: str | None = None, *, model: type[Problem] = Problem
+) -> dict[str, Any]:
+    """One documented problem+json answer."""
+    default, headers = _ANSWERS[status]
+    documented: dict[str, Any] = {
+        "description": description or default,
+        "content": {PROBLEM: {"schema": {"$ref": f"{_REF}{model.__name__}"}}},
+    }
+    if headers:
+        documented["headers"] = headers
+    return documented
+
+
+def responses(
+    *statuses: int, why: Mapping[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """An authenticated route's `responses=`: the problems it answers besides those every such
+    call may get, a refused token (401) or role (403) and a database or issuer down (503)."""
+    every = sorted({*statuses, 401, 403, 503})
+    return {status: answer(status, (why or {}).get(status)) for status in every}
+
+
+def document(app: FastAPI) -> None:
+    """Complete the app's OpenAPI document: the problem schemas the answers refer to."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        fresh = app.openapi_schema is None
+        schema = generate()
+        if fresh:
+            _, definitions = models_json_schema(
+                [(Problem, "serialization"), (NotReady, "serialization")],
+                ref_template=_REF + "{model}",
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(definitions["$defs"])
+            if app.state.services.config.metrics_public:
+                # This server serves /metrics without a token (REPORUN_METRICS_PUBLIC).
+                metrics = schema["paths"]["/metrics"]["get"]
+                metrics.pop("security", None)
+                for status in ("401", "403"):
+                    metrics["responses"].pop(status, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's way to extend the document

@@ -4,32 +4,102 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
-from reporun.jobs import Job, JobStatus
+# The server's own checks, stated in the document (one source for both).
+from reporun.jobs import ENV_NAME_PATTERN, LIMIT_MINIMUMS, REF_PATTERN, Job, JobStatus
 from reporun.store import WorkerRecord
+from reporun.urlpolicy import MAX_URL_LENGTH
+
+
+class Documented:
+    """Constraints the document states but pydantic does not check: the server's own checks
+    (jobs.py, urlpolicy.py) refuse these values with a 400 naming the field, as they did before
+    the document said so, rather than a 422."""
+
+    def __init__(self, **constraints: Any) -> None:
+        self.constraints = constraints
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        documented = handler(schema)
+        documented.update(self.constraints)
+        return documented
+
+
+def _maximum(setting: str, default: str) -> str:
+    return f"; at most the server's REPORUN_{setting} ({default} by default)"
 
 
 class LimitsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    memory: Annotated[int | None, Field(description="bytes of address space")] = None
-    processes: int | None = None
-    log: Annotated[int | None, Field(description="bytes of log kept")] = None
-    disk: Annotated[int | None, Field(description="bytes of workspace and of /tmp")] = None
-    network: bool | None = None
+    memory: Annotated[
+        Annotated[int, Documented(minimum=LIMIT_MINIMUMS["memory"])] | None,
+        Field(description="bytes of address space" + _maximum("MEMORY_MAX", "4 GiB")),
+    ] = None
+    processes: Annotated[
+        Annotated[int, Documented(minimum=LIMIT_MINIMUMS["processes"])] | None,
+        Field(description="processes and threads" + _maximum("PROCESSES_MAX", "1024")),
+    ] = None
+    log: Annotated[
+        Annotated[int, Documented(minimum=LIMIT_MINIMUMS["log"])] | None,
+        Field(description="bytes of log kept" + _maximum("LOG_LIMIT_MAX", "16 MiB")),
+    ] = None
+    disk: Annotated[
+        Annotated[int, Documented(minimum=LIMIT_MINIMUMS["disk"])] | None,
+        Field(description="bytes of workspace and of /tmp" + _maximum("DISK_MAX", "4 GiB")),
+    ] = None
+    network: Annotated[
+        bool | None, Field(description="true only where REPORUN_NETWORK_ALLOWED is set")
+    ] = None
 
 
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    repo: Annotated[str, Field(max_length=4096, examples=["https://github.com/octo/hello.git"])]
-    ref: Annotated[str | None, Field(max_length=255)] = None
-    command: Annotated[str | None, Field(max_length=65536)] = None
-    timeout: Annotated[int | None, Field(description="seconds")] = None
-    env: dict[str, str] | None = None
+    repo: Annotated[
+        str,
+        Field(
+            max_length=4096,
+            description="a git URL whose scheme and host this server's URL policy allows",
+            examples=["https://github.com/octo/hello.git"],
+        ),
+        # pydantic refuses past 4096 characters (422), the URL policy past 2048 (400).
+        Documented(minLength=1, maxLength=MAX_URL_LENGTH),
+    ]
+    ref: Annotated[
+        Annotated[str, Field(max_length=255), Documented(pattern=REF_PATTERN.pattern)] | None,
+        Field(description="a branch, tag or commit, as git check-ref-format takes it"),
+    ] = None
+    command: Annotated[
+        Annotated[str, Field(max_length=65536), Documented(minLength=1)] | None,
+        Field(
+            description="a shell command, not blank"
+            + _maximum("COMMAND_MAX_BYTES", "8192 bytes of UTF-8")
+        ),
+    ] = None
+    timeout: Annotated[
+        Annotated[int, Documented(minimum=LIMIT_MINIMUMS["timeout"])] | None,
+        Field(description="seconds" + _maximum("TIMEOUT_MAX", "3600")),
+    ] = None
+    env: Annotated[
+        Annotated[dict[str, str], Documented(propertyNames={"pattern": ENV_NAME_PATTERN.pattern})]
+        | None,
+        Field(
+            description="variables for the job, not ones that steer the loader, the shell or "
+            "reporun (LD_*, REPORUN_*, PATH, HOME, ...); at most the server's "
+            "REPORUN_ENV_MAX_VARS variables and REPORUN_ENV_MAX_BYTES bytes (64 and 32 KiB "
+            "by default)"
+        ),
+    ] = None
     limits: LimitsIn | None = None
 
 
@@ -127,3 +197,20 @@ class ScalingOut(BaseModel):
     actual: int = Field(description="workers with a recent heartbeat")
     desired: int | None = Field(description="what the newest decision asked for")
     decisions: list[DecisionOut] = Field(description="newest first")
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, str] = Field(examples=[{"database": "ok", "queue": "ok"}])
+
+
+class LegacyJob(BaseModel):
+    usuario: str
+    key: uuid.UUID
+    status: Literal["Queued", "Running", "Finished", "Failed"]
+
+
+class PrometheusText(Response):
+    """The media type /metrics answers, for the document."""
+
+    media_type = CONTENT_TYPE_LATEST

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from reporun.api.deps import ServicesDep, admin_user, authenticated
+from reporun.api.deps import ServicesDep, admin_user, authenticated, bearer
 from reporun.api.metrics import exposition
-from reporun.api.problems import problem
+from reporun.api.problems import NotReady, answer, problem, responses
+from reporun.api.schemas import PrometheusText, Ready
 
 router = APIRouter(tags=["health"])
 
@@ -22,7 +23,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="200 when the database and queue answer, else 503")
+@router.get(
+    "/readyz",
+    response_model=Ready,
+    summary="200 when the database and queue answer, else 503",
+    responses={503: answer(503, "The database or the queue is not answering.", model=NotReady)},
+)
 async def readyz(services: ServicesDep) -> Response:
     checks: dict[str, str] = {}
     for name, probe in (("database", services.store.ping), ("queue", services.queue.ping)):
@@ -37,7 +43,13 @@ async def readyz(services: ServicesDep) -> Response:
     return problem(503, f"not ready: {down}", checks=checks)
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    response_class=PrometheusText,
+    summary="Prometheus metrics",
+    responses=responses(),
+    dependencies=[Security(bearer)],
+)
 async def metrics(request: Request, services: ServicesDep) -> Response:
     if not services.config.metrics_public:
         await admin_user(await authenticated(request, services))

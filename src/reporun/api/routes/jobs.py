@@ -12,6 +12,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from reporun.api.auth import Principal
 from reporun.api.deps import CurrentUser, ServicesDep
+from reporun.api.problems import responses
 from reporun.api.schemas import JobCreate, JobOut, JobPage
 from reporun.errors import IllegalTransition
 from reporun.jobs import JobStatus
@@ -19,6 +20,10 @@ from reporun.jobs import JobStatus
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 FOLLOW_POLL = 0.2
+REFUSED = (
+    "The URL policy refuses the repository, or a ref, command, env or limit is refused; "
+    "`field` names it."
+)
 
 
 def owner_filter(user: Principal) -> str | None:
@@ -26,7 +31,13 @@ def owner_filter(user: Principal) -> str | None:
     return None if user.is_admin else user.name
 
 
-@router.post("", status_code=202, response_model=JobOut, summary="Submit a job")
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    summary="Submit a job",
+    responses=responses(400, 413, 422, 429, why={400: REFUSED}),
+)
 async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> JobOut:
     job = await services.submissions.submit(
         user.name,
@@ -41,7 +52,12 @@ async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> J
     return JobOut.of(job)
 
 
-@router.get("", response_model=JobPage, summary="List jobs, newest first")
+@router.get(
+    "",
+    response_model=JobPage,
+    summary="List jobs, newest first",
+    responses=responses(400, 422, why={400: "The cursor is not one this server gave out."}),
+)
 async def list_jobs(
     user: CurrentUser,
     services: ServicesDep,
@@ -55,7 +71,7 @@ async def list_jobs(
     return JobPage(items=[JobOut.of(j) for j in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="Show a job")
+@router.get("/{job_id}", response_model=JobOut, summary="Show a job", responses=responses(404, 422))
 async def show(job_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> JobOut:
     return JobOut.of(await services.store.get_job(job_id, owner=owner_filter(user)))
 
@@ -64,6 +80,7 @@ async def show(job_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> J
     "/{job_id}/logs",
     response_class=PlainTextResponse,
     summary="A job's log; ?follow=true streams it until the job ends",
+    responses=responses(404, 422),
 )
 async def logs(
     job_id: uuid.UUID, user: CurrentUser, services: ServicesDep, follow: bool = False
@@ -85,7 +102,13 @@ async def logs(
     return StreamingResponse(chunks(), media_type="text/plain; charset=utf-8")
 
 
-@router.post("/{job_id}/cancel", status_code=202, response_model=JobOut, summary="Cancel a job")
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    summary="Cancel a job",
+    responses=responses(404, 409, 422),
+)
 async def cancel(job_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> JobOut:
     job = await services.queue.cancel(job_id, owner=owner_filter(user))
     if job.status.terminal and job.status is not JobStatus.CANCELLED:

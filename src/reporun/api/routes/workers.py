@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query
 
 from reporun.api.auth import Principal
 from reporun.api.deps import ServicesDep, admin_user
+from reporun.api.problems import responses
 from reporun.api.schemas import DecisionOut, ScalingOut, WorkerOut, WorkerPage
 
 router = APIRouter(prefix="/v1", tags=["workers"])
@@ -15,7 +16,12 @@ router = APIRouter(prefix="/v1", tags=["workers"])
 AdminUser = Annotated[Principal, Depends(admin_user)]
 
 
-@router.get("/workers", response_model=WorkerPage, summary="Workers with a recent heartbeat")
+@router.get(
+    "/workers",
+    response_model=WorkerPage,
+    summary="Workers with a recent heartbeat",
+    responses=responses(),
+)
 async def workers(_: AdminUser, services: ServicesDep) -> WorkerPage:
     store = services.store
     alive = services.config.worker_alive
@@ -24,7 +30,12 @@ async def workers(_: AdminUser, services: ServicesDep) -> WorkerPage:
     return WorkerPage(items=[WorkerOut.of(row, running=busy.get(row.id)) for row in rows])
 
 
-@router.get("/scaling", response_model=ScalingOut, summary="The observer's recent decisions")
+@router.get(
+    "/scaling",
+    response_model=ScalingOut,
+    summary="The observer's recent decisions",
+    responses=responses(422),
+)
 async def scaling(
     _: AdminUser, services: ServicesDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> ScalingOut:
