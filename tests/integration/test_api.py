@@ -9,6 +9,9 @@ import pytest
 
 from tests.integration.conftest import Api
 
+# A job id no test creates (fixed, so parallel runs collect the same test names).
+NO_SUCH_JOB = uuid.UUID("00000000-0000-4000-8000-000000000000")
+
 PROBLEM = "application/problem+json"
 REPO = "https://example.org/octo/hello.git"
 
@@ -116,15 +119,15 @@ async def test_a_huge_env_is_refused(api: Api) -> None:
 @pytest.mark.parametrize(
     ("path", "status", "field"),
     [
-        (f"/v1/jobs/{uuid.uuid4()}", 404, None),
+        (f"/v1/jobs/{NO_SUCH_JOB}", 404, None),
         ("/v1/jobs/not-a-uuid", 422, "job_id"),
-        (f"/v1/jobs/{uuid.uuid4()}/logs", 404, None),
+        (f"/v1/jobs/{NO_SUCH_JOB}/logs", 404, None),
         ("/v1/jobs/123/logs", 422, "job_id"),
         ("/v1/jobs?cursor=garbage!!", 400, "cursor"),
         (
             "/v1/jobs?cursor="
             + __import__("base64")
-            .urlsafe_b64encode(f"9999-12-31T23:59:59-23:59|{uuid.uuid4()}".encode())
+            .urlsafe_b64encode(f"9999-12-31T23:59:59-23:59|{NO_SUCH_JOB}".encode())
             .decode(),
             400,
             "cursor",
@@ -134,7 +137,7 @@ async def test_a_huge_env_is_refused(api: Api) -> None:
         ("/v1/jobs?limit=0", 422, "limit"),
         ("/v1/jobs?limit=many", 422, "limit"),
         ("/status?key=nope", 422, "key"),
-        (f"/status?key={uuid.uuid4()}", 404, None),
+        (f"/status?key={NO_SUCH_JOB}", 404, None),
         ("/status", 422, "key"),
         ("/add", 422, "url"),
         ("/add?url=file:///etc/passwd", 400, "repo"),
@@ -148,7 +151,7 @@ async def test_bad_reads_are_4xx(api: Api, path: str, status: int, field: str | 
 
 @pytest.mark.parametrize(
     ("path", "status"),
-    [(f"/v1/jobs/{uuid.uuid4()}/cancel", 404), ("/v1/jobs/zzz/cancel", 422)],
+    [(f"/v1/jobs/{NO_SUCH_JOB}/cancel", 404), ("/v1/jobs/zzz/cancel", 422)],
 )
 async def test_bad_cancels_are_4xx(api: Api, path: str, status: int) -> None:
     assert_problem(await api.client.post(path, headers=api.headers()), status)
@@ -160,7 +163,7 @@ async def test_wrong_method_is_405(api: Api) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/v1/jobs", f"/v1/jobs/{uuid.uuid4()}", "/all", "/status?key=x", "/add?url=x", "/metrics"],
+    ["/v1/jobs", f"/v1/jobs/{NO_SUCH_JOB}", "/all", "/status?key=x", "/add?url=x", "/metrics"],
 )
 @pytest.mark.parametrize("header", [None, "Bearer", "Bearer garbage", "Basic YTpi", "Bearer a.b.c"])
 async def test_no_or_bad_token_is_401(api: Api, path: str, header: str | None) -> None:
