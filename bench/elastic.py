@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import BenchError, Reporun, progress, reporun_serve, stamp
+from base import BenchError, Reporun, progress, reporun_serve, stamp
 from workloads import (
     TERMINAL,
     job,

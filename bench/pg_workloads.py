@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 import workloads
-from harness import BenchError, progress, stamp
+from base import BenchError, progress, stamp
 from pgcluster import Cluster, PgServer, cluster
 from workloads import TERMINAL, gather_all, percentile, require_succeeded, wait_job
 

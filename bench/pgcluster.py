@@ -27,7 +27,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from harness import (
+from base import (
     LOOPBACK,
     STARTUP_TIMEOUT,
     STOP_GRACE,
@@ -219,7 +219,7 @@ class Cluster:
         return list(await asyncio.gather(*(self.token(n, role) for n in names)))
 
     def reporun(self, token: str | None = None) -> Reporun:
-        """The harness's handle (base URL, token, an httpx client) for this cluster."""
+        """The handle (base URL, token, an httpx client) for this cluster."""
         log = self.api_log or self.root / "none.log"
         return Reporun(self.url, token or self.admin, len(self.workers), log)
 

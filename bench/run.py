@@ -83,7 +83,7 @@ from typing import Any
 
 import elastic
 import pg_workloads
-from harness import (
+from base import (
     BenchError,
     git_daemon,
     make_repository,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from harness import BenchError, Reporun, run_git, stamp, traversable_dir
+from base import BenchError, Reporun, run_git, stamp, traversable_dir
 
 from reporun.jobs import Limits
 from reporun.worker.sandbox import Bubblewrap
