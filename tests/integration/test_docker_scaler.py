@@ -20,9 +20,9 @@ from reporun.observer.loop import Observer
 from reporun.observer.policy import PolicySettings
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
-from tests.conftest import GitServer
+from tests.harness.git import GitServer
+from tests.harness.postgres import Postgres
 from tests.podman import BUILD_TIMEOUT, HOST_ADDRESS, WORKER_SECURITY_OPT, Compose, Podman
-from tests.postgres import Postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUILD_TIMEOUT)]
 
