@@ -25,18 +25,19 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
-import workloads
-from base import BenchError, progress, stamp
-from pgcluster import Cluster, PgServer, cluster
-from workloads import TERMINAL, gather_all, percentile, require_succeeded, wait_job
+from base import BenchError, gather_all, progress, stamp
+from pgcluster import Cluster, cluster
+from tests.harness.client import Client
+from tests.harness.postgres import Postgres
+from workloads import require_succeeded
 
 from reporun.config import normalize_database_url
 from reporun.jobs import JobSpec, JobStatus, Limits
+from reporun.observer.policy import percentile
 from reporun.store import Store
 from reporun.store.store import encode_cursor
 
 COMMAND = "true"
-POLL = 0.05
 SUBMITTERS = 4
 LISTING_PAGE = 50
 CURSOR_DEPTH = 20
@@ -45,34 +46,15 @@ LIGHT_USER = "user-0042"  # one of 1000 users sharing the rest (~800 jobs)
 SEED_BATCH = 250_000
 
 
-def _spread(values: list[float]) -> dict[str, float]:
+def _spread(values: list[float]) -> dict[str, float | None]:
     return {
         "p50": percentile(values, 50),
         "p95": percentile(values, 95),
-        "max": max(values) if values else float("nan"),
+        "max": max(values) if values else None,
     }
 
 
 # Talking to reporun -------------------------------------------------------------------------
-async def submit(http: httpx.AsyncClient, repo: str, command: str = COMMAND) -> str:
-    return await workloads.submit(http, repo, command)
-
-
-async def listed(http: httpx.AsyncClient) -> list[dict[str, Any]]:
-    """Every job the token may see, following the cursor."""
-    items: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 500}
-    while True:
-        response = await http.get("/v1/jobs", params=params)
-        if response.status_code != 200:
-            raise BenchError(f"GET /v1/jobs answered {response.status_code}: {response.text}")
-        page = response.json()
-        items += page["items"]
-        if not page["next_cursor"]:
-            return items
-        params["cursor"] = page["next_cursor"]
-
-
 async def pending(c: Cluster) -> int:
     return int(await c.fetchval("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"))
 
@@ -88,15 +70,15 @@ async def wait_drained(c: Cluster, *, report_every: float = 0.0, total: int = 0)
         await asyncio.sleep(0.1)
 
 
-async def warm_up(c: Cluster, http: httpx.AsyncClient, repo: str) -> None:
+async def warm_up(c: Cluster, client: Client, repo: str) -> None:
     """Jobs until every worker has run one: mirrors cloned, every worker past its first job
     (and listening, when it listens), so what follows measures the steady state."""
     workers = len(c.workers)
     seen: set[str] = set()
     for _ in range(10):
-        ids = [await submit(http, repo) for _ in range(2 * workers)]
-        records = [await wait_job(http, i) for i in ids]
-        await require_succeeded(http, records)
+        ids = [(await client.submit(repo, command=COMMAND))["id"] for _ in range(2 * workers)]
+        records = [await client.wait(i, timeout=None) for i in ids]
+        await require_succeeded(client, records)
         seen |= {r["worker"] for r in records}
         if len(seen) >= workers:
             await wait_drained(c)
@@ -105,7 +87,7 @@ async def warm_up(c: Cluster, http: httpx.AsyncClient, repo: str) -> None:
 
 
 async def submit_many(
-    clients: list[httpx.AsyncClient], repo: str, total: int
+    clients: list[Client], repo: str, total: int
 ) -> tuple[list[list[str]], list[float]]:
     """`total` POSTs shared out over the clients, each client sequential, all concurrent:
     (ids per client, POST latencies)."""
@@ -116,7 +98,7 @@ async def submit_many(
     async def lane(n: int) -> None:
         for _ in range(shares[n]):
             begun = time.monotonic()
-            ids[n].append(await submit(clients[n], repo))
+            ids[n].append((await clients[n].submit(repo, command=COMMAND))["id"])
             latencies.append(time.monotonic() - begun)
 
     await gather_all([lane(n) for n in range(len(clients))])
@@ -147,30 +129,30 @@ def require_ok(records: list[dict[str, Any]], expected: int) -> None:
 
 
 # 1. Dispatch latency ------------------------------------------------------------------------
-async def dispatch(server: PgServer, root: Path, repo: str, jobs: int, notify: bool) -> dict:
+async def dispatch(server: Postgres, root: Path, repo: str, jobs: int, notify: bool) -> dict:
     mode = "notify" if notify else "poll"
     env = {"REPORUN_NOTIFY": "true" if notify else "false"}
     waits: list[float] = []
     async with (
         cluster(server, root, f"dispatch-{mode}", workers=2, env=env) as c,
-        c.reporun().client() as http,
+        c.api.client() as client,
     ):
-        await warm_up(c, http, repo)
+        await warm_up(c, client, repo)
         for _ in range(jobs):
             await asyncio.sleep(random.uniform(0.1, 0.4))
-            record = await wait_job(http, await submit(http, repo))
-            await require_succeeded(http, [record])
+            job = await client.submit(repo, command=COMMAND)
+            record = await client.wait(job["id"], timeout=None)
+            await require_succeeded(client, [record])
             waits.append(float(record["wait_seconds"]))
     return {"mode": mode, "workers": 2, "jobs": jobs, **_spread(waits)}
 
 
 # 2. Throughput ------------------------------------------------------------------------------
-async def throughput(server: PgServer, root: Path, repo: str, workers: int, jobs: int) -> dict:
+async def throughput(server: Postgres, root: Path, repo: str, workers: int, jobs: int) -> dict:
     async with cluster(server, root, f"throughput-{workers}", workers=workers) as c:
-        admin = c.reporun()
-        async with admin.client() as http:
-            await warm_up(c, http, repo)
-        clients = [admin.client() for _ in range(SUBMITTERS)]
+        async with c.api.client() as client:
+            await warm_up(c, client, repo)
+        clients = [c.api.client() for _ in range(SUBMITTERS)]
         try:
             started = time.time()
             ids, posts = await submit_many(clients, repo, jobs)
@@ -192,13 +174,13 @@ async def throughput(server: PgServer, root: Path, repo: str, workers: int, jobs
 
 
 # 3. The load figure -------------------------------------------------------------------------
-async def load(server: PgServer, root: Path, repo: str, jobs: int, workers: int) -> dict:
+async def load(server: Postgres, root: Path, repo: str, jobs: int, workers: int) -> dict:
     async with cluster(server, root, "load", workers=workers) as c:
         users = [f"submitter-{n}" for n in range(SUBMITTERS)]
         tokens = await c.tokens(users)
-        async with c.reporun().client() as http:
-            await warm_up(c, http, repo)
-        clients = [c.reporun(t).client() for t in tokens]
+        async with c.api.client() as client:
+            await warm_up(c, client, repo)
+        clients = [c.api.client(t) for t in tokens]
         try:
             progress(f"  submitting {jobs} jobs from {SUBMITTERS} clients")
             started = time.time()
@@ -227,7 +209,7 @@ async def load(server: PgServer, root: Path, repo: str, jobs: int, workers: int)
 
 async def _exactly_once(
     c: Cluster,
-    clients: list[httpx.AsyncClient],
+    clients: list[Client],
     users: list[str],
     ids: list[list[str]],
     jobs: int,
@@ -254,7 +236,7 @@ async def _exactly_once(
         raise BenchError(f"jobs by status: {by_status}")
     retried = sum(1 for r in records if r["attempts"] != 1)
     for client, user, lane in zip(clients, users, ids, strict=True):
-        seen = await listed(client)
+        seen = await client.jobs()
         if sorted(j["id"] for j in seen) != sorted(lane):
             raise BenchError(f"{user} lists {len(seen)} jobs, submitted {len(lane)}")
         if {j["status"] for j in seen} != {"succeeded"}:
@@ -322,7 +304,7 @@ YEAR = 365 * 24 * 3600
 
 
 async def seed(c: Cluster, rows: int) -> dict[str, Any]:
-    conn = await c.server.connect(c.database)
+    conn = await c.connect()
     try:
         began = time.monotonic()
         for low in range(0, rows, SEED_BATCH):
@@ -394,7 +376,7 @@ async def _middle_cursor(c: Cluster, owner: str | None) -> str:
     return encode_cursor(rows[0]["created_at"], rows[0]["id"])
 
 
-async def listing(server: PgServer, root: Path, rows: int, requests: int) -> dict[str, Any]:
+async def listing(server: Postgres, root: Path, rows: int, requests: int) -> dict[str, Any]:
     seeded: dict[str, Any] = {}
 
     async def fill(c: Cluster) -> None:
@@ -405,10 +387,15 @@ async def listing(server: PgServer, root: Path, rows: int, requests: int) -> dic
         deep = max(10, requests // 10)
         cases: dict[str, list[float]] = {}
         async with (
-            c.reporun().client() as admin,
-            c.reporun(heavy).client() as heavy_http,
-            c.reporun(light).client() as light_http,
+            c.api.client() as admin_client,
+            c.api.client(heavy) as heavy_client,
+            c.api.client(light) as light_client,
         ):
+            admin, heavy_http, light_http = (
+                admin_client.http,
+                heavy_client.http,
+                light_client.http,
+            )
             for http in (admin, heavy_http, light_http):
                 await _first_pages(http, 5)  # connections, caches, the api's pool warm
             progress("  first pages: admin, heavy user, light user")
@@ -429,7 +416,7 @@ async def listing(server: PgServer, root: Path, rows: int, requests: int) -> dic
             cases["heavy_cursor_halfway"] = await _first_pages(
                 heavy_http, deep, cursor=middles[HEAVY_USER]
             )
-            submissions = await _submissions_on_empty_queue(c, admin, deep)
+            submissions = await _submissions_on_empty_queue(c, admin_client, deep)
             # The first scrape adds up settled history once; later ones read only recent ends.
             metrics = await _timed(3, lambda: admin.get("/metrics"))
         plans = await explain(c, middles)
@@ -444,7 +431,7 @@ async def listing(server: PgServer, root: Path, rows: int, requests: int) -> dic
     }
 
 
-async def _submissions_on_empty_queue(c: Cluster, http: httpx.AsyncClient, count: int) -> list:
+async def _submissions_on_empty_queue(c: Cluster, client: Client, count: int) -> list:
     """POST /v1/jobs while nothing is queued (each job cancelled before the next POST, so the
     queue stays empty): the submission path over a long history."""
     await c.fetchval(
@@ -454,9 +441,9 @@ async def _submissions_on_empty_queue(c: Cluster, http: httpx.AsyncClient, count
     latencies = []
     for _ in range(count):
         begun = time.monotonic()
-        job_id = await submit(http, "https://git.example.org/group/project-1.git")
+        job = await client.submit("https://git.example.org/group/project-1.git", command=COMMAND)
         latencies.append(time.monotonic() - begun)
-        response = await http.post(f"/v1/jobs/{job_id}/cancel")
+        response = await client.http.post(f"/v1/jobs/{job['id']}/cancel")
         if response.status_code != 202:
             raise BenchError(f"cancel answered {response.status_code}: {response.text[:200]}")
     return latencies
@@ -465,7 +452,7 @@ async def _submissions_on_empty_queue(c: Cluster, http: httpx.AsyncClient, count
 async def explain(c: Cluster, middles: dict[str | None, str]) -> dict[str, dict[str, Any]]:
     """EXPLAIN ANALYZE of the very statements reporun's store runs for the listing cases (and
     for a submission), captured from SQLAlchemy: the plan's nodes, indexes and time."""
-    store = Store.open(normalize_database_url(c.server.dsn(c.database)))
+    store = Store.open(normalize_database_url(c.postgres.dsn(c.database)))
     statements: list[tuple[str, Any]] = []
 
     def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
@@ -564,28 +551,29 @@ async def _plan(conn: Any, statement: str, parameters: Any) -> dict[str, Any]:
 
 
 # 5. A dead worker's job ---------------------------------------------------------------------
-async def lease(server: PgServer, root: Path, repo: str, lease_seconds: float | None) -> dict:
+async def lease(server: Postgres, root: Path, repo: str, lease_seconds: float | None) -> dict:
     """One worker runs `sleep 5`; SIGKILL it mid-job and start another at once: seconds from
     the kill until the job runs again (attempt 2) and until it ends."""
     env = {} if lease_seconds is None else {"REPORUN_LEASE_SECONDS": f"{lease_seconds:g}"}
     name = f"lease-{lease_seconds or 'default'}"
     async with (
         cluster(server, root, name, workers=1, env=env) as c,
-        c.reporun().client() as http,
+        c.api.client() as client,
     ):
-        await warm_up(c, http, repo)
-        job_id = await submit(http, repo, "sleep 5")
-        record = await _poll(http, job_id, lambda r: r["status"] != "queued")
+        await warm_up(c, client, repo)
+        job_id = (await client.submit(repo, command="sleep 5"))["id"]
+        record = await _poll(client, job_id, lambda r: r["status"] != "queued")
         if record["status"] != "running":
             raise BenchError(f"the job is {record['status']}, not running")
         await asyncio.sleep(1.0)  # in its sandbox by now
         first = c.workers[0]
         killed = time.time()
-        first.kill()
-        await first.wait()
-        await c.start_worker()
-        again = await _poll(http, job_id, lambda r: r["attempts"] >= 2 and r["status"] != "queued")
-        ended = await _poll(http, job_id, lambda r: r["status"] in TERMINAL)
+        await c.kill_worker(first)
+        c.start_worker()
+        again = await _poll(
+            client, job_id, lambda r: r["attempts"] >= 2 and r["status"] != "queued"
+        )
+        ended = await client.wait(job_id, timeout=None)
     if (ended["status"], ended["attempts"]) != ("succeeded", 2):
         raise BenchError(f"the job ended {ended['status']} after {ended['attempts']} attempts")
     return {
@@ -598,10 +586,8 @@ async def lease(server: PgServer, root: Path, repo: str, lease_seconds: float | 
 
 
 async def _poll(
-    http: httpx.AsyncClient, job_id: str, done: Callable[[dict[str, Any]], bool]
+    client: Client, job_id: str, done: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
-    while True:
-        response = await http.get(f"/v1/jobs/{job_id}")
-        if response.status_code == 200 and done(record := response.json()):
-            return dict(record)
-        await asyncio.sleep(POLL)
+    while not done(record := await client.job(job_id)):
+        await asyncio.sleep(client.poll)
+    return record

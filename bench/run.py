@@ -28,7 +28,9 @@ How to read the ratios
   on a shared machine: compare runs made on the same host, and expect a few percent of noise.
 
 Each throughput cell is one round of M jobs; `--repeat R` runs R rounds and reports the
-median (worth it before deciding anything on a few percent).
+median (worth it before deciding anything on a few percent). Percentiles (p50, p95) are the
+nearest rank, as the observer takes them (reporun.observer.policy.percentile): the bench's p95
+wait is the one the scaler acts on.
 
 Elasticity (`--no-elastic` skips it; see bench/elastic.py): the observer's reaction time,
 with its default 1 s tick and polling every 30 s as KEDA does, and the drain time of a burst
@@ -81,23 +83,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+# Run as `python bench/run.py`, Python puts bench/ on the path; the harness is under tests/.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
 import elastic
 import pg_workloads
-from base import (
-    BenchError,
-    git_daemon,
-    make_repository,
-    progress,
-    reporun_serve,
-    traversable_dir,
-)
-from pgcluster import PgServer
-from workloads import (
-    dispatch_latency,
-    hand_throughput,
-    reporun_throughput,
-    submission_rate,
-)
+import pgcluster
+from base import BenchError, git_repository, progress, serve, traversable_dir
+from hand import hand_throughput
+from tests.harness import HarnessError
+from tests.harness.postgres import Postgres
+from workloads import dispatch_latency, reporun_throughput, submission_rate
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 PARALLELISM = (1, 2)
@@ -224,10 +220,8 @@ async def bounded(phase: str, seconds: float) -> AsyncIterator[None]:
 
 # The measurements, in order -----------------------------------------------------------------
 async def measure(options: Options, root: Path) -> dict[str, Any]:
-    base = traversable_dir(root / "git")
-    await make_repository(base)
     results: dict[str, Any] = {}
-    async with git_daemon(base) as repo:
+    async with git_repository(root) as repo:
         progress(f"serving {repo}")
         if options.embedded:
             results["throughput"] = []
@@ -262,20 +256,19 @@ async def measure_elastic(options: Options, root: Path, repo: str) -> dict[str, 
 
 async def measure_postgres(options: Options, root: Path, repo: str) -> dict[str, Any]:
     """Each measurement on a fresh database; the server is this machine's or our own."""
-    server = PgServer()
-    await server.start()
-    results: dict[str, Any] = {"server": server.description}
+    server = await pgcluster.start_postgres()
+    results: dict[str, Any] = {"server": pgcluster.description(server)}
     try:
-        results["version"] = await server.version()
+        results["version"] = await pgcluster.version(server)
         progress(f"postgres: {results['server']}, version {results['version']}")
         for name in options.pg_measures:
             results[name] = await PG_STEPS[name](options, server, root, repo)
     finally:
-        await server.stop()
+        await pgcluster.stop_postgres(server)
     return results
 
 
-async def pg_dispatch(options: Options, server: PgServer, root: Path, repo: str) -> Any:
+async def pg_dispatch(options: Options, server: Postgres, root: Path, repo: str) -> Any:
     result = {}
     for notify in (True, False):
         mode = "notify" if notify else "poll"
@@ -289,7 +282,7 @@ async def pg_dispatch(options: Options, server: PgServer, root: Path, repo: str)
     return result
 
 
-async def pg_throughput(options: Options, server: PgServer, root: Path, repo: str) -> Any:
+async def pg_throughput(options: Options, server: Postgres, root: Path, repo: str) -> Any:
     rows = []
     for workers in PG_WORKERS:
         progress(f"pg throughput: {options.pg_jobs} jobs, {workers} worker(s)")
@@ -298,7 +291,7 @@ async def pg_throughput(options: Options, server: PgServer, root: Path, repo: st
     return rows
 
 
-async def pg_load(options: Options, server: PgServer, root: Path, repo: str) -> Any:
+async def pg_load(options: Options, server: Postgres, root: Path, repo: str) -> Any:
     jobs = options.pg_load_jobs
     progress(
         f"pg load: {jobs} jobs, {pg_workloads.SUBMITTERS} submitters, {PG_LOAD_WORKERS} workers"
@@ -308,13 +301,13 @@ async def pg_load(options: Options, server: PgServer, root: Path, repo: str) -> 
         return await pg_workloads.load(server, root, repo, jobs, PG_LOAD_WORKERS)
 
 
-async def pg_listing(options: Options, server: PgServer, root: Path, repo: str) -> Any:
+async def pg_listing(options: Options, server: Postgres, root: Path, repo: str) -> Any:
     progress(f"pg listing: {options.pg_rows} jobs in the table, {options.pg_requests} requests")
     async with bounded("pg listing", options.timeout + options.pg_rows / 10_000):
         return await pg_workloads.listing(server, root, options.pg_rows, options.pg_requests)
 
 
-async def pg_lease(options: Options, server: PgServer, root: Path, repo: str) -> Any:
+async def pg_lease(options: Options, server: Postgres, root: Path, repo: str) -> Any:
     rows = []
     for lease in options.pg_leases:
         label = f"{lease:g} s" if lease else "the default"
@@ -324,7 +317,7 @@ async def pg_lease(options: Options, server: PgServer, root: Path, repo: str) ->
     return rows
 
 
-PG_STEPS: dict[str, Callable[[Options, PgServer, Path, str], Awaitable[Any]]] = {
+PG_STEPS: dict[str, Callable[[Options, Postgres, Path, str], Awaitable[Any]]] = {
     "dispatch": pg_dispatch,
     "throughput": pg_throughput,
     "load": pg_load,
@@ -335,7 +328,7 @@ PG_STEPS: dict[str, Callable[[Options, PgServer, Path, str], Awaitable[Any]]] = 
 
 async def measure_submissions(options: Options, root: Path, repo: str) -> dict[str, float]:
     progress(f"submissions: {options.posts} POSTs from {options.clients} clients, 0 workers")
-    async with reporun_serve(root, "submit", workers=0) as server:
+    async with serve(root, "submit", workers=0) as server:
         return await submission_rate(server, repo, options.posts, options.clients)
 
 
@@ -349,9 +342,9 @@ async def measure_throughput(
         )
     progress(f"reporun: {options.jobs} jobs, {lanes} worker(s)")
     latency = None
-    async with reporun_serve(root, f"workers-{lanes}", workers=lanes) as server:
+    async with serve(root, f"workers-{lanes}", workers=lanes) as server:
         async with bounded(f"reporun with {lanes} worker(s)", options.timeout):
-            served = await reporun_throughput(server, repo, options.jobs, options.rounds)
+            served = await reporun_throughput(server, lanes, repo, options.jobs, options.rounds)
         if lanes == LATENCY_WORKERS:
             progress(f"dispatch latency: {options.latency_jobs} jobs one at a time")
             async with bounded("dispatch latency", options.timeout):
@@ -598,7 +591,7 @@ def main(argv: list[str]) -> int:
         progress(f"warning: load average {load_before:.2f} before starting: figures will be noisy")
     try:
         results = asyncio.run(bench(options))
-    except BenchError as exc:
+    except HarnessError as exc:  # BenchError among them
         print(f"bench: FAILED: {exc}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):

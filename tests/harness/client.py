@@ -65,6 +65,9 @@ class Client:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
         await self.http.aclose()
 
     async def submit(
@@ -161,5 +164,5 @@ class BlockingClient:
         return self.run(self.client.http.post(path, **kwargs))
 
     def close(self) -> None:
-        self.run(self.client.http.aclose())
+        self.run(self.client.aclose())
         self._runner.close()
