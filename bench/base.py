@@ -20,6 +20,8 @@ from tests.harness.git import GitServer
 from tests.harness.processes import Processes
 from tests.harness.server import Server
 
+from reporun.observer.policy import percentile
+
 RUN_SH = "#!/bin/sh\necho ok\n"
 STOP_GRACE = 20.0
 
@@ -35,6 +37,15 @@ def stamp(value: str) -> float:
 
 class BenchError(HarnessError):
     """A benchmark could not run or a job did not succeed: report it and exit 1."""
+
+
+def spread(values: list[float]) -> dict[str, float | None]:
+    """p50, p95 (the observer's percentile: nearest rank) and max; None for no values."""
+    return {
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "max": max(values) if values else None,
+    }
 
 
 def traversable_dir(path: Path) -> Path:
