@@ -38,9 +38,6 @@ class Elastic:
         self.process = server.process
         self.api = server.blocking_client(timeout=10)
 
-    def submit(self, repo: str, command: str) -> str:
-        return str(self.api.submit(repo, command=command)["id"])
-
     def workers(self) -> list[dict[str, Any]]:
         return list(self.api.get("/v1/workers").json()["items"])
 
@@ -77,7 +74,7 @@ def test_a_burst_grows_the_pool_drains_and_shrinks_back(
     pool = elastic(1, 4)
     pool.until("one worker at the start", lambda: len(pool.workers()) == 1, 30)
     repo = git_server.make_repo({"run.sh": "#!/bin/sh\nsleep 1.5\necho done\n"})
-    ids = [pool.submit(repo, "./run.sh") for _ in range(24)]
+    ids = [pool.api.submit(repo, command="./run.sh")["id"] for _ in range(24)]
 
     most = 0
 
@@ -121,9 +118,9 @@ def test_scale_in_never_takes_the_worker_running_a_long_job(
 ) -> None:
     pool = elastic(1, 3)
     repo = git_server.make_repo({"run.sh": '#!/bin/sh\nsleep "$1"\n'})
-    long = pool.submit(repo, "./run.sh 20")
+    long = pool.api.submit(repo, command="./run.sh 20")["id"]
     pool.until("the long job started", lambda: pool.api.job(long)["status"] == "running", 30)
-    short = [pool.submit(repo, "./run.sh 1.5") for _ in range(6)]
+    short = [pool.api.submit(repo, command="./run.sh 1.5")["id"] for _ in range(6)]
     pool.until("more workers", lambda: len(pool.workers()) >= 2, 30)
     pool.until(
         "the short jobs ended",

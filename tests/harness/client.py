@@ -132,20 +132,17 @@ class BlockingClient:
         self._runner = asyncio.Runner(loop_factory=asyncio.new_event_loop)
         self.client = Client.connect(url, token, timeout=timeout, poll=poll)
 
-    def run(self, call: Coroutine[Any, Any, T]) -> T:
+    def _run(self, call: Coroutine[Any, Any, T]) -> T:
         return self._runner.run(call)
 
     def submit(self, repo: str, **fields: Any) -> dict[str, Any]:
-        return self.run(self.client.submit(repo, **fields))
+        return self._run(self.client.submit(repo, **fields))
 
     def job(self, job_id: str) -> dict[str, Any]:
-        return self.run(self.client.job(job_id))
+        return self._run(self.client.job(job_id))
 
     def log(self, job_id: str) -> bytes:
-        return self.run(self.client.log(job_id))
-
-    def jobs(self, **params: Any) -> list[dict[str, Any]]:
-        return self.run(self.client.jobs(**params))
+        return self._run(self.client.log(job_id))
 
     def wait(
         self,
@@ -155,14 +152,11 @@ class BlockingClient:
         timeout: float | None = 60,
         explain: Callable[[], str] | None = None,
     ) -> dict[str, Any]:
-        return self.run(self.client.wait(job_id, statuses, timeout=timeout, explain=explain))
+        return self._run(self.client.wait(job_id, statuses, timeout=timeout, explain=explain))
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.run(self.client.http.get(path, **kwargs))
-
-    def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.run(self.client.http.post(path, **kwargs))
+        return self._run(self.client.http.get(path, **kwargs))
 
     def close(self) -> None:
-        self.run(self.client.aclose())
+        self._run(self.client.aclose())
         self._runner.close()
