@@ -20,18 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-from harness import BenchError, Reporun, progress, reporun_serve, stamp
-from workloads import (
-    TERMINAL,
-    job,
-    list_all,
-    percentile,
-    require_succeeded,
-    submit,
-    wait_idle,
-    wait_job,
-)
+from base import BenchError, progress, serve, stamp
+from tests.harness.client import Client
+from tests.harness.server import Server
+from workloads import require_succeeded, wait_idle
+
+from reporun.jobs import TERMINAL
+from reporun.observer.policy import percentile
 
 TARGET = 2.0
 MAX_WORKERS = 4
@@ -40,15 +35,15 @@ KEDA_POLL = 30.0
 HPA_SCALE_IN = 300.0
 
 
-async def _workers(http: httpx.AsyncClient) -> int:
-    response = await http.get("/v1/workers")
+async def _workers(client: Client) -> int:
+    response = await client.http.get("/v1/workers")
     response.raise_for_status()
     return len(response.json()["items"])
 
 
-async def _until_workers(http: httpx.AsyncClient, count: int) -> float:
+async def _until_workers(client: Client, count: int) -> float:
     """Wait until exactly `count` workers are alive; returns when (time.time())."""
-    while await _workers(http) != count:
+    while await _workers(client) != count:
         await asyncio.sleep(0.2)
     return time.time()
 
@@ -60,19 +55,18 @@ def _elastic_args(low: int, high: int) -> tuple[str, ...]:
 async def reaction_once(root: Path, repo: str, name: str, env: dict[str, str]) -> float:
     settings = {"REPORUN_TARGET_WAIT": str(TARGET), **env}
     async with (
-        reporun_serve(root, name, 1, args=_elastic_args(1, MAX_WORKERS), env=settings) as server,
-        server.client() as http,
+        serve(root, name, 1, args=_elastic_args(1, MAX_WORKERS), env=settings) as server,
+        server.client() as client,
     ):
-        await _until_workers(http, 1)
-        blocker = await submit(http, repo, "sleep 120")
-        while (await job(http, blocker))["status"] != "running":
-            await asyncio.sleep(0.05)
-        probe = await wait_job(http, await submit(http, repo, "true"))
-        await require_succeeded(http, [probe])
-        if probe["worker"] == (await job(http, blocker))["worker"]:
+        await _until_workers(client, 1)
+        blocker = (await client.submit(repo, command="sleep 120"))["id"]
+        await client.wait(blocker, {"running"}, timeout=None)
+        probe = await client.wait((await client.submit(repo, command="true"))["id"], timeout=None)
+        await require_succeeded(client, [probe])
+        if probe["worker"] == (await client.job(blocker))["worker"]:
             raise BenchError("the probe job ran on the blocked worker: no scale-out happened")
         crossed = stamp(probe["created_at"]) + TARGET
-        await http.post(f"/v1/jobs/{blocker}/cancel")
+        await client.http.post(f"/v1/jobs/{blocker}/cancel")
         return stamp(probe["started_at"]) - crossed
 
 
@@ -98,27 +92,28 @@ async def reaction(root: Path, repo: str, rounds: int, *, compare: bool = True) 
     return result
 
 
-async def _drain(server: Reporun, repo: str, jobs: int) -> tuple[float, float, int]:
+async def _drain(server: Server, workers: int, repo: str, jobs: int) -> tuple[float, float, int]:
     """(seconds first POST -> last finished_at, the last finished_at, most workers seen)."""
-    async with server.client() as http:
+    async with server.client() as client:
         most = 0
 
         async def watch() -> None:
             nonlocal most
             while True:
-                most = max(most, await _workers(http))
+                most = max(most, await _workers(client))
                 await asyncio.sleep(0.25)
 
-        await _until_workers(http, server.workers)
+        await _until_workers(client, workers)
         watcher = asyncio.create_task(watch())
         started = time.time()
-        ids = set(await asyncio.gather(*(submit(http, repo, BURST_COMMAND) for _ in range(jobs))))
-        await wait_idle(http)
+        burst = (client.submit(repo, command=BURST_COMMAND) for _ in range(jobs))
+        ids = {job["id"] for job in await asyncio.gather(*burst)}
+        await wait_idle(client)
         watcher.cancel()
-        records = [r for r in await list_all(http) if r["id"] in ids]
+        records = [r for r in await client.jobs() if r["id"] in ids]
         if len(records) != jobs or any(r["status"] not in TERMINAL for r in records):
             raise BenchError(f"{len(records)} of {jobs} burst jobs ended")
-        await require_succeeded(http, records)
+        await require_succeeded(client, records)
         if retried := [r["id"] for r in records if r["attempts"] != 1]:
             raise BenchError(f"jobs ran more than once: {retried[:5]}")
         last = max(stamp(r["finished_at"]) for r in records)
@@ -139,13 +134,13 @@ async def burst(
         ("autoscaled", 1, _elastic_args(1, MAX_WORKERS)),
     ):
         progress(f"elastic burst: {jobs} jobs, {label}")
-        async with reporun_serve(root, f"burst-{label}", workers, args=args, env=quiet) as server:
-            seconds, last, most = await _drain(server, repo, jobs)
+        async with serve(root, f"burst-{label}", workers, args=args, env=quiet) as server:
+            seconds, last, most = await _drain(server, workers, repo, jobs)
             row: dict[str, Any] = {"seconds": seconds, "most_workers": most}
             if args:
                 progress("elastic burst: waiting for the pool to shrink back to 1")
-                async with server.client() as http:
-                    row["back_to_min_after"] = await _until_workers(http, 1) - last
+                async with server.client() as client:
+                    row["back_to_min_after"] = await _until_workers(client, 1) - last
             result[label] = row
     auto = result["autoscaled"]["seconds"]
     result["ratio_auto_fixed_1"] = auto / result["fixed_1"]["seconds"]

@@ -7,72 +7,32 @@ stores them.
   throughput jobs/s end to end (first POST -> last finished_at) with 1, 2 and 4 workers
   load       many trivial jobs from 4 concurrent submitters (own user tokens) on 4 workers;
              every job must end exactly once
-  listing    GET /v1/jobs latency over a table of a million jobs, bulk-inserted with SQL;
-             the plans PostgreSQL picks for the same statements (EXPLAIN ANALYZE)
+  listing    (pg_listing.py) GET /v1/jobs latency over a table of a million jobs
   lease      how long a job held by a SIGKILLed worker takes to run again
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-import sqlalchemy as sa
-import workloads
-from harness import BenchError, progress, stamp
-from pgcluster import Cluster, PgServer, cluster
-from workloads import TERMINAL, gather_all, percentile, require_succeeded, wait_job
+from base import BenchError, gather_all, progress, spread, stamp
+from pgcluster import Cluster, cluster
+from tests.harness.client import Client
+from tests.harness.postgres import Postgres
+from workloads import require_succeeded
 
-from reporun.config import normalize_database_url
-from reporun.jobs import JobSpec, JobStatus, Limits
-from reporun.store import Store
-from reporun.store.store import encode_cursor
+from reporun.observer.policy import percentile
 
 COMMAND = "true"
-POLL = 0.05
 SUBMITTERS = 4
-LISTING_PAGE = 50
-CURSOR_DEPTH = 20
-HEAVY_USER = "heavy"  # a fifth of the listing table's jobs
-LIGHT_USER = "user-0042"  # one of 1000 users sharing the rest (~800 jobs)
-SEED_BATCH = 250_000
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": percentile(values, 50),
-        "p95": percentile(values, 95),
-        "max": max(values) if values else float("nan"),
-    }
 
 
 # Talking to reporun -------------------------------------------------------------------------
-async def submit(http: httpx.AsyncClient, repo: str, command: str = COMMAND) -> str:
-    return await workloads.submit(http, repo, command)
-
-
-async def listed(http: httpx.AsyncClient) -> list[dict[str, Any]]:
-    """Every job the token may see, following the cursor."""
-    items: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 500}
-    while True:
-        response = await http.get("/v1/jobs", params=params)
-        if response.status_code != 200:
-            raise BenchError(f"GET /v1/jobs answered {response.status_code}: {response.text}")
-        page = response.json()
-        items += page["items"]
-        if not page["next_cursor"]:
-            return items
-        params["cursor"] = page["next_cursor"]
-
-
 async def pending(c: Cluster) -> int:
     return int(await c.fetchval("SELECT count(*) FROM jobs WHERE status IN ('queued', 'running')"))
 
@@ -88,15 +48,15 @@ async def wait_drained(c: Cluster, *, report_every: float = 0.0, total: int = 0)
         await asyncio.sleep(0.1)
 
 
-async def warm_up(c: Cluster, http: httpx.AsyncClient, repo: str) -> None:
+async def warm_up(c: Cluster, client: Client, repo: str) -> None:
     """Jobs until every worker has run one: mirrors cloned, every worker past its first job
     (and listening, when it listens), so what follows measures the steady state."""
     workers = len(c.workers)
     seen: set[str] = set()
     for _ in range(10):
-        ids = [await submit(http, repo) for _ in range(2 * workers)]
-        records = [await wait_job(http, i) for i in ids]
-        await require_succeeded(http, records)
+        ids = [(await client.submit(repo, command=COMMAND))["id"] for _ in range(2 * workers)]
+        records = [await client.wait(i, timeout=None) for i in ids]
+        await require_succeeded(client, records)
         seen |= {r["worker"] for r in records}
         if len(seen) >= workers:
             await wait_drained(c)
@@ -105,7 +65,7 @@ async def warm_up(c: Cluster, http: httpx.AsyncClient, repo: str) -> None:
 
 
 async def submit_many(
-    clients: list[httpx.AsyncClient], repo: str, total: int
+    clients: list[Client], repo: str, total: int
 ) -> tuple[list[list[str]], list[float]]:
     """`total` POSTs shared out over the clients, each client sequential, all concurrent:
     (ids per client, POST latencies)."""
@@ -116,7 +76,7 @@ async def submit_many(
     async def lane(n: int) -> None:
         for _ in range(shares[n]):
             begun = time.monotonic()
-            ids[n].append(await submit(clients[n], repo))
+            ids[n].append((await clients[n].submit(repo, command=COMMAND))["id"])
             latencies.append(time.monotonic() - begun)
 
     await gather_all([lane(n) for n in range(len(clients))])
@@ -147,30 +107,30 @@ def require_ok(records: list[dict[str, Any]], expected: int) -> None:
 
 
 # 1. Dispatch latency ------------------------------------------------------------------------
-async def dispatch(server: PgServer, root: Path, repo: str, jobs: int, notify: bool) -> dict:
+async def dispatch(server: Postgres, root: Path, repo: str, jobs: int, notify: bool) -> dict:
     mode = "notify" if notify else "poll"
     env = {"REPORUN_NOTIFY": "true" if notify else "false"}
     waits: list[float] = []
     async with (
         cluster(server, root, f"dispatch-{mode}", workers=2, env=env) as c,
-        c.reporun().client() as http,
+        c.api.client() as client,
     ):
-        await warm_up(c, http, repo)
+        await warm_up(c, client, repo)
         for _ in range(jobs):
             await asyncio.sleep(random.uniform(0.1, 0.4))
-            record = await wait_job(http, await submit(http, repo))
-            await require_succeeded(http, [record])
+            job = await client.submit(repo, command=COMMAND)
+            record = await client.wait(job["id"], timeout=None)
+            await require_succeeded(client, [record])
             waits.append(float(record["wait_seconds"]))
-    return {"mode": mode, "workers": 2, "jobs": jobs, **_spread(waits)}
+    return {"mode": mode, "workers": 2, "jobs": jobs, **spread(waits)}
 
 
 # 2. Throughput ------------------------------------------------------------------------------
-async def throughput(server: PgServer, root: Path, repo: str, workers: int, jobs: int) -> dict:
+async def throughput(server: Postgres, root: Path, repo: str, workers: int, jobs: int) -> dict:
     async with cluster(server, root, f"throughput-{workers}", workers=workers) as c:
-        admin = c.reporun()
-        async with admin.client() as http:
-            await warm_up(c, http, repo)
-        clients = [admin.client() for _ in range(SUBMITTERS)]
+        async with c.api.client() as client:
+            await warm_up(c, client, repo)
+        clients = [c.api.client() for _ in range(SUBMITTERS)]
         try:
             started = time.time()
             ids, posts = await submit_many(clients, repo, jobs)
@@ -192,13 +152,13 @@ async def throughput(server: PgServer, root: Path, repo: str, workers: int, jobs
 
 
 # 3. The load figure -------------------------------------------------------------------------
-async def load(server: PgServer, root: Path, repo: str, jobs: int, workers: int) -> dict:
+async def load(server: Postgres, root: Path, repo: str, jobs: int, workers: int) -> dict:
     async with cluster(server, root, "load", workers=workers) as c:
         users = [f"submitter-{n}" for n in range(SUBMITTERS)]
         tokens = await c.tokens(users)
-        async with c.reporun().client() as http:
-            await warm_up(c, http, repo)
-        clients = [c.reporun(t).client() for t in tokens]
+        async with c.api.client() as client:
+            await warm_up(c, client, repo)
+        clients = [c.api.client(t) for t in tokens]
         try:
             progress(f"  submitting {jobs} jobs from {SUBMITTERS} clients")
             started = time.time()
@@ -227,7 +187,7 @@ async def load(server: PgServer, root: Path, repo: str, jobs: int, workers: int)
 
 async def _exactly_once(
     c: Cluster,
-    clients: list[httpx.AsyncClient],
+    clients: list[Client],
     users: list[str],
     ids: list[list[str]],
     jobs: int,
@@ -254,7 +214,7 @@ async def _exactly_once(
         raise BenchError(f"jobs by status: {by_status}")
     retried = sum(1 for r in records if r["attempts"] != 1)
     for client, user, lane in zip(clients, users, ids, strict=True):
-        seen = await listed(client)
+        seen = await client.jobs()
         if sorted(j["id"] for j in seen) != sorted(lane):
             raise BenchError(f"{user} lists {len(seen)} jobs, submitted {len(lane)}")
         if {j["status"] for j in seen} != {"succeeded"}:
@@ -271,321 +231,30 @@ async def _exactly_once(
     }
 
 
-# 4. Listing over a million jobs -------------------------------------------------------------
-# Mostly ended jobs over the past year (30 s apart at a million, with jitter), the newest few
-# queued or running; a fifth belong to one heavy user, the rest to 1000 users; fair tags
-# increase with age as reporun's do; limits and env as the API stores them.
-SEED_SQL = """
-INSERT INTO jobs (id, owner, repo, ref, "commit", command, env, limits, status, exit_code,
-                  reason, attempts, worker, fair_tag, created_at, started_at, finished_at,
-                  lease_expires_at, cancel_requested, log_bytes, log_truncated)
-SELECT gen_random_uuid(),
-       CASE WHEN i % 5 = 0 THEN 'heavy'
-            ELSE 'user-' || lpad((abs(hashint4(i)) % 1000)::text, 4, '0') END,
-       'https://git.example.org/group/project-' || (i % 5000) || '.git',
-       CASE WHEN i % 10 = 0 THEN 'main' END,
-       CASE WHEN s.status <> 'queued' THEN md5(i::text) || left(md5((-i)::text), 8) END,
-       'true',
-       (CASE WHEN i % 7 = 0 THEN '{"CI": "1", "LEVEL": "3"}' ELSE '{}' END)::json,
-       '{"timeout": 600, "memory": 1073741824, "processes": 256, "log": 1048576,
-         "disk": 1073741824, "network": false, "timeout_set": false}'::json,
-       s.status,
-       CASE s.status WHEN 'succeeded' THEN 0 WHEN 'failed' THEN 1 END,
-       CASE s.status WHEN 'failed' THEN 'exited with status 1'
-                     WHEN 'timed_out' THEN 'timed out after 600 s'
-                     WHEN 'cancelled' THEN 'cancelled before it started'
-                     WHEN 'error' THEN 'worker lost; gave up after 3 attempts' END,
-       CASE s.status WHEN 'queued' THEN 0 WHEN 'error' THEN 3 ELSE 1 END,
-       CASE WHEN s.status <> 'queued' THEN 'worker-' || (i % 16) END,
-       i,
-       t.created,
-       CASE WHEN s.status <> 'queued' THEN t.created + interval '0.05 s' END,
-       CASE WHEN s.status NOT IN ('queued', 'running') THEN t.created + interval '2.5 s' END,
-       CASE WHEN s.status = 'running' THEN now() + interval '30 s' END,
-       s.status = 'cancelled',
-       CASE WHEN s.status <> 'queued' THEN 200 + i % 4000 ELSE 0 END,
-       false
-FROM generate_series($1::int, $2::int - 1) AS g(i)
-CROSS JOIN LATERAL (
-    SELECT now() - make_interval(secs => ($3::int - i) * $4::float8 + random() * $4::float8 / 2)
-           AS created) t
-CROSS JOIN LATERAL (
-    SELECT CASE WHEN i >= $3::int - 50 THEN 'queued'
-                WHEN i >= $3::int - 60 THEN 'running'
-                WHEN abs(hashint4(i + 1)) % 100 < 90 THEN 'succeeded'
-                WHEN abs(hashint4(i + 1)) % 100 < 96 THEN 'failed'
-                WHEN abs(hashint4(i + 1)) % 100 < 98 THEN 'timed_out'
-                WHEN abs(hashint4(i + 1)) % 100 < 99 THEN 'cancelled'
-                ELSE 'error' END AS status) s
-"""
-YEAR = 365 * 24 * 3600
-
-
-async def seed(c: Cluster, rows: int) -> dict[str, Any]:
-    conn = await c.server.connect(c.database)
-    try:
-        began = time.monotonic()
-        for low in range(0, rows, SEED_BATCH):
-            await conn.execute(SEED_SQL, low, min(low + SEED_BATCH, rows), rows, YEAR / rows)
-            progress(f"  inserted {min(low + SEED_BATCH, rows)} of {rows} rows")
-        inserted = time.monotonic() - began
-        await conn.execute("ANALYZE jobs")
-        size = await conn.fetchval("SELECT pg_size_pretty(pg_total_relation_size('jobs'))")
-        heavy = await conn.fetchval("SELECT count(*) FROM jobs WHERE owner = $1", HEAVY_USER)
-        light = await conn.fetchval("SELECT count(*) FROM jobs WHERE owner = $1", LIGHT_USER)
-    finally:
-        await conn.close()
-    return {
-        "rows": rows,
-        "insert_seconds": inserted,
-        "table_size": size,
-        "heavy_user_jobs": heavy,
-        "light_user_jobs": light,
-    }
-
-
-async def _timed(count: int, request: Callable[[], Awaitable[httpx.Response]]) -> list[float]:
-    latencies = []
-    for _ in range(count):
-        begun = time.monotonic()
-        response = await request()
-        latencies.append(time.monotonic() - begun)
-        if response.status_code not in (200, 202):
-            raise BenchError(f"answered {response.status_code}: {response.text[:300]}")
-    return latencies
-
-
-async def _first_pages(http: httpx.AsyncClient, count: int, **params: Any) -> list[float]:
-    return await _timed(count, lambda: http.get("/v1/jobs", params={"limit": 50, **params}))
-
-
-async def _cursor_walks(http: httpx.AsyncClient, count: int) -> tuple[list[float], list[float]]:
-    """Follow next_cursor CURSOR_DEPTH pages deep, again and again, `count` requests in all:
-    (every page's latency, the deepest page's)."""
-    every: list[float] = []
-    deepest: list[float] = []
-    while len(every) < count:
-        params: dict[str, Any] = {"limit": LISTING_PAGE}
-        for depth in range(CURSOR_DEPTH):
-            begun = time.monotonic()
-            response = await http.get("/v1/jobs", params=params)
-            every.append(time.monotonic() - begun)
-            if depth == CURSOR_DEPTH - 1:
-                deepest.append(every[-1])
-            page = response.json()
-            if response.status_code != 200 or len(page["items"]) != LISTING_PAGE:
-                raise BenchError(f"page {depth + 1}: {response.status_code} {response.text[:200]}")
-            params["cursor"] = page["next_cursor"]
-            if len(every) >= count:
-                break
-    return every, deepest
-
-
-async def _middle_cursor(c: Cluster, owner: str | None) -> str:
-    """The cursor a client holds halfway down the list (e.g. paging back six months)."""
-    where = "WHERE owner = $1" if owner else "WHERE $1::text IS NULL"
-    total = await c.fetchval(f"SELECT count(*) FROM jobs {where}", owner)
-    rows = await c.fetch(
-        f"SELECT created_at, id FROM jobs {where} ORDER BY created_at DESC, id DESC"
-        " OFFSET $2 LIMIT 1",
-        owner,
-        total // 2,
-    )
-    return encode_cursor(rows[0]["created_at"], rows[0]["id"])
-
-
-async def listing(server: PgServer, root: Path, rows: int, requests: int) -> dict[str, Any]:
-    seeded: dict[str, Any] = {}
-
-    async def fill(c: Cluster) -> None:
-        seeded.update(await seed(c, rows))
-
-    async with cluster(server, root, "listing", before_api=fill) as c:
-        heavy, light = await c.tokens([HEAVY_USER, LIGHT_USER])
-        deep = max(10, requests // 10)
-        cases: dict[str, list[float]] = {}
-        async with (
-            c.reporun().client() as admin,
-            c.reporun(heavy).client() as heavy_http,
-            c.reporun(light).client() as light_http,
-        ):
-            for http in (admin, heavy_http, light_http):
-                await _first_pages(http, 5)  # connections, caches, the api's pool warm
-            progress("  first pages: admin, heavy user, light user")
-            cases["admin"] = await _first_pages(admin, requests)
-            cases["user_heavy"] = await _first_pages(heavy_http, requests)
-            cases["user_light"] = await _first_pages(light_http, requests)
-            progress(f"  cursor walks {CURSOR_DEPTH} pages deep")
-            cases["admin_cursor"], cases["admin_cursor_page20"] = await _cursor_walks(
-                admin, requests
-            )
-            cases["heavy_cursor"], cases["heavy_cursor_page20"] = await _cursor_walks(
-                heavy_http, requests
-            )
-            cases["admin_status_queued"] = await _first_pages(admin, requests, status="queued")
-            progress("  deep cursors (halfway down) and submissions to an empty queue")
-            middles = {owner: await _middle_cursor(c, owner) for owner in (None, HEAVY_USER)}
-            cases["admin_cursor_halfway"] = await _first_pages(admin, deep, cursor=middles[None])
-            cases["heavy_cursor_halfway"] = await _first_pages(
-                heavy_http, deep, cursor=middles[HEAVY_USER]
-            )
-            submissions = await _submissions_on_empty_queue(c, admin, deep)
-            # The first scrape adds up settled history once; later ones read only recent ends.
-            metrics = await _timed(3, lambda: admin.get("/metrics"))
-        plans = await explain(c, middles)
-    figures = {name: {"requests": len(v), **_spread(v)} for name, v in cases.items()}
-    return {
-        **seeded,
-        "cases": figures,
-        "submit_empty_queue": {"requests": len(submissions), **_spread(submissions)},
-        "plans": plans,
-        "metrics_seconds": metrics[0],
-        "metrics_later_seconds": max(metrics[1:]),
-    }
-
-
-async def _submissions_on_empty_queue(c: Cluster, http: httpx.AsyncClient, count: int) -> list:
-    """POST /v1/jobs while nothing is queued (each job cancelled before the next POST, so the
-    queue stays empty): the submission path over a long history."""
-    await c.fetchval(
-        "UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL,"
-        " reason = 'bench' WHERE status IN ('queued', 'running') RETURNING 1"
-    )
-    latencies = []
-    for _ in range(count):
-        begun = time.monotonic()
-        job_id = await submit(http, "https://git.example.org/group/project-1.git")
-        latencies.append(time.monotonic() - begun)
-        response = await http.post(f"/v1/jobs/{job_id}/cancel")
-        if response.status_code != 202:
-            raise BenchError(f"cancel answered {response.status_code}: {response.text[:200]}")
-    return latencies
-
-
-async def explain(c: Cluster, middles: dict[str | None, str]) -> dict[str, dict[str, Any]]:
-    """EXPLAIN ANALYZE of the very statements reporun's store runs for the listing cases (and
-    for a submission), captured from SQLAlchemy: the plan's nodes, indexes and time."""
-    store = Store.open(normalize_database_url(c.server.dsn(c.database)))
-    statements: list[tuple[str, Any]] = []
-
-    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        statements.append((statement, parameters))
-
-    sa.event.listen(store.engine.sync_engine, "before_cursor_execute", capture)
-    wanted: dict[str, tuple[str, Any]] = {}
-
-    async def case(name: str, call: Callable[[], Awaitable[Any]], prefix: str = "SELECT") -> Any:
-        statements.clear()
-        result = await call()
-        wanted[name] = next(s for s in reversed(statements) if s[0].lstrip().startswith(prefix))
-        return result
-
-    async def deep(owner: str | None) -> str | None:
-        """The cursor of the last of CURSOR_DEPTH pages."""
-        cursor = None
-        for _ in range(CURSOR_DEPTH - 1):
-            cursor = (await store.list_jobs(owner=owner, cursor=cursor)).next_cursor
-        return cursor
-
-    try:
-        admin_deep, heavy_deep = await deep(None), await deep(HEAVY_USER)
-        await case("admin", lambda: store.list_jobs(owner=None))
-        await case("user_heavy", lambda: store.list_jobs(owner=HEAVY_USER))
-        await case("user_light", lambda: store.list_jobs(owner=LIGHT_USER))
-        await case("admin_cursor_page20", lambda: store.list_jobs(owner=None, cursor=admin_deep))
-        await case(
-            "heavy_cursor_page20", lambda: store.list_jobs(owner=HEAVY_USER, cursor=heavy_deep)
-        )
-        await case(
-            "admin_cursor_halfway", lambda: store.list_jobs(owner=None, cursor=middles[None])
-        )
-        await case(
-            "heavy_cursor_halfway",
-            lambda: store.list_jobs(owner=HEAVY_USER, cursor=middles[HEAVY_USER]),
-        )
-        await case(
-            "admin_status_queued", lambda: store.list_jobs(owner=None, status=JobStatus.QUEUED)
-        )
-
-        spec = JobSpec(
-            repo="https://git.example.org/x.git",
-            command="true",
-            limits=Limits(timeout=600, memory=1 << 30, processes=256, log=1 << 20, disk=1 << 30),
-        )
-        job = await case("submit_empty_queue", lambda: store.create_job(spec, "x"), "INSERT")
-        await store.cancel(job.id)  # the queue empty again
-        statement, parameters = wanted["submit_empty_queue"]
-        fresh = tuple(uuid.uuid4() if v == job.id else v for v in parameters)
-        wanted["submit_empty_queue"] = (statement, fresh)
-        plans = {}
-        async with store.engine.connect() as conn:
-            for name, (statement, parameters) in wanted.items():
-                plans[name] = await _plan(conn, statement, parameters)
-                await conn.rollback()  # the INSERT's EXPLAIN ANALYZE inserted nothing lasting
-        return plans
-    finally:
-        await store.close()
-
-
-async def _plan(conn: Any, statement: str, parameters: Any) -> dict[str, Any]:
-    result = await conn.exec_driver_sql(
-        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, parameters
-    )
-    raw = result.scalar()
-    plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]
-    nodes: list[str] = []
-    conditions: list[str] = []
-    scanned = 0
-
-    def walk(node: dict[str, Any]) -> None:
-        nonlocal scanned
-        label = node["Node Type"]
-        if node.get("Scan Direction") == "Backward":
-            label += " Backward"
-        if "Index Name" in node:
-            label += f" {node['Index Name']}"
-        if "Index Cond" in node:
-            conditions.append(f"{node['Index Name']}: {node['Index Cond']}")
-        if node.get("Relation Name") and "Index Name" not in node:
-            label += f" {node['Relation Name']}"
-        nodes.append(label)
-        scanned += int(node.get("Rows Removed by Filter", 0))
-        for child in node.get("Plans", []):
-            walk(child)
-
-    walk(plan["Plan"])
-    return {
-        "nodes": nodes,
-        "index_conditions": conditions,
-        "rows_removed_by_filter": scanned,
-        "execution_ms": plan["Execution Time"],
-        "jit": "JIT" in plan,
-    }
-
-
-# 5. A dead worker's job ---------------------------------------------------------------------
-async def lease(server: PgServer, root: Path, repo: str, lease_seconds: float | None) -> dict:
+# 4. A dead worker's job ---------------------------------------------------------------------
+async def lease(server: Postgres, root: Path, repo: str, lease_seconds: float | None) -> dict:
     """One worker runs `sleep 5`; SIGKILL it mid-job and start another at once: seconds from
     the kill until the job runs again (attempt 2) and until it ends."""
     env = {} if lease_seconds is None else {"REPORUN_LEASE_SECONDS": f"{lease_seconds:g}"}
     name = f"lease-{lease_seconds or 'default'}"
     async with (
         cluster(server, root, name, workers=1, env=env) as c,
-        c.reporun().client() as http,
+        c.api.client() as client,
     ):
-        await warm_up(c, http, repo)
-        job_id = await submit(http, repo, "sleep 5")
-        record = await _poll(http, job_id, lambda r: r["status"] != "queued")
+        await warm_up(c, client, repo)
+        job_id = (await client.submit(repo, command="sleep 5"))["id"]
+        record = await _poll(client, job_id, lambda r: r["status"] != "queued")
         if record["status"] != "running":
             raise BenchError(f"the job is {record['status']}, not running")
         await asyncio.sleep(1.0)  # in its sandbox by now
         first = c.workers[0]
         killed = time.time()
-        first.kill()
-        await first.wait()
-        await c.start_worker()
-        again = await _poll(http, job_id, lambda r: r["attempts"] >= 2 and r["status"] != "queued")
-        ended = await _poll(http, job_id, lambda r: r["status"] in TERMINAL)
+        await c.kill_worker(first)
+        c.start_worker()
+        again = await _poll(
+            client, job_id, lambda r: r["attempts"] >= 2 and r["status"] != "queued"
+        )
+        ended = await client.wait(job_id, timeout=None)
     if (ended["status"], ended["attempts"]) != ("succeeded", 2):
         raise BenchError(f"the job ended {ended['status']} after {ended['attempts']} attempts")
     return {
@@ -598,10 +267,8 @@ async def lease(server: PgServer, root: Path, repo: str, lease_seconds: float | 
 
 
 async def _poll(
-    http: httpx.AsyncClient, job_id: str, done: Callable[[dict[str, Any]], bool]
+    client: Client, job_id: str, done: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
-    while True:
-        response = await http.get(f"/v1/jobs/{job_id}")
-        if response.status_code == 200 and done(record := response.json()):
-            return dict(record)
-        await asyncio.sleep(POLL)
+    while not done(record := await client.job(job_id)):
+        await asyncio.sleep(client.poll)
+    return record

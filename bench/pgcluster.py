@@ -1,320 +1,170 @@
-"""PostgreSQL for the benchmarks, and reporun in cluster mode on it.
+"""reporun in cluster mode on PostgreSQL, for the benchmarks.
 
-`PgServer` finds the machine's PostgreSQL on 127.0.0.1 (port 5432, or REPORUN_TEST_PG_PORT;
-trust auth, user postgres) or starts a throwaway cluster from the installed binaries (the
-same as tests/postgres.py, without pytest). `cluster()` gives one measurement a fresh
-database, migrates it with `reporun db upgrade`, starts `reporun api` and N `reporun worker`
-processes on loopback, and on exit stops every process and drops the database.
+The PostgreSQL is the harness's (tests/harness/postgres.py): the machine's server on
+127.0.0.1 (port 5432, or REPORUN_TEST_PG_PORT), else a throwaway cluster of our own, durable
+as a deployed one. `cluster()` gives one measurement a fresh database, migrates it with
+`reporun db upgrade`, starts `reporun api` and N `reporun worker` processes on loopback, and on
+exit stops every process and drops the database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
-import os
-import pwd
 import secrets
-import shutil
-import subprocess
-import sys
-import tempfile
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
-from harness import (
-    LOOPBACK,
-    STARTUP_TIMEOUT,
-    STOP_GRACE,
-    BenchError,
-    Reporun,
-    free_port,
-    run_command,
-    stop_process,
-    traversable_dir,
-)
+from base import STOP_GRACE, BenchError, traversable_dir
+from tests.harness import HarnessError
+from tests.harness.ports import LOOPBACK
+from tests.harness.postgres import Postgres
+from tests.harness.processes import Process, Processes
+from tests.harness.server import STARTUP_TIMEOUT, Server
 
-CLI_TIMEOUT = 60.0
 SQL_TIMEOUT = 600.0  # the bulk inserts of the listing benchmark are the longest statements
 
 
-class PgServer:
-    """The PostgreSQL the benchmarks use: the machine's, or a throwaway cluster of our own."""
+async def start_postgres() -> Postgres:
+    """The machine's PostgreSQL, or a durable throwaway cluster; `stop_postgres` it."""
+    server = Postgres(durable=True)
+    try:
+        await asyncio.to_thread(server.start)
+    except HarnessError as exc:
+        raise BenchError(f"{exc} (or run with --no-postgres)") from exc
+    return server
 
-    def __init__(self) -> None:
-        self.host = LOOPBACK
-        self.port = int(os.environ.get("REPORUN_TEST_PG_PORT") or 5432)
-        self.cluster: Path | None = None
-        self._pg_ctl: list[str] = []
 
-    async def start(self) -> None:
-        if not await self._answers():
-            await asyncio.to_thread(self._start_throwaway)
+async def stop_postgres(server: Postgres) -> None:
+    """Stop the throwaway cluster, if one was started; the machine's is left alone."""
+    await asyncio.to_thread(server.stop)
 
-    async def _answers(self) -> bool:
-        try:
-            conn = await asyncpg.connect(self.dsn("postgres"), timeout=5)
-        except (OSError, asyncpg.PostgresError, TimeoutError):
-            return False
+
+def description(server: Postgres) -> str:
+    kind = "throwaway cluster" if server.throwaway else "this machine's server"
+    return f"PostgreSQL on {server.host}:{server.port} ({kind})"
+
+
+async def connect(server: Postgres, database: str) -> asyncpg.Connection:
+    return await asyncpg.connect(server.dsn(database), timeout=10, command_timeout=SQL_TIMEOUT)
+
+
+async def version(server: Postgres) -> str:
+    conn = await connect(server, "postgres")
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
         await conn.close()
-        return True
-
-    def _start_throwaway(self) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-        if not found:
-            raise BenchError(
-                f"no PostgreSQL answers on {self.host}:{self.port} and initdb is missing "
-                "(apt-get install postgresql, or run with --no-postgres)"
-            )
-        bindir = Path(found[-1]).parent
-        self.cluster = Path(tempfile.mkdtemp(prefix="reporun-bench-pg-"))
-        self.port = free_port()
-        prefix: list[str] = []
-        if os.geteuid() == 0:  # initdb refuses to run as root
-            entry = pwd.getpwnam("postgres")
-            os.chown(self.cluster, entry.pw_uid, entry.pw_gid)
-            prefix = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}"]
-            prefix += ["--init-groups", "--"]
-        data = self.cluster / "data"
-        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
-        subprocess.run(
-            [*prefix, *initdb, "--no-sync"], check=True, capture_output=True, timeout=120
-        )
-        options = (
-            f"-p {self.port} -k {self.cluster} -c listen_addresses={self.host} "
-            "-c max_connections=200"
-        )
-        self._pg_ctl = [*prefix, str(bindir / "pg_ctl"), "-D", str(data)]
-        log = str(self.cluster / "log")
-        subprocess.run(
-            [*self._pg_ctl, "-o", options, "-w", "-t", "60", "-l", log, "start"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-
-    async def stop(self) -> None:
-        """Stop the throwaway cluster, if one was started; the machine's is left alone."""
-        await asyncio.to_thread(self._stop_throwaway)
-
-    def _stop_throwaway(self) -> None:
-        if self.cluster is None:
-            return
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            subprocess.run(
-                [*self._pg_ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60
-            )
-        shutil.rmtree(self.cluster, ignore_errors=True)
-        self.cluster = None
-
-    @property
-    def description(self) -> str:
-        kind = "throwaway cluster" if self.cluster else "this machine's server"
-        return f"PostgreSQL on {self.host}:{self.port} ({kind})"
-
-    def dsn(self, database: str) -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
-
-    async def connect(self, database: str) -> asyncpg.Connection:
-        return await asyncpg.connect(self.dsn(database), timeout=10, command_timeout=SQL_TIMEOUT)
-
-    async def version(self) -> str:
-        conn = await self.connect("postgres")
-        try:
-            return str(await conn.fetchval("SHOW server_version"))
-        finally:
-            await conn.close()
-
-    @contextlib.asynccontextmanager
-    async def database(self) -> AsyncIterator[str]:
-        """A fresh, empty database, dropped on exit (even with sessions still in it)."""
-        name = f"reporun_bench_{secrets.token_hex(6)}"
-        conn = await self.connect("postgres")
-        try:
-            await conn.execute(f"CREATE DATABASE {name}")
-        finally:
-            await conn.close()
-        try:
-            yield name
-        finally:
-            await asyncio.shield(self._drop(name))
-
-    async def _drop(self, name: str) -> None:
-        with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
-            conn = await self.connect("postgres")
-            try:
-                await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            finally:
-                await conn.close()
 
 
-def cluster_env(database_url: str, data_dir: Path, work_dir: Path, **extra: str) -> dict[str, str]:
-    """This environment without reporun or PostgreSQL settings of its own, plus cluster mode's."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("REPORUN_", "POSTGRES_"))
-    }
-    env.update(
-        REPORUN_DATABASE_URL=database_url,
-        REPORUN_ALLOWED_SCHEMES="https,git",
-        REPORUN_TRUSTED_HOSTS=LOOPBACK,
-        REPORUN_LOG_LEVEL="WARNING",
-        # The load is meant to exceed what a user may queue: measure the service, not quotas.
-        REPORUN_QUOTA_PENDING="0",
-        REPORUN_QUOTA_PER_MINUTE="0",
-        REPORUN_DATA_DIR=str(data_dir),
-        # Under the benchmark's temporary directory, so it goes with it.
-        REPORUN_WORK_DIR=str(work_dir),
-    )
-    env.update(extra)
-    return env
+@contextlib.asynccontextmanager
+async def fresh_database(server: Postgres) -> AsyncIterator[str]:
+    """A fresh, empty database, dropped on exit (even with sessions still in it)."""
+    name = await asyncio.to_thread(server.create_database, migrated=False)
+    try:
+        yield name
+    finally:
+        await asyncio.shield(asyncio.to_thread(server.drop_database, name))
 
 
-@dataclass
 class Cluster:
-    """`reporun api` plus workers on one fresh PostgreSQL database."""
+    """`reporun api` plus workers on one fresh PostgreSQL database. Each process has a data
+    dir (mirror cache) and workspaces of its own under `root`, which goes with the benchmark."""
 
-    server: PgServer
-    root: Path
-    name: str
-    database: str
-    secret: str
-    extra_env: dict[str, str] = field(default_factory=dict)
-    url: str = ""
-    admin: str = ""
-    api: asyncio.subprocess.Process | None = None
-    workers: list[asyncio.subprocess.Process] = field(default_factory=list)
-    worker_logs: list[Path] = field(default_factory=list)
-    api_log: Path | None = None
-    _numbers: int = 0
-
-    def env(self, data_dir: Path, work_dir: Path, **extra: str) -> dict[str, str]:
-        return cluster_env(
-            self.server.dsn(self.database),
-            data_dir,
-            work_dir,
-            REPORUN_SECRET_KEY=self.secret,
-            **{**self.extra_env, **extra},
-        )
-
-    @property
-    def api_env(self) -> dict[str, str]:
-        return self.env(self.root / f"{self.name}-api", self.root / f"{self.name}-api-work")
-
-    async def cli(self, *args: str) -> str:
-        """`python -m reporun ARGS` with the cluster's environment; its stdout."""
-        argv = [sys.executable, "-m", "reporun", *args]
-        return await run_command(argv, env=self.api_env, timeout=CLI_TIMEOUT)
-
-    async def token(self, name: str, role: str = "user") -> str:
-        return (await self.cli("token", "create", name, "--role", role)).splitlines()[-1]
-
-    async def tokens(self, names: list[str], role: str = "user") -> list[str]:
-        return list(await asyncio.gather(*(self.token(n, role) for n in names)))
-
-    def reporun(self, token: str | None = None) -> Reporun:
-        """The harness's handle (base URL, token, an httpx client) for this cluster."""
-        log = self.api_log or self.root / "none.log"
-        return Reporun(self.url, token or self.admin, len(self.workers), log)
-
-    async def _spawn(
-        self, label: str, args: list[str], env: Mapping[str, str]
-    ) -> asyncio.subprocess.Process:
-        with self.log_path(label).open("wb") as log:
-            return await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "reporun",
-                *args,
-                env=dict(env),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+    def __init__(
+        self, postgres: Postgres, root: Path, name: str, database: str, env: Mapping[str, str]
+    ) -> None:
+        self.postgres = postgres
+        self.root = root
+        self.name = name
+        self.database = database
+        self.processes = Processes()
+        self.workers: list[Process] = []
+        settings = {
+            "REPORUN_DATABASE_URL": postgres.dsn(database),
+            "REPORUN_SECRET_KEY": secrets.token_urlsafe(32),
+            "REPORUN_ALLOWED_SCHEMES": "https,git",
+            "REPORUN_TRUSTED_HOSTS": LOOPBACK,
+            # The load is meant to exceed what a user may queue: measure the service, not quotas.
+            "REPORUN_QUOTA_PENDING": "0",
+            "REPORUN_QUOTA_PER_MINUTE": "0",
+            "REPORUN_WORK_DIR": str(root / f"{name}-api-work"),
+            **env,
+        }
+        self.api = Server(self.processes, root / f"{name}-api", **settings)
 
     def log_path(self, label: str) -> Path:
         return self.root / f"{self.name}-{label}.log"
 
-    async def start_api(self) -> None:
-        port = free_port()
-        self.api_log = self.log_path("api")
-        self.api = await self._spawn("api", ["api", "--port", str(port)], self.api_env)
-        self.url = f"http://{LOOPBACK}:{port}"
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        async with httpx.AsyncClient(base_url=self.url, timeout=2.0, trust_env=False) as http:
-            while True:
-                if self.api.returncode is not None:
-                    raise BenchError(f"reporun api exited:\n{self.tail(self.api_log)}")
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get("/readyz")).status_code == 200:
-                        return
-                if time.monotonic() > deadline:
-                    raise BenchError(f"reporun api did not answer in {STARTUP_TIMEOUT:.0f} s")
-                await asyncio.sleep(0.1)
+    async def token(self, name: str, role: str = "user") -> str:
+        return await asyncio.to_thread(self.api.mint, name, role)
 
-    async def start_worker(self, **extra: str) -> asyncio.subprocess.Process:
+    async def tokens(self, names: list[str], role: str = "user") -> list[str]:
+        return list(await asyncio.gather(*(self.token(n, role) for n in names)))
+
+    async def start_api(self) -> None:
+        """`reporun api`, once /readyz answers (its database too)."""
+        await asyncio.to_thread(self.api.api, self.log_path("api"), ready="/readyz")
+
+    def start_worker(self, **extra: str) -> Process:
         """One more `reporun worker`, with a data dir (mirror cache) of its own."""
-        self._numbers += 1
-        label = f"w{self._numbers}"
-        env = self.env(
-            self.root / f"{self.name}-{label}",
-            self.root / f"{self.name}-{label}-work",
+        label = f"w{len(self.workers) + 1}"
+        process = self.api.start(
+            self.log_path(label),
+            "worker",
+            REPORUN_DATA_DIR=str(self.root / f"{self.name}-{label}"),
+            REPORUN_WORK_DIR=str(self.root / f"{self.name}-{label}-work"),
             REPORUN_WORKER_ID=f"{self.name}-{label}",
             **extra,
         )
-        process = await self._spawn(label, ["worker"], env)
         self.workers.append(process)
-        self.worker_logs.append(self.log_path(label))
         return process
+
+    async def kill_worker(self, process: Process) -> None:
+        """SIGKILL, as a crash would; until it is gone."""
+        await asyncio.to_thread(process.stop, signal.SIGKILL)
 
     async def wait_workers(self, count: int) -> None:
         """Until `count` workers have registered (their first heartbeat, at start)."""
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while True:
-            for process, log in zip(self.workers, self.worker_logs, strict=True):
-                if process.returncode not in (None, -9):  # -9: killed on purpose
-                    raise BenchError(f"a worker exited {process.returncode}:\n{self.tail(log)}")
+            for process in self.workers:
+                if process.returncode not in (None, -signal.SIGKILL):  # killed on purpose
+                    raise BenchError(f"a worker exited {process.returncode}:\n{process.tail(2000)}")
             if await self.fetchval("SELECT count(*) FROM workers") >= count:
                 return
             if time.monotonic() > deadline:
                 raise BenchError(f"{count} workers did not register in {STARTUP_TIMEOUT:.0f} s")
             await asyncio.sleep(0.1)
 
+    async def connect(self) -> asyncpg.Connection:
+        return await connect(self.postgres, self.database)
+
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        conn = await self.server.connect(self.database)
+        conn = await self.connect()
         try:
             return await conn.fetchval(sql, *args)
         finally:
             await conn.close()
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        conn = await self.server.connect(self.database)
+        conn = await self.connect()
         try:
             return list(await conn.fetch(sql, *args))
         finally:
             await conn.close()
 
-    @staticmethod
-    def tail(path: Path, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
     async def stop(self) -> None:
-        processes = [p for p in [self.api, *self.workers] if p is not None]
-        await asyncio.gather(*(stop_process(p, grace=STOP_GRACE) for p in processes))
+        await asyncio.to_thread(self.processes.stop, STOP_GRACE)
 
 
 @contextlib.asynccontextmanager
 async def cluster(
-    server: PgServer,
+    postgres: Postgres,
     root: Path,
     name: str,
     *,
@@ -323,19 +173,19 @@ async def cluster(
     before_api: Callable[[Cluster], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Cluster]:
     """A fresh database, migrated; `before_api` (e.g. bulk data) runs before the api starts;
-    then the api and `workers` workers, all registered, every process with `env` added to its
-    environment. Everything stopped and dropped on exit."""
+    then the api (with an admin token) and `workers` workers, all registered, every process
+    with `env` added to its environment. Everything stopped and dropped on exit."""
     traversable_dir(root)
-    async with server.database() as database:
-        running = Cluster(server, root, name, database, secrets.token_urlsafe(32), dict(env or {}))
+    async with fresh_database(postgres) as database:
+        running = Cluster(postgres, root, name, database, dict(env or {}))
         try:
-            await running.cli("db", "upgrade")
+            await asyncio.to_thread(running.api.upgrade)
             if before_api is not None:
                 await before_api(running)
             await running.start_api()
-            running.admin = await running.token("bench-admin", "admin")
+            running.api.token = await running.token("bench-admin", "admin")
             for _ in range(workers):
-                await running.start_worker()
+                running.start_worker()
             if workers:
                 await running.wait_workers(workers)
             yield running

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.harness.ports import free_port
 
 SERVER_DIR = Path(__file__).resolve().parent / "oidc"
 NPM_TIMEOUT = 300.0

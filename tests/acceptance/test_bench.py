@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.conftest import ROOT
-from tests.conftest import require_tool
+from tests.harness.processes import require_tool
 
 
 def quick_bench(output: Path, *args: str) -> str:

@@ -5,53 +5,43 @@ from __future__ import annotations
 import concurrent.futures
 import secrets
 import signal
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.acceptance.conftest import Process, cli_env, reporun
-from tests.conftest import GitServer, free_port, require_tool
-from tests.postgres import Postgres
+from tests.harness.git import GitServer
+from tests.harness.postgres import Postgres
+from tests.harness.processes import Process, Processes, require_tool
+from tests.harness.server import Server
 
 
 class PgCluster:
-    def __init__(self, tmp_path: Path, processes: list[Process], database_url: str) -> None:
+    def __init__(self, tmp_path: Path, processes: Processes, database_url: str) -> None:
         require_tool("bwrap", "the job sandbox")
         self.tmp_path = tmp_path
-        self.processes = processes
-        self.port = free_port()
-        self.env = cli_env(
+        self.server = Server(
+            processes,
             tmp_path / "data",
-            self.port,
             REPORUN_DATABASE_URL=database_url,
             REPORUN_SECRET_KEY=secrets.token_urlsafe(32),
             REPORUN_ALLOWED_SCHEMES="https,git",
             REPORUN_TRUSTED_HOSTS="127.0.0.1",
         )
-        assert reporun("db", "upgrade", env=self.env).returncode == 0
-        self.api = self.start("api", "api", "--port", str(self.port))
-        self.api.wait_http(f"http://127.0.0.1:{self.port}/healthz")
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.server.upgrade()
+        self.server.api(tmp_path / "api.log")
+        self.base = self.server.url
 
     def start(self, name: str, *args: str, **env: str) -> Process:
-        process = Process(
-            [sys.executable, "-m", "reporun", *args],
-            {**self.env, **env},
-            self.tmp_path / f"{name}.log",
-        )
-        self.processes.append(process)
-        return process
+        return self.server.start(self.tmp_path / f"{name}.log", *args, **env)
 
     def token(self, name: str, role: str = "user") -> dict[str, str]:
-        minted = reporun("token", "create", name, "--role", role, env=self.env).stdout.strip()
-        return {"Authorization": f"Bearer {minted}"}
+        return {"Authorization": f"Bearer {self.server.mint(name, role)}"}
 
 
 @pytest.fixture
-def pg_cluster(tmp_path: Path, processes: list[Process], postgres_url: str) -> PgCluster:
+def pg_cluster(tmp_path: Path, processes: Processes, postgres_url: str) -> PgCluster:
     return PgCluster(tmp_path, processes, postgres_url.replace("+asyncpg", ""))
 
 
@@ -102,7 +92,7 @@ def test_four_workers_run_every_job_exactly_once(
 
 
 def test_restarting_postgresql_loses_nothing(
-    tmp_path: Path, processes: list[Process], git_server: GitServer
+    tmp_path: Path, processes: Processes, git_server: GitServer
 ) -> None:
     server = Postgres()
     server.start_throwaway()

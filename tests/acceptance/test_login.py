@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.acceptance.conftest import Process, cli_env, reporun
-from tests.conftest import free_port
+from tests.harness.ports import free_port
+from tests.harness.processes import Processes
+from tests.harness.server import Server, reporun
 from tests.oidc_provider import OidcProvider
 
 PUBLIC = "reporun-cli-public"
@@ -24,12 +25,11 @@ REPO = "https://example.org/octo/hello.git"
 class OidcApi:
     """`reporun api` with REPORUN_AUTH=oidc on SQLite, and a CLI environment for it."""
 
-    def __init__(self, tmp_path: Path, processes: list[Process], provider: OidcProvider) -> None:
-        self.port = free_port()
+    def __init__(self, tmp_path: Path, processes: Processes, provider: OidcProvider) -> None:
         self.credentials = tmp_path / "config" / "reporun" / "credentials.json"
-        self.env = cli_env(
+        server = Server(
+            processes,
             tmp_path / "data",
-            self.port,
             REPORUN_AUTH="oidc",
             REPORUN_OIDC_ISSUER=provider.issuer,
             REPORUN_OIDC_AUDIENCE="reporun-api",
@@ -37,15 +37,9 @@ class OidcApi:
             REPORUN_DATABASE_URL=f"sqlite:///{tmp_path / 'api.db'}",
             REPORUN_CREDENTIALS_FILE=str(self.credentials),
         )
-        upgraded = reporun("db", "upgrade", env=self.env)
-        assert upgraded.returncode == 0, upgraded.stderr
-        api = Process(
-            [sys.executable, "-m", "reporun", "api", "--port", str(self.port)],
-            self.env,
-            tmp_path / "api.log",
-        )
-        processes.append(api)
-        api.wait_http(f"http://127.0.0.1:{self.port}/healthz")
+        server.upgrade()
+        server.api(tmp_path / "api.log")
+        self.env = server.env
 
     def login(self, *args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -67,7 +61,7 @@ class OidcApi:
 
 
 @pytest.fixture
-def oidc_api(tmp_path: Path, processes: list[Process], oidc_provider: OidcProvider) -> OidcApi:
+def oidc_api(tmp_path: Path, processes: Processes, oidc_provider: OidcProvider) -> OidcApi:
     return OidcApi(tmp_path, processes, oidc_provider)
 
 

@@ -5,26 +5,24 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 
-from tests.acceptance.conftest import Process, cli_env, reporun
-from tests.conftest import GitServer, free_port, require_tool
+from reporun.jobs import TERMINAL
+from tests.harness.git import GitServer
+from tests.harness.postgres import Postgres
+from tests.harness.processes import Process, Processes, require_tool
+from tests.harness.server import Server
 from tests.netns import Hosts
-from tests.postgres import Postgres
-
-TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "error"}
 
 
 class Network:
-    def __init__(self, tmp_path: Path, processes: list[Process], hosts: Hosts) -> None:
+    def __init__(self, tmp_path: Path, processes: Processes, hosts: Hosts) -> None:
         self.tmp_path = tmp_path
-        self.processes = processes
         self.hosts = hosts
         self.postgres = Postgres()
         self.postgres.start_throwaway(also_listen=hosts.gateway)
@@ -33,83 +31,52 @@ class Network:
         self.git.base.mkdir()
         self.git.work.mkdir()
         self.git.start()
-        self.port = free_port()
-        common = {
-            "REPORUN_SECRET_KEY": secrets.token_urlsafe(32),
-            "REPORUN_ALLOWED_SCHEMES": "https,git",
-            "REPORUN_TRUSTED_HOSTS": hosts.gateway,
-            "REPORUN_POLL_INTERVAL": "0.1",
-        }
-        self.api_env = cli_env(
+        self.server = Server(
+            processes,
             tmp_path / "data",
-            self.port,
             REPORUN_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{self.postgres.port}/{database}",
-            **common,
+            REPORUN_SECRET_KEY=secrets.token_urlsafe(32),
+            REPORUN_ALLOWED_SCHEMES="https,git",
+            REPORUN_TRUSTED_HOSTS=hosts.gateway,
+            REPORUN_POLL_INTERVAL="0.1",
         )
         self.worker_env = {
-            **self.api_env,
             "REPORUN_LOG_LEVEL": "INFO",
             "REPORUN_DATABASE_URL": (
                 f"postgresql://postgres@{hosts.gateway}:{self.postgres.port}/{database}"
             ),
         }
-        assert reporun("db", "upgrade", env=self.api_env).returncode == 0
-        api = Process(
-            [sys.executable, "-m", "reporun", "api", "--port", str(self.port)],
-            self.api_env,
-            tmp_path / "api.log",
-        )
-        processes.append(api)
-        api.wait_http(f"http://127.0.0.1:{self.port}/healthz")
-        token = reporun("token", "create", "root", "--role", "admin", env=self.api_env).stdout
-        self.client = httpx.Client(
-            base_url=f"http://127.0.0.1:{self.port}",
-            headers={"Authorization": f"Bearer {token.strip()}"},
-            timeout=30,
-        )
+        self.server.upgrade()
+        self.server.api(tmp_path / "api.log")
+        self.api = self.server.blocking_client(self.server.mint("root", "admin"), poll=0.1)
+        self.workers: list[Process] = []
 
     def worker(self, host: int, **env: str) -> Process:
-        process = Process(
-            [*self.hosts.prefix(host), sys.executable, "-m", "reporun", "worker"],
-            {
-                **self.worker_env,
-                "REPORUN_WORKER_ID": f"host-{host}",
-                "REPORUN_DATA_DIR": str(self.tmp_path / f"host-{host}"),  # each host its disk
-                **env,
-            },
-            self.tmp_path / f"worker-{host}.log",
-        )
-        self.processes.append(process)
+        worker_env = {
+            **self.worker_env,
+            "REPORUN_WORKER_ID": f"host-{host}",
+            "REPORUN_DATA_DIR": str(self.tmp_path / f"host-{host}"),  # each host its disk
+            **env,
+        }
+        log = self.tmp_path / f"worker-{host}.log"
+        process = self.server.start(log, "worker", prefix=self.hosts.prefix(host), **worker_env)
+        self.workers.append(process)
         return process
 
-    def submit(self, repo: str) -> str:
-        response = self.client.post("/v1/jobs", json={"repo": repo})
-        assert response.status_code == 202, response.text
-        return str(response.json()["id"])
-
-    def job(self, job_id: str) -> dict[str, object]:
-        return dict(self.client.get(f"/v1/jobs/{job_id}").json())
-
-    def wait(self, job_id: str, statuses: set[str], timeout: float = 60) -> dict[str, object]:
-        deadline = time.monotonic() + timeout
-        while (job := self.job(job_id))["status"] not in statuses:
-            assert time.monotonic() < deadline, f"{job}\n{self.logs()}"
-            time.sleep(0.1)
-        return job
+    def wait(self, job_id: str, statuses: Collection[str], timeout: float = 60) -> dict[str, Any]:
+        return self.api.wait(job_id, statuses, timeout=timeout, explain=self.logs)
 
     def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.log.name}\n{p.log.read_text()[-1500:]}" for p in self.processes[1:]
-        )
+        return "\n".join(f"--- {p.log.name}\n{p.tail(1500)}" for p in self.workers)
 
     def close(self) -> None:
-        self.client.close()
+        self.api.close()
         self.git.stop()
         self.postgres.stop()
 
 
 @pytest.fixture
-def network(tmp_path: Path, processes: list[Process]) -> Iterator[Network]:
+def network(tmp_path: Path, processes: Processes) -> Iterator[Network]:
     require_tool("bwrap", "the job sandbox")
     hosts = Hosts(2)
     try:
@@ -130,7 +97,7 @@ def test_workers_on_two_hosts_share_the_jobs(network: Network) -> None:
     for host in range(2):
         network.worker(host)
     repo = network.git.make_repo({"run.sh": "#!/bin/sh\nsleep 0.2\necho across the bridge\n"})
-    ids = [network.submit(repo) for _ in range(16)]
+    ids = [network.api.submit(repo)["id"] for _ in range(16)]
     jobs = [network.wait(i, TERMINAL) for i in ids]
     assert {j["status"] for j in jobs} == {"succeeded"}, jobs
     assert {j["worker"] for j in jobs} == {"host-0", "host-1"}
@@ -139,7 +106,7 @@ def test_workers_on_two_hosts_share_the_jobs(network: Network) -> None:
 def test_a_worker_cut_off_mid_job_neither_reports_nor_runs_it_twice(network: Network) -> None:
     repo = network.git.make_repo({"run.sh": "#!/bin/sh\necho start\nsleep 6\necho done\n"})
     lost = network.worker(0, REPORUN_LEASE_SECONDS="3")
-    job_id = network.submit(repo)
+    job_id = network.api.submit(repo)["id"]
     network.wait(job_id, {"running"})
     network.hosts.cut(0)
     try:
@@ -150,8 +117,8 @@ def test_a_worker_cut_off_mid_job_neither_reports_nor_runs_it_twice(network: Net
     finally:
         network.hosts.mend(0)
     time.sleep(4)  # the lost worker reconnects; its report must not land
-    assert network.job(job_id) == ended
-    log = network.client.get(f"/v1/jobs/{job_id}/logs").text
+    assert network.api.job(job_id) == ended
+    log = network.api.log(job_id).decode()
     assert log.count("done") == 1, log
     lost_log = lost.log.read_text()
     assert "lease lost; stopping the run" in lost_log, lost_log[-3000:]

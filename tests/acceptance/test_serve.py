@@ -14,20 +14,24 @@ from pathlib import Path
 
 import httpx
 
-from tests.acceptance.conftest import ROOT, Cluster, Process, cli_env, reporun
-from tests.conftest import GitServer, free_port, processes_with, require_tool
+from reporun.jobs import TERMINAL
+from tests.acceptance.conftest import ROOT, Cluster
+from tests.conftest import processes_with
+from tests.harness.git import GitServer
+from tests.harness.ports import free_port
+from tests.harness.processes import Process, Processes, require_tool
+from tests.harness.server import cli_env, reporun
 
 
-def test_make_run_serves_healthz(tmp_path: Path, processes: list[Process]) -> None:
+def test_make_run_serves_healthz(tmp_path: Path, processes: Processes) -> None:
     require_tool("make", "make run")
     port = free_port()
     env = cli_env(tmp_path / "data", port)
-    process = Process(
+    process = processes.start(
         ["make", "-C", str(ROOT), "run", f"RUN_ARGS=--port {port} --data-dir {tmp_path / 'data'}"],
         env,
         tmp_path / "make-run.log",
     )
-    processes.append(process)
     process.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=600)
     assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
     token = tmp_path / "data" / "admin.token"
@@ -153,17 +157,17 @@ def test_kill_9_a_worker_mid_job_runs_it_again_once(
     )
     job_id = cluster.submit(repo)
     first = cluster.worker("w1", REPORUN_LEASE_SECONDS="2")
-    cluster.wait_status(job_id, {"running"})
+    cluster.api.wait(job_id, {"running"})
     first.stop(signal.SIGKILL)
     assert processes_with(f"sleep 0.{marker}") == []  # the sandbox died with its worker
     second = cluster.worker("w2", REPORUN_LEASE_SECONDS="2")
-    ended = cluster.wait_status(job_id, {"succeeded", "failed", "error", "timed_out"})
+    ended = cluster.api.wait(job_id, TERMINAL)
     assert ended["status"] == "succeeded", (ended, second.log.read_text())
     assert ended["attempts"] == 2
-    log = cluster.log(job_id)
+    log = cluster.api.log(job_id).decode()
     assert log.count("done") == 1 and log.count("attempt starts") == 1
     time.sleep(1)
-    assert cluster.job(job_id) == ended  # one terminal record: nothing changes afterwards
+    assert cluster.api.job(job_id) == ended  # one terminal record: nothing changes afterwards
 
 
 def _python() -> list[str]:
@@ -171,7 +175,7 @@ def _python() -> list[str]:
 
 
 def test_reporun_api_refuses_weak_settings_and_serves_with_minted_tokens(
-    tmp_path: Path, processes: list[Process]
+    tmp_path: Path, processes: Processes
 ) -> None:
     port = free_port()
     db = f"sqlite:///{tmp_path / 'cluster.db'}"
@@ -187,10 +191,9 @@ def test_reporun_api_refuses_weak_settings_and_serves_with_minted_tokens(
         "api", "--host", "0.0.0.0", "--port", str(port), env={**env, "REPORUN_SANDBOX": "none"}
     )
     assert off_loopback.returncode == 2 and "loopback" in off_loopback.stderr
-    server = Process(
+    server = processes.start(
         [*_python(), "-m", "reporun", "api", "--port", str(port)], env, tmp_path / "api.log"
     )
-    processes.append(server)
     server.wait_http(f"http://127.0.0.1:{port}/healthz")
     token = reporun("token", "create", "bob", "--role", "user", env=env).stdout.strip()
     response = httpx.get(
@@ -205,10 +208,10 @@ def test_sigterm_drains_a_worker(cluster: Cluster, git_server: GitServer) -> Non
     first = cluster.submit(repo)
     second = cluster.submit(repo)
     worker = cluster.worker("w")
-    cluster.wait_status(first, {"running"})
+    cluster.api.wait(first, {"running"})
     assert worker.stop(signal.SIGTERM, timeout=30) == 0, worker.log.read_text()
-    assert cluster.job(first)["status"] == "succeeded"
-    assert cluster.job(second)["status"] == "queued"  # a draining worker takes nothing new
+    assert cluster.api.job(first)["status"] == "succeeded"
+    assert cluster.api.job(second)["status"] == "queued"  # a draining worker takes nothing new
 
 
 def test_doctor_says_the_sandbox_works(tmp_path: Path) -> None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -17,54 +16,47 @@ from reporun.api.app import create_app
 from reporun.api.auth import LocalAuth
 from reporun.api.server import build_services
 from reporun.config import Settings
+from reporun.jobs import TERMINAL
+from reporun.queue import QueueBackend
 from reporun.store import Store
 from reporun.wiring import build_queue
 from reporun.worker.loop import Worker
 from reporun.worker.main import worker_config
-from reporun.worker.sandbox import Bubblewrap
-from tests.conftest import require_tool
+from reporun.worker.sandbox import Bubblewrap, Sandbox
+from tests.harness.client import Client
+from tests.harness.processes import require_tool
 
 
 @dataclass
 class Api:
+    """The harness's client on the in-process app, each call with a token of its own."""
+
     client: httpx.AsyncClient
     auth: LocalAuth
+    jobs: Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.jobs = Client(self.client)
 
     def headers(self, name: str = "alice", role: str = "user") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.auth.mint(name, role)}"}
 
     async def submit(self, name: str = "alice", role: str = "user", **body: Any) -> dict[str, Any]:
-        response = await self.client.post("/v1/jobs", json=body, headers=self.headers(name, role))
-        assert response.status_code == 202, response.text
-        return dict(response.json())
+        return await self.jobs.submit(headers=self.headers(name, role), **body)
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        response = await self.client.get(
-            f"/v1/jobs/{job_id}", headers=self.headers("root", "admin")
-        )
-        assert response.status_code == 200, response.text
-        return dict(response.json())
+        return await self.jobs.job(job_id, headers=self.headers("root", "admin"))
 
     async def log(self, job_id: str) -> bytes:
-        response = await self.client.get(
-            f"/v1/jobs/{job_id}/logs", headers=self.headers("root", "admin")
-        )
-        assert response.status_code == 200, response.text
-        return response.content
+        return await self.jobs.log(job_id, headers=self.headers("root", "admin"))
 
     async def wait(
-        self, job_id: str, statuses: set[str] | None = None, timeout: float = 60
+        self, job_id: str, statuses: Collection[str] = TERMINAL, timeout: float = 60
     ) -> dict[str, Any]:
         """Poll until the job is in one of `statuses` (default: any end)."""
-        statuses = statuses or {"succeeded", "failed", "timed_out", "cancelled", "error"}
-        deadline = time.monotonic() + timeout
-        while True:
-            job = await self.job(job_id)
-            if job["status"] in statuses:
-                return job
-            if time.monotonic() > deadline:
-                pytest.fail(f"job {job_id} still {job['status']} after {timeout} s")
-            await asyncio.sleep(0.05)
+        return await self.jobs.wait(
+            job_id, statuses, timeout=timeout, headers=self.headers("root", "admin")
+        )
 
 
 @pytest.fixture
@@ -86,15 +78,7 @@ async def start_worker(settings: Settings, store: Store) -> AsyncIterator[Worker
     running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
     def start(**overrides: Any) -> Worker:
-        worker_settings = settings.model_copy(update=overrides)
-        queue = build_queue(worker_settings, store)
-        config = worker_config(worker_settings)
-        worker = Worker(
-            config=dataclasses.replace(config, worker_id=f"test-{uuid.uuid4().hex[:6]}"),
-            store=store,
-            queue=queue,
-            sandbox=Bubblewrap(),
-        )
+        worker = new_worker(settings.model_copy(update=overrides), store)
         stop = asyncio.Event()
         running.append((stop, asyncio.create_task(worker.run(stop))))
         return worker
@@ -104,3 +88,22 @@ async def start_worker(settings: Settings, store: Store) -> AsyncIterator[Worker
         stop.set()
     for _, task in running:
         await asyncio.wait_for(task, 30)
+
+
+def new_worker(
+    settings: Settings,
+    store: Store,
+    *,
+    queue: QueueBackend | None = None,
+    sandbox: Sandbox | None = None,
+    worker_id: str | None = None,
+) -> Worker:
+    """An in-process worker: the one place the tests build one. By default on the SQL queue
+    with the settings' lease and poll, in bubblewrap."""
+    config = worker_config(settings)
+    return Worker(
+        config=dataclasses.replace(config, worker_id=worker_id or f"test-{uuid.uuid4().hex[:6]}"),
+        store=store,
+        queue=queue or build_queue(settings, store),
+        sandbox=sandbox or Bubblewrap(),
+    )

@@ -21,9 +21,9 @@ from reporun.observer.policy import PolicySettings
 from reporun.queue import QueueConfig
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
-from tests.conftest import GitServer
+from tests.harness.git import GitServer
+from tests.harness.postgres import Postgres
 from tests.podman import BUILD_TIMEOUT, HOST_ADDRESS, WORKER_SECURITY_OPT, Compose, Podman
-from tests.postgres import Postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUILD_TIMEOUT)]
 

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from reporun.config import Settings
-from tests.conftest import GitServer, processes_with
+from tests.conftest import processes_with
+from tests.harness.git import GitServer, run_git
 from tests.integration.conftest import Api, WorkerFactory
 
 SECRET_NAME = "REPORUN_TEST_SERVER_SECRET"
@@ -235,8 +236,6 @@ async def test_symlinked_reporun_toml_is_not_followed_by_the_worker(
     (source / "reporun.toml").symlink_to(secret_file.resolve())
     git_server.commit(source, {})
     name = source.name
-    from tests.conftest import run_git
-
     run_git("push", "-q", str(git_server.base / f"{name}.git"), "main", cwd=source)
     start_worker()
     job = await api.wait((await api.submit(repo=repo))["id"])

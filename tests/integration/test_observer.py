@@ -20,7 +20,8 @@ from reporun.observer.scalers import LocalScaler
 from reporun.queue import Outcome, QueueConfig
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
-from tests.conftest import GitServer, require_tool
+from tests.harness.git import GitServer
+from tests.harness.processes import require_tool
 from tests.integration.conftest import Api
 
 LIMITS = Limits(timeout=60, memory=2**30, processes=64, log=2**20, disk=2**30, network=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GitServer
+from tests.harness.git import GitServer
 from tests.podman import BUILD_TIMEOUT, HOST_ADDRESS, WORKER_SECURITY_OPT, Podman
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(BUILD_TIMEOUT)]

@@ -8,7 +8,8 @@ import secrets
 import time
 
 from reporun.config import MiB
-from tests.conftest import GitServer, processes_with
+from tests.conftest import processes_with
+from tests.harness.git import GitServer
 from tests.integration.conftest import Api, WorkerFactory
 
 

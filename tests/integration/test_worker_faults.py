@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,10 +12,9 @@ from reporun.jobs import Job, JobStatus, Limits
 from reporun.queue import Lease, QueueConfig
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
-from reporun.worker.loop import Worker
-from reporun.worker.main import worker_config
 from reporun.worker.process import OutputSink, RunResult
-from tests.conftest import GitServer
+from tests.harness.git import GitServer
+from tests.integration.conftest import new_worker
 
 
 class HangingRenewals(SqlQueue):
@@ -63,8 +61,7 @@ async def test_a_hung_renewal_stops_the_run_before_the_lease_ends(
     job = await store.create_job(JobSpec(repo=repo, limits=limits), "alice")
     queue = HangingRenewals(store, QueueConfig(lease_seconds=1.5, poll_interval=0.05))
     sandbox = WaitForStop()
-    config = dataclasses.replace(worker_config(settings), worker_id="w1")
-    worker = Worker(config=config, store=store, queue=queue, sandbox=sandbox)
+    worker = new_worker(settings, store, queue=queue, sandbox=sandbox, worker_id="w1")
     claimed = await queue.claim("w1")
     assert claimed is not None and claimed.id == job.id
     await asyncio.wait_for(worker.process(claimed), 30)

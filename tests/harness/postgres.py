@@ -1,6 +1,6 @@
-"""A real PostgreSQL for the tests: the machine's server when it answers, else a throwaway
-cluster started from the installed binaries. A fresh database per test, copied from a
-migrated template."""
+"""A real PostgreSQL: the machine's server when it answers, else a throwaway cluster started
+from the installed binaries. For the tests, a fresh database per test, copied from a migrated
+template; for the benchmarks, fresh empty databases on a durable server."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-
 from reporun.store import Store
 from reporun.store.migrate import upgrade
+from tests.harness import HarnessError
+from tests.harness.ports import LOOPBACK, free_port
 
 # One template per test session, so two sessions on one server (a developer's and CI's) never
 # drop each other's.
@@ -39,7 +39,7 @@ def _answers(host: str, port: int) -> bool:
 def _psql(host: str, port: int, db: str, sql: str) -> subprocess.CompletedProcess[str]:
     psql = shutil.which("psql")
     if psql is None:
-        pytest.fail("psql is required for the PostgreSQL tests; `make test` installs postgresql")
+        raise HarnessError("psql is required for PostgreSQL; `make test` installs postgresql")
     return subprocess.run(
         [
             psql,
@@ -64,8 +64,12 @@ def _psql(host: str, port: int, db: str, sql: str) -> subprocess.CompletedProces
 
 
 class Postgres:
-    def __init__(self) -> None:
-        self.host = "127.0.0.1"
+    """`durable`: a throwaway cluster keeps fsync and synchronous commit (what a benchmark
+    measures); the tests' trade them for speed."""
+
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
+        self.host = LOOPBACK
         self.port = 5432
         self.cluster: Path | None = None
         self.owner: str | None = None
@@ -109,12 +113,13 @@ class Postgres:
     ) -> None:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
         if not found:
-            pytest.fail("no PostgreSQL answers and initdb is missing (apt-get install postgresql)")
+            raise HarnessError(
+                f"no PostgreSQL answers on {self.host}:{self.port} and initdb is missing "
+                "(apt-get install postgresql)"
+            )
         bindir = Path(found[-1]).parent
         self.cluster = Path(tempfile.mkdtemp(prefix="reporun-pg-"))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
+        self.port = free_port()
         prefix: list[str] = []
         if os.geteuid() == 0:  # initdb refuses to run as root
             self.owner = "postgres"
@@ -149,10 +154,10 @@ class Postgres:
         if also_listen:
             with (data / "pg_hba.conf").open("a") as hba:
                 hba.write(f"host all all {trust_from or also_listen + '/24'} trust\n")
-        options = (
-            f"-p {self.port} -k {self.cluster} -c listen_addresses={listen} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-p {self.port} -k {self.cluster} -c listen_addresses={listen}"
+        options += " -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._prefix = prefix
         self._bindir = bindir
         self._options = options
@@ -166,13 +171,22 @@ class Postgres:
             self._pg_ctl("-m", "immediate", "stop")
         shutil.rmtree(self.cluster, ignore_errors=True)
 
+    @property
+    def throwaway(self) -> bool:
+        return self.cluster is not None
+
     def url(self, database: str) -> str:
+        """SQLAlchemy's URL of `database` (asyncpg)."""
         return f"postgresql+asyncpg://postgres@{self.host}:{self.port}/{database}"
+
+    def dsn(self, database: str) -> str:
+        """libpq's URL of `database`, as asyncpg and reporun's settings take it."""
+        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
 
     def sql(self, sql: str, database: str = "postgres") -> str:
         result = _psql(self.host, self.port, database, sql)
         if result.returncode != 0:
-            pytest.fail(f"psql failed: {result.stderr.strip()}")
+            raise HarnessError(f"psql failed: {result.stderr.strip()}")
         return result.stdout.strip()
 
     def prepare_template(self) -> None:
@@ -210,7 +224,7 @@ class Postgres:
                 return name
             # Another session may still be leaving the template: try again shortly.
             if time.monotonic() > deadline:
-                pytest.fail(f"cannot create a test database: {result.stderr.strip()}")
+                raise HarnessError(f"cannot create a database: {result.stderr.strip()}")
             time.sleep(0.1)
 
     def drop_database(self, name: str) -> None:

@@ -1,0 +1,120 @@
+"""What a benchmark run measures, and how much: the command line (see run.py)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import pg_listing
+
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+PARALLELISM = (1, 2)
+LATENCY_WORKERS = 2
+PG_WORKERS = (1, 2, 4)
+PG_LOAD_WORKERS = 4
+PG_MEASURES = ("dispatch", "throughput", "load", "listing", "lease")
+
+
+@dataclass(frozen=True)
+class Options:
+    jobs: int
+    latency_jobs: int
+    posts: int
+    clients: int
+    warmup: int
+    rounds: int
+    timeout: float
+    output: Path
+    quick: bool
+    embedded: bool = True
+    elastic: bool = True
+    burst_jobs: int = 200
+    reaction_rounds: int = 3
+    postgres: bool = True
+    pg_measures: tuple[str, ...] = PG_MEASURES
+    pg_jobs: int = 200
+    pg_load_jobs: int = 10_000
+    pg_rows: int = 1_000_000
+    pg_requests: int = 200
+    pg_leases: tuple[float | None, ...] = (None, 5.0)
+
+
+def parse_args(argv: list[str], description: str) -> Options:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few jobs of each")
+    parser.add_argument("--jobs", type=int, help="jobs per throughput run (default 60)")
+    parser.add_argument("--latency-jobs", type=int, help="sequential jobs (default 30)")
+    parser.add_argument("--posts", type=int, help="POSTs for the submission rate (default 300)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent submitting clients")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="throughput rounds per cell; the median counts"
+    )
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds for any one phase")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write JSON")
+    parser.add_argument(
+        "--embedded",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the `reporun serve` (SQLite) measurements",
+    )
+    parser.add_argument(
+        "--elastic",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the observer's reaction time and burst drain times",
+    )
+    parser.add_argument("--burst-jobs", type=int, help="jobs of the elastic burst (default 200)")
+    parser.add_argument(
+        "--postgres",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the PostgreSQL cluster-mode measurements",
+    )
+    parser.add_argument(
+        "--pg-only",
+        metavar="NAMES",
+        help=f"comma-separated subset of the PostgreSQL measurements: {','.join(PG_MEASURES)}",
+    )
+    parser.add_argument("--pg-jobs", type=int, help="jobs per pg throughput run (default 200)")
+    parser.add_argument("--pg-load-jobs", type=int, help="jobs of the pg load run (default 10000)")
+    parser.add_argument("--pg-rows", type=int, help="jobs in the listing table (default 1000000)")
+    parser.add_argument("--pg-requests", type=int, help="requests per listing case (default 200)")
+    args = parser.parse_args(argv)
+    quick = bool(args.quick)
+    measures = tuple(m.strip() for m in (args.pg_only or ",".join(PG_MEASURES)).split(","))
+    if unknown := set(measures) - set(PG_MEASURES):
+        parser.error(f"--pg-only: unknown {sorted(unknown)}; choose from {','.join(PG_MEASURES)}")
+    options = Options(
+        jobs=args.jobs or (10 if quick else 60),
+        latency_jobs=args.latency_jobs or (6 if quick else 30),
+        posts=args.posts or (40 if quick else 300),
+        clients=args.clients,
+        warmup=2,
+        rounds=args.repeat,
+        timeout=args.timeout,
+        output=args.output,
+        quick=quick,
+        embedded=bool(args.embedded),
+        elastic=bool(args.elastic),
+        burst_jobs=args.burst_jobs or (12 if quick else 200),
+        reaction_rounds=1 if quick else 3,
+        postgres=bool(args.postgres),
+        pg_measures=measures,
+        pg_jobs=args.pg_jobs or (20 if quick else 200),
+        pg_load_jobs=args.pg_load_jobs or (300 if quick else 10_000),
+        pg_rows=args.pg_rows or (50_000 if quick else 1_000_000),
+        pg_requests=args.pg_requests or (40 if quick else 200),
+        pg_leases=(5.0,) if quick else (None, 5.0),
+    )
+    counts = (options.jobs, options.latency_jobs, options.posts, options.clients, options.rounds)
+    if (
+        min(*counts, options.pg_jobs, options.pg_load_jobs, options.pg_requests, options.burst_jobs)
+        < 1
+    ):
+        parser.error("--jobs, --latency-jobs, --posts, --clients, --repeat and --pg-* must be >= 1")
+    if options.pg_rows < 2 * pg_listing.CURSOR_DEPTH * pg_listing.LISTING_PAGE:
+        parser.error("--pg-rows must be at least 2000 (20 pages deep for the light user too)")
+    if not (options.embedded or options.postgres or options.elastic):
+        parser.error("--no-embedded, --no-elastic and --no-postgres leave nothing to measure")
+    return options
