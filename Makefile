@@ -58,8 +58,12 @@ $(STAMP): pyproject.toml
 run: $(SYSDEPS_STAMP) $(STAMP)
 	$(BIN)/reporun serve $(RUN_ARGS)
 
+# Two processes share the tests, a test file each at a time (most tests wait on subprocesses,
+# sockets and timers, not on a core); PYTEST_WORKERS=0 runs them in this one.
+PYTEST_WORKERS ?= 2
+
 test: $(SYSDEPS_STAMP) $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -38,6 +38,7 @@ class Options:
     pg_rows: int = 1_000_000
     pg_requests: int = 200
     pg_leases: tuple[float | None, ...] = (None, 5.0)
+    pg_workers: tuple[int, ...] = PG_WORKERS
 
 
 def parse_args(argv: list[str], description: str) -> Options:
@@ -105,7 +106,8 @@ def parse_args(argv: list[str], description: str) -> Options:
         pg_load_jobs=args.pg_load_jobs or (300 if quick else 10_000),
         pg_rows=args.pg_rows or (50_000 if quick else 1_000_000),
         pg_requests=args.pg_requests or (40 if quick else 200),
-        pg_leases=(5.0,) if quick else (None, 5.0),
+        pg_leases=(2.0,) if quick else (None, 5.0),
+        pg_workers=(1, 2) if quick else PG_WORKERS,
     )
     counts = (options.jobs, options.latency_jobs, options.posts, options.clients, options.rounds)
     if (

@@ -57,8 +57,14 @@ def embedded_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f}"
+def _verdict(p95: float | None) -> str:
+    if p95 is None:
+        return "unmeasured"
+    return "met" if p95 < LISTING_TARGET else "missed"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
 
 
 def postgres_table(pg: dict[str, Any]) -> list[str]:
@@ -121,7 +127,8 @@ def listing_table(listing: dict[str, Any]) -> list[str]:
             if plan["rows_removed_by_filter"]:
                 shown += f" (filtered {plan['rows_removed_by_filter']} rows)"
             shown += f", {plan['execution_ms']:.1f} ms{' with JIT' if plan['jit'] else ''}"
-        flag = " !" if name in listing["cases"] and row["p95"] >= LISTING_TARGET else ""
+        late = row["p95"] is not None and row["p95"] >= LISTING_TARGET
+        flag = " !" if name in listing["cases"] and late else ""
         lines.append(
             f"  {name:<22} {row['requests']:>8} {_ms(row['p50']):>8} {_ms(row['p95']):>8}"
             f" {_ms(row['max']):>8}{flag:2} {shown}"
@@ -179,7 +186,7 @@ def postgres_summary(pg: dict[str, Any]) -> list[str]:
             lines.append(
                 f"summary: pg_listing rows={listing['rows']} case={name}"
                 f" p50={_ms(row['p50'])} ms p95={_ms(row['p95'])} ms"
-                f" target={'met' if row['p95'] < LISTING_TARGET else 'missed'}"
+                f" target={_verdict(row['p95'])}"
             )
         post = listing["submit_empty_queue"]
         lines.append(

@@ -57,7 +57,7 @@ or a throwaway cluster when none answers), dropped after each measurement.
   pg lease       one worker runs `sleep 5`, is SIGKILLed mid-job, another starts at once:
                  seconds from the kill until the job runs again (attempt 2) and until it
                  ends, with the default 30 s lease and with REPORUN_LEASE_SECONDS=5.
-`--quick` runs each small (50 000 rows, 300 load jobs, only the 5 s lease).
+`--quick` runs each small (50 000 rows, 300 load jobs, 1 and 2 workers, only a 2 s lease).
 
 The results are printed as a table, as one `summary:` line per figure, and written to
 bench/results/latest.json. Exit status 1 when a job fails or a step times out.
@@ -86,7 +86,7 @@ import pg_workloads
 import pgcluster
 from base import BenchError, git_repository, progress, serve, traversable_dir
 from hand import hand_throughput
-from options import LATENCY_WORKERS, PARALLELISM, PG_LOAD_WORKERS, PG_WORKERS, Options, parse_args
+from options import LATENCY_WORKERS, PARALLELISM, PG_LOAD_WORKERS, Options, parse_args
 from report import environment, summary, table, write_json
 from tests.harness import HarnessError
 from tests.harness.postgres import Postgres
@@ -169,7 +169,7 @@ async def measure_pg_dispatch(options: Options, server: Postgres, root: Path, re
 
 async def measure_pg_throughput(options: Options, server: Postgres, root: Path, repo: str) -> Any:
     rows = []
-    for workers in PG_WORKERS:
+    for workers in options.pg_workers:
         progress(f"pg throughput: {options.pg_jobs} jobs, {workers} worker(s)")
         async with bounded(f"pg throughput with {workers} worker(s)", options.timeout):
             rows.append(await pg_workloads.throughput(server, root, repo, workers, options.pg_jobs))

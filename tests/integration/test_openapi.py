@@ -26,7 +26,7 @@ from reporun.config import Settings
 from reporun.jobs import JobStatus
 from reporun.queue import Outcome, QueueBackend
 from reporun.store import Store
-from tests.conftest import free_port
+from tests.harness.ports import free_port
 
 # Checks that cannot apply to one operation as they stand are narrowed for it alone (each list is
 # schemathesis' default plus one status), with the reason beside it. Everything else runs as
