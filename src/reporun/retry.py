@@ -27,14 +27,16 @@ async def retry_until(
     extra: Mapping[str, object],
     cap: float = 5.0,
 ) -> tuple[bool, T | None]:
-    """Call `action` until it succeeds or `deadline` seconds have passed, backing off between
-    tries. The first failure is logged with its traceback, giving up once more, with what was
-    being tried; (False, None) then, else (True, its result)."""
+    """Call `action` until it succeeds or `deadline` seconds have passed (a try that hangs is cut
+    off then too), backing off between tries. The first failure is logged with its traceback,
+    giving up once more, with what was being tried; (False, None) then, else (True, its
+    result)."""
     give_up_at = time.monotonic() + deadline
     attempt = 0
     while True:
         try:
-            return True, await action()
+            async with asyncio.timeout(max(0.0, give_up_at - time.monotonic())):
+                return True, await action()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -44,7 +46,7 @@ async def retry_until(
             if time.monotonic() + pause > give_up_at:
                 log.error(
                     f"{what} failed for {deadline:g} s; giving up",
-                    extra={**extra, "reason": f"{type(exc).__name__}: {exc}"[:300]},
+                    extra={**extra, "error": f"{type(exc).__name__}: {exc}"[:300]},
                 )
                 return False, None
             attempt += 1

@@ -33,8 +33,11 @@ async def unless(stop: asyncio.Event, work: Coroutine[object, object, T]) -> T |
     stopper = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        await _cancel([task, stopper])  # the caller is gone: so is the work
+        raise
     finally:
-        await _cancel([stopper])
+        await _cancel([t for t in (stopper,) if not t.done()])
     if task.done():
         return task.result()
     task.cancel()

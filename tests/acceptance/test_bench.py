@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.acceptance.bench_run import quick_bench
 
 
+@pytest.mark.timeout(240)
 def test_bench_quick_run_completes(tmp_path: Path) -> None:
     out = quick_bench(tmp_path / "bench.json", "--no-elastic")
     assert "summary: throughput parallelism=2" in out

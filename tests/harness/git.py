@@ -86,6 +86,8 @@ class GitServer:
         )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
+            if self.process.poll() is not None:  # the port was taken (by a parallel run)
+                break
             try:
                 socket.create_connection((self.host, self.port), timeout=0.2).close()
                 return

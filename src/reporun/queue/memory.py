@@ -128,7 +128,12 @@ class MemoryQueue:
 
     async def release(self, job: Job, worker_id: str, reason: str) -> Job | None:
         current = self._ours(job, worker_id)
-        return self._give_back(current, reason) if current is not None else None
+        if current is None:
+            return None
+        done = self._give_back(current, reason)
+        if done.status is JobStatus.QUEUED:
+            self._wakeup.set()
+        return done
 
     def _give_back(self, job: Job, reason: str) -> Job:
         self.leases.pop(job.id, None)

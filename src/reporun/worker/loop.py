@@ -32,8 +32,9 @@ from reporun.worker.workdir import prepare_work_dir
 logger = logging.getLogger("reporun.worker")
 
 CANCEL_POLL = 0.25
-# Writing a job's end (or giving it back) is retried through a database outage this long; past
-# it, the lease runs out and a reaper returns the job to the queue.
+# Writing a job's end (or giving it back) is retried through a database outage this long. The
+# lease is no longer renewed by then: once a reaper has taken the job back, the write changes
+# nothing and the job runs again elsewhere.
 REPORT_DEADLINE = 300.0
 
 
@@ -308,6 +309,8 @@ class Worker:
                 await asyncio.sleep(CANCEL_POLL)
                 now = time.monotonic()
                 due = now - last_renew >= renew_every
+                step = "lease renewal" if due else "lease check"
+                # One deadline for the round: a slow database costs at most half a renewal.
                 try:
                     async with asyncio.timeout(renew_every / 2):
                         if due:
@@ -319,16 +322,12 @@ class Worker:
                             lease = await self.queue.check(job, self.id)
                         watch.lease_lost |= not lease.held
                         watch.cancel_requested |= lease.cancel_requested
-                except Exception:
-                    what = "lease renewal" if due else "lease check"
-                    logger.warning(f"{what} failed", exc_info=True, extra=self._log("renew", job))
-                if watch.lease_lost or watch.cancel_requested:
-                    watch.stop.set()
-                try:
-                    async with asyncio.timeout(renew_every / 2):
+                        if watch.lease_lost or watch.cancel_requested:
+                            watch.stop.set()
+                        step = "log flush"
                         await log.flush()
                 except Exception:
-                    logger.warning("log flush failed", exc_info=True, extra=self._log("log", job))
+                    logger.warning(f"{step} failed", exc_info=True, extra=self._log("monitor", job))
         finally:
             fence.cancel()
             await asyncio.gather(fence, return_exceptions=True)
