@@ -89,8 +89,7 @@ def pick_entry(workspace: Path, requested: str | None) -> Entry:
         chosen = "python3 main.py"
     elif run_sh is not None:
         raise NoEntryPoint(
-            "no entry point: run.sh exists but is not executable "
-            "(chmod +x run.sh, then commit it)"
+            "no entry point: run.sh exists but is not executable (chmod +x run.sh, then commit it)"
         )
     else:
         raise NoEntryPoint()
