@@ -74,6 +74,10 @@ def test_bad_local_paths_are_refused_at_once(served: dict[str, Any], tmp_path: P
     assert one_line(reporun_in(tmp_path, "submit", "nope", env=env)) == (
         "reporun: nope: no such directory"
     )
+    assert one_line(reporun_in(tmp_path, "submit", "example.org/octo/hello", env=env)) == (
+        "reporun: example.org/octo/hello: no such directory "
+        "(a URL needs its scheme: https://example.org/octo/hello)"
+    )
     assert one_line(reporun("submit", str(plain), env=env)) == (
         f"reporun: repo {plain} is not a git repository"
     )

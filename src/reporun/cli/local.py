@@ -23,6 +23,9 @@ def absolute(repo: str) -> Path:
     """The directory `repo` names, absolute; a missing one is a usage error."""
     path = Path(repo).expanduser()
     if not path.exists():
+        first = repo.split("/", 1)[0]
+        if "/" in repo and "." in first.strip("."):  # github.com/owner/name: a URL meant
+            fail(f"{repo}: no such directory (a URL needs its scheme: https://{repo})")
         fail(f"{repo}: no such directory")
     if not path.is_dir():
         fail(f"{repo}: not a directory")
