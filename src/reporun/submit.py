@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reporun.jobs import Job, JobRules, build_spec
+from reporun.localrepo import check_local_repo, local_path
 from reporun.queue import QueueBackend
 from reporun.store import Quota
 from reporun.urlpolicy import Unresolvable, check_resolved
@@ -38,7 +39,8 @@ class Submissions:
         env: Mapping[str, str] | None = None,
         limits: Mapping[str, Any] | None = None,
     ) -> Job:
-        """Check, store and enqueue a job; InvalidInput naming the field, or QuotaExceeded."""
+        """Check, store and enqueue a job; InvalidInput naming the field (RepoUnusable for a
+        local path that is no repository with commits), or QuotaExceeded."""
         rules = self.config.rules
         spec, url = build_spec(
             repo=repo,
@@ -53,5 +55,7 @@ class Submissions:
         # does not resolve now fails the job then, with the clone's own reason.
         with contextlib.suppress(Unresolvable):
             await check_resolved(url, rules.url_policy)
+        if url.scheme == "file":
+            await check_local_repo(local_path(url.url), ref=spec.ref)
         quota = self.config.admin_quota if admin else self.config.quota
         return await self.queue.submit(spec, owner, quota=quota)
