@@ -106,6 +106,7 @@ def decide(seen: Observation, settings: PolicySettings, state: PolicyState) -> D
     stable = max(n for _, n in history)
     cooled = seen.now - since >= settings.cooldown  # watched for a whole cooldown
 
+    direction: Direction
     if recommended > current:
         desired, direction = recommended, "out"
     elif stable < current and cooled:
