@@ -46,5 +46,8 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "alembic.runtime.migration", "aiosqlite", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Alembic's INFO lines (its plugins, its context) come on every start; reporun.store says
+    # once which migration runs (store/migrate.py).
+    noisy = ("uvicorn.access", "alembic.runtime.migration", "alembic.runtime.plugins", "aiosqlite")
+    for name in (*noisy, "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)

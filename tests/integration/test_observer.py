@@ -53,6 +53,25 @@ async def test_the_queue_snapshot_on_both_databases(any_store: Store) -> None:
     assert (await any_store.scaling.snapshot(window=0.001)).waits == []
 
 
+async def test_a_requeued_job_waits_from_when_it_went_back(any_store: Store) -> None:
+    """A job given back after 30 s (its worker stopped) waits again from then, in the
+    observer's eyes; the job itself still tells its whole wait since it was created."""
+    now = await any_store.now()
+    old = await any_store.create_job(spec(), "alice", now=now - timedelta(seconds=30))
+    queue = sql_queue(any_store)
+    claimed = await queue.claim("w-gone")
+    assert claimed is not None and claimed.id == old.id
+    assert await queue.release(claimed, "w-gone", "its worker stopped") is not None
+    back = await any_store.scaling.snapshot(window=60)
+    assert back.queued == 1
+    assert back.oldest_queued_age is not None and back.oldest_queued_age < 5
+    again = await queue.claim("w2")
+    assert again is not None and again.id == old.id
+    snapshot = await any_store.scaling.snapshot(window=60)
+    assert len(snapshot.waits) == 1 and snapshot.waits[0] < 5, snapshot.waits
+    assert again.wait_seconds is not None and again.wait_seconds > 29
+
+
 async def test_finished_jobs_are_read_in_order_once(any_store: Store) -> None:
     queue = sql_queue(any_store)
     start = await any_store.now()
@@ -204,3 +223,40 @@ async def test_workers_and_scaling_are_admin_only_and_show_the_truth(
     assert report["decisions"][0]["inputs"] == {"queued": 1}
     bad = await api.client.get("/v1/scaling?limit=0", headers=admin)
     assert bad.status_code == 422 and bad.json()["field"] == "limit"
+
+
+async def test_a_requeued_old_job_does_not_drive_a_scale_out(
+    settings: Settings, store: Store, api: Api, git_server: GitServer
+) -> None:
+    """A restart's re-queued job, created long ago, is no wait of new work: the pool holds.
+    A job of a new burst that has waited as long does drive a scale-out."""
+    require_tool("bwrap", "the job sandbox")
+    scaler = LocalScaler(worker_env(settings), drain_grace=1)
+    policy = PolicySettings(target_wait=5, min_workers=1, max_workers=4, cooldown=60)
+    queue = SqlQueue(
+        store, QueueConfig(lease_seconds=1, max_attempts=3, poll_interval=0.05, notify=False)
+    )
+    observer = Observer(store=store, queue=queue, scaler=scaler, policy=policy, interval=0.2)
+    try:
+        await scaler.add(1)
+        busy = await api.submit(repo=git_server.make_repo({"run.sh": "#!/bin/sh\nsleep 30\n"}))
+        await api.wait(busy["id"], {"running"}, timeout=30)  # the one worker is busy
+        quick = git_server.make_repo({"run.sh": "#!/bin/sh\necho hi\n"}, name="quick")
+        now = await store.now()
+        old = await store.create_job(spec(quick), "bob", now=now - timedelta(seconds=30))
+        lost = await queue.claim("w-lost")  # a worker that then dies: its lease runs out
+        assert lost is not None and lost.id == old.id
+        await asyncio.sleep(1.5)
+        held = await observer.tick()  # takes the job back first, then decides
+        assert (await store.get_job(old.id)).status is JobStatus.QUEUED
+        assert (held.direction, held.desired) == ("hold", 1), held.reason
+        assert held.signal is not None and held.signal < 5, held.reason
+        assert held.reason.endswith("holding at 1"), held.reason
+        # The control: a new job that has waited 30 s is over target.
+        await store.create_job(spec(quick), "carol", now=now - timedelta(seconds=30))
+        grown = await observer.tick()
+        assert (grown.direction, grown.desired) == ("out", 3), grown.reason
+        assert grown.reason.startswith("oldest queued job waiting 3"), grown.reason
+        assert grown.reason.endswith("over the 5 s target with 2 queued: 1 -> 3"), grown.reason
+    finally:
+        await scaler.close()

@@ -265,3 +265,38 @@ async def test_the_document_names_problems_and_the_real_media_types(
         assert list(metrics["responses"]["200"]["content"]) == [CONTENT_TYPE_LATEST]
         assert ("security" in metrics) is not public
         assert ("401" in metrics["responses"]) is not public
+
+
+async def test_docs_come_from_the_package_and_declare_bearer_auth(
+    settings: Settings, store: Store
+) -> None:
+    """/docs names only its own assets (the browser test renders them with no network), and
+    every call but the health ones says it takes a bearer token, for "Authorize"."""
+    auth = LocalAuth(settings.secret_key.get_secret_value())  # type: ignore[union-attr]
+    app = create_app(build_services(settings, store, auth))
+    document = app.openapi()
+    assert document["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": document["components"]["securitySchemes"]["bearer"]["description"],
+    }
+    health = {"/healthz", "/readyz", "/healthcheck"}
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            assert ("security" in operation) is (path not in health), (method, path)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://reporun.test") as client:
+        page = await client.get("/docs")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assets = [
+            "/docs/assets/swagger-ui-bundle.js",
+            "/docs/assets/swagger-ui.css",
+            "/docs/assets/favicon-32x32.png",
+        ]
+        for asset in assets:
+            assert f'"{asset}"' in page.text or f"'{asset}'" in page.text, asset
+            served = await client.get(asset)
+            assert served.status_code == 200 and len(served.content) > 500, asset
+        assert "http://" not in page.text and "https://" not in page.text, page.text
+        assert (await client.get("/docs/assets/LICENSE")).status_code == 200
+        assert (await client.get("/redoc")).status_code == 404  # it would load from a CDN

@@ -8,6 +8,7 @@ import secrets
 import time
 
 from reporun.config import MiB
+from reporun.worker.process import cut_marker
 from tests.conftest import processes_with
 from tests.harness.git import GitServer
 from tests.integration.conftest import Api, WorkerFactory
@@ -200,8 +201,10 @@ async def test_fifty_megabytes_of_output_is_capped(
     job = await api.wait((await api.submit(repo=repo))["id"], timeout=90)
     assert job["status"] == "succeeded", job
     assert job["log_truncated"] is True
-    assert job["log_bytes"] == 1 * MiB
-    assert len(await api.log(job["id"])) == 1 * MiB
+    marker = b"\n" + cut_marker(1 * MiB)  # the output has no newline where it was cut
+    assert job["log_bytes"] == 1 * MiB + len(marker)
+    log = await api.log(job["id"])
+    assert log == b"x" * MiB + marker
     healthy = git_server.make_repo({"run.sh": "#!/bin/sh\necho still fine\n"})
     after = await api.wait((await api.submit(repo=healthy))["id"])
     assert after["status"] == "succeeded"
@@ -244,3 +247,53 @@ async def test_a_repository_larger_than_the_disk_limit_never_lands(
     job = await api.wait((await api.submit(repo=repo, limits={"disk": 2 * MiB}))["id"])
     assert job["status"] == "failed" and "disk limit" in job["reason"], job
     assert not any(worker.work_dir.iterdir())
+
+
+HUNDRED_THOUSAND_LINES = "".join(f"{i}\n" for i in range(1, 100_001)).encode()
+
+
+async def test_a_cut_log_ends_with_a_marker_written_when_the_cap_is_hit(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory
+) -> None:
+    # The job prints 100,000 lines, then runs on: the marker must come while it still runs.
+    repo = git_server.make_repo({"run.sh": "#!/bin/sh\nseq 100000\nsleep 4\necho never seen\n"})
+    start_worker()
+    job = await api.submit(repo=repo, limits={"log": 4000})
+    kept = HUNDRED_THOUSAND_LINES[:4000]
+    assert not kept.endswith(b"\n"), "the test means to cut mid-line"
+    expected = kept + b"\n" + cut_marker(4000)
+    assert expected.endswith(
+        b"\n[reporun: log cut at 3.9 KiB (the job's log limit); "
+        b"the rest of its output was dropped, the job went on]\n"
+    )
+    # The plain text, read while the job runs (the ASGI transport buffers a followed stream).
+    await api.wait(job["id"], {"running"})
+    while not (log := await api.log(job["id"])).endswith(cut_marker(4000)):
+        status = (await api.job(job["id"]))["status"]
+        assert status == "running", f"{status} with no marker; the log ends {log[-80:]!r}"
+        await asyncio.sleep(0.05)
+    assert log == expected
+    assert (await api.job(job["id"]))["status"] == "running", "the marker came after the job"
+    followed = b""
+    async with api.client.stream(
+        "GET", f"/v1/jobs/{job['id']}/logs", params={"follow": "true"}, headers=api.headers()
+    ) as response:
+        async for chunk in response.aiter_bytes():
+            followed += chunk
+    assert followed == expected
+    ended = await api.job(job["id"])
+    assert (ended["status"], ended["log_truncated"]) == ("succeeded", True)
+    assert ended["log_bytes"] == len(expected)
+    assert await api.log(job["id"]) == expected
+
+
+async def test_a_log_under_its_limit_has_no_marker(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory
+) -> None:
+    repo = git_server.make_repo({"run.sh": "#!/bin/sh\nseq 1000\nprintf 'no newline'\n"})
+    start_worker()
+    job = await api.wait((await api.submit(repo=repo, limits={"log": 4000}))["id"])
+    expected = "".join(f"{i}\n" for i in range(1, 1001)).encode() + b"no newline"
+    assert len(expected) < 4000
+    assert (job["status"], job["log_truncated"]) == ("succeeded", False)
+    assert await api.log(job["id"]) == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -220,3 +221,170 @@ def test_retirees_are_never_busy() -> None:
     assert pick_retirees(candidates, 2) == ["c", "b"]
     assert pick_retirees(candidates, 10) == ["c", "b", "e"]
     assert pick_retirees(candidates, 0) == []
+
+
+def seen(**fields: Any) -> Observation:
+    values: dict[str, Any] = {"now": 0.0, "waits": (), "queued": 0, "running": 0, "workers": 1}
+    return Observation(**{**values, **fields})
+
+
+WATCHED = PolicyState(since=-100.0)  # the observer has watched for longer than a cooldown
+
+
+def settings(**fields: Any) -> PolicySettings:
+    values: dict[str, Any] = {"target_wait": 2.0, "min_workers": 1, "max_workers": 4}
+    return PolicySettings(cooldown=60.0, **{**values, **fields})
+
+
+REASONS = {
+    "out, sized to the breach": (
+        seen(waits=(28.73, 1.0), queued=12, running=2, workers=2),
+        settings(target_wait=5, max_workers=16),
+        WATCHED,
+        (12, "out", "p95 wait 28.7 s over the 5 s target with 12 queued: 2 -> 12"),
+    ),
+    "out, up to the maximum": (
+        seen(waits=(28.73,), queued=12, running=2, workers=2),
+        settings(target_wait=5),
+        WATCHED,
+        (4, "out", "p95 wait 28.7 s over the 5 s target with 12 queued: 2 -> 4 (the maximum)"),
+    ),
+    "out, on the oldest queued job": (
+        seen(waits=(1.0,), queued=39, running=1, oldest_queued_age=3.04),
+        settings(),
+        WATCHED,
+        (2, "out", "oldest queued job waiting 3.0 s over the 2 s target with 39 queued: 1 -> 2"),
+    ),
+    "out, to the minimum from none": (
+        seen(workers=0),
+        settings(min_workers=2),
+        WATCHED,
+        (2, "out", "no workers, under the minimum 2: 0 -> 2"),
+    ),
+    "out, to the minimum from one": (
+        seen(workers=1, running=1),
+        settings(min_workers=2),
+        WATCHED,
+        (2, "out", "1 worker, under the minimum 2: 1 -> 2"),
+    ),
+    "out, a job and no worker": (
+        seen(workers=0, queued=1, oldest_queued_age=0.5),
+        settings(min_workers=0),
+        WATCHED,
+        (1, "out", "1 queued and no worker: 0 -> 1"),
+    ),
+    "in, to the minimum": (
+        seen(workers=4),
+        settings(),
+        WATCHED,
+        (
+            1,
+            "in",
+            "4 workers idle, queue empty: down to the minimum 1, no more were needed for 60 s",
+        ),
+    ),
+    "in, as far as the cooldown allows": (
+        seen(workers=4, running=1),
+        settings(),
+        PolicyState(since=-100.0, recommendations=((-5.0, 2),)),
+        (2, "in", "3 of 4 workers idle, queue empty: 4 -> 2, the most needed in the last 60 s"),
+    ),
+    "in, to the maximum": (
+        seen(workers=6, running=5),
+        settings(),
+        WATCHED,
+        (4, "in", "6 workers, over the maximum 4: down to 4"),
+    ),
+    "hold, at the maximum": (
+        seen(queued=100, running=4, workers=4, oldest_queued_age=312.4),
+        settings(),
+        WATCHED,
+        (
+            4,
+            "hold",
+            "oldest queued job waiting 312 s over the 2 s target with 100 queued, "
+            "but at the maximum 4: holding at 4",
+        ),
+    ),
+    "hold, while workers start": (
+        seen(queued=5, running=1, workers=2, starting=1, oldest_queued_age=3.0),
+        settings(),
+        WATCHED,
+        (
+            2,
+            "hold",
+            "oldest queued job waiting 3.0 s over the 2 s target with 5 queued, "
+            "1 worker still starting: holding at 2",
+        ),
+    ),
+    "hold, a breach but nothing queued": (
+        seen(waits=(5.0,), running=1, workers=2),
+        settings(),
+        WATCHED,
+        (2, "hold", "p95 wait 5.0 s over the 2 s target, but nothing is queued now: holding at 2"),
+    ),
+    "hold, a breach that idle workers take": (
+        seen(waits=(5.0,), queued=1, running=2, workers=4, oldest_queued_age=5.0),
+        settings(),
+        PolicyState(since=-100.0, recommendations=((-5.0, 4),)),
+        (
+            4,
+            "hold",
+            "p95 wait 5.0 s over the 2 s target, but idle workers can take the 1 queued: "
+            "holding at 4",
+        ),
+    ),
+    "hold, within target": (
+        seen(waits=(0.4, 0.6), queued=1, running=2, workers=2, oldest_queued_age=0.2),
+        settings(),
+        WATCHED,
+        (2, "hold", "p95 wait 0.6 s within the 2 s target with 1 queued: holding at 2"),
+    ),
+    "hold, within the tolerance": (
+        seen(waits=(2.14,), running=2, workers=2),
+        settings(),
+        WATCHED,
+        (2, "hold", "p95 wait 2.1 s within 10% of the 2 s target, queue empty: holding at 2"),
+    ),
+    "hold, long jobs running": (
+        seen(running=3, workers=3),
+        settings(),
+        WATCHED,
+        (3, "hold", "3 jobs running, queue empty: holding at 3"),
+    ),
+    "hold, nothing at all": (
+        seen(workers=0),
+        settings(min_workers=0),
+        WATCHED,
+        (0, "hold", "no jobs running, queue empty: holding at 0"),
+    ),
+    "hold, at the minimum": (
+        seen(workers=1),
+        settings(),
+        WATCHED,
+        (1, "hold", "1 worker idle, queue empty: holding at the minimum 1"),
+    ),
+    "hold, in the first cooldown": (
+        seen(workers=4),
+        settings(),
+        PolicyState(),
+        (4, "hold", "4 workers idle, queue empty: holding at 4 for the first 60 s"),
+    ),
+    "hold, needed lately": (
+        seen(workers=4),
+        settings(),
+        PolicyState(since=-100.0, recommendations=((-5.0, 4),)),
+        (
+            4,
+            "hold",
+            "4 workers idle, queue empty: holding at 4, as many were needed in the last 60 s",
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REASONS))
+def test_every_reason_reads_at_once(name: str) -> None:
+    observation, policy, state, expected = REASONS[name]
+    decision = decide(observation, policy, state)
+    assert (decision.desired, decision.direction, decision.reason) == expected

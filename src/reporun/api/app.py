@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from reporun import __version__
 from reporun.api import problems
 from reporun.api.deps import Services
+from reporun.api.docs import install_docs
 from reporun.api.metrics import EndedJobs, HttpMetrics
 from reporun.api.routes import health, jobs, legacy, workers
 
@@ -85,6 +86,9 @@ def create_app(
         version=__version__,
         summary="Run git repositories as sandboxed jobs.",
         lifespan=lifespan,
+        # Served from the package (api/docs.py); ReDoc would load from a CDN, so none.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = services
     app.state.ended_jobs = EndedJobs()
@@ -94,6 +98,7 @@ def create_app(
     app.include_router(legacy.router)
     app.include_router(workers.router)
     app.include_router(health.router)
+    install_docs(app)
 
     @app.middleware("http")
     async def measure(

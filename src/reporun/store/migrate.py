@@ -6,6 +6,7 @@ loading Alembic (a test keeps the constant equal to the newest migration).
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -16,7 +17,9 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy import Connection
 
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0007"
+
+logger = logging.getLogger("reporun.store")
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -35,10 +38,25 @@ def migration_heads() -> set[str]:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Migrate to `revision`; one log line when there is something to do, none otherwise."""
     from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
     def run(connection: Connection) -> None:
-        command.upgrade(alembic_config(connection), revision)
+        config = alembic_config(connection)
+        current = MigrationContext.configure(connection).get_current_revision()
+        if revision == "head":
+            target = ScriptDirectory.from_config(config).get_current_head()
+        else:
+            target = revision
+        if current == target:
+            return
+        logger.info(
+            f"migrating the database from {current or 'empty'} to {target}",
+            extra={"action": "migrate", "current": current, "target": target},
+        )
+        command.upgrade(config, revision)
 
     async with engine.begin() as conn:
         await conn.run_sync(run)

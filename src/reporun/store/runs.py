@@ -171,7 +171,12 @@ async def _give_back(
             JobStatus.QUEUED,
             sources=RUNNING,
             where=[*where, jobs.c.attempts < max_attempts],
-            values={"worker": None, "started_at": None, "lease_expires_at": None},
+            values={
+                "worker": None,
+                "started_at": None,
+                "lease_expires_at": None,
+                "requeued_at": now,
+            },
         )
     if done is None:
         done = await transition(

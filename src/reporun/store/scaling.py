@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from reporun.jobs import TERMINAL, JobStatus
 from reporun.store.dialect import clock, read_clock, seconds_between
-from reporun.store.tables import jobs, scaling_decisions
+from reporun.store.tables import UTCDateTime, jobs, scaling_decisions
 
 
 def _running() -> sa.Select[Any]:
@@ -59,8 +59,11 @@ class ScalingRecords:
 
     async def snapshot(self, window: float) -> QueueSnapshot:
         """The queue now: waits of jobs started in the last `window` seconds (index on
-        started_at), queued and running counts, the oldest queued job's age."""
-        wait = seconds_between(jobs.c.created_at, jobs.c.started_at, self.engine.dialect.name)
+        started_at), queued and running counts, the oldest queued job's age. A job given back
+        to the queue (its worker lost, or stopped) waits from then: the time it ran before is
+        no wait of new work."""
+        entered = sa.func.coalesce(jobs.c.requeued_at, jobs.c.created_at, type_=UTCDateTime)
+        wait = seconds_between(entered, jobs.c.started_at, self.engine.dialect.name)
         queued = jobs.c.status == JobStatus.QUEUED.value
         async with self.engine.connect() as conn:
             now = await read_clock(conn)
@@ -70,9 +73,7 @@ class ScalingRecords:
                 for (v,) in await conn.execute(sa.select(wait).where(jobs.c.started_at > since))
             ]
             count, oldest = (
-                await conn.execute(
-                    sa.select(sa.func.count(), sa.func.min(jobs.c.created_at)).where(queued)
-                )
+                await conn.execute(sa.select(sa.func.count(), sa.func.min(entered)).where(queued))
             ).one()
             busy = (await conn.execute(_running())).all()
         return QueueSnapshot(

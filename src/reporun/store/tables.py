@@ -51,6 +51,8 @@ jobs = sa.Table(
     # Start-time fair queuing: claims take the smallest tag (see store.jobs.create_job).
     sa.Column("fair_tag", sa.BigInteger, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # When it last went back to the queue (null: never); the observer's waits count from it.
+    sa.Column("requeued_at", UTCDateTime),
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
     sa.Column("lease_expires_at", UTCDateTime),

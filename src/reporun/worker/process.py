@@ -1,5 +1,5 @@
-"""Run a command line, stream its merged output capped at the log limit, and kill its whole
-process group on timeout or stop."""
+"""Run a command line, stream its merged output capped at the log limit (ended by a marker line
+when cut), and kill its whole process group on timeout or stop."""
 
 from __future__ import annotations
 
@@ -99,8 +99,26 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def size_text(n: int) -> str:
+    """Bytes as a person reads them: `512 bytes`, `4.0 KiB`, `1.0 MiB`."""
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / (1024 * 1024):.1f} MiB"
+
+
+def cut_marker(limit: int) -> bytes:
+    """The line that ends a log cut at `limit`: the reader sees it was cut, where, and why."""
+    return (
+        f"[reporun: log cut at {size_text(limit)} (the job's log limit); "
+        "the rest of its output was dropped, the job went on]\n"
+    ).encode()
+
+
 class _Capped:
-    """Passes on output up to `limit` bytes, then drops the rest but keeps the pipe drained."""
+    """Passes on output up to `limit` bytes, then the cut marker once (on a line of its own),
+    then drops the rest but keeps the pipe drained."""
 
     def __init__(self, limit: int, sink: OutputSink) -> None:
         self.limit = limit
@@ -108,19 +126,27 @@ class _Capped:
         self.kept = 0
         self.seen = 0
         self.truncated = False
+        self._line_open = False  # the last byte passed on was not a newline
 
     async def drain(self, stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(256 * 1024):
             self.seen += len(chunk)
-            room = self.limit - self.kept
-            if room <= 0:
-                self.truncated = True
+            if self.truncated:
                 continue
+            room = self.limit - self.kept
             if len(chunk) > room:
-                chunk = chunk[:room]
                 self.truncated = True
-            self.kept += len(chunk)
-            try:
-                await self.sink(chunk)
-            except Exception:  # never stop draining: a full pipe would freeze the job
-                logger.warning("log sink failed", exc_info=True, extra={"action": "log"})
+                chunk = chunk[:room]
+            if chunk:
+                self.kept += len(chunk)
+                self._line_open = not chunk.endswith(b"\n")
+            if self.truncated:
+                chunk += (b"\n" if self._line_open else b"") + cut_marker(self.limit)
+            if chunk:
+                await self._pass_on(chunk)
+
+    async def _pass_on(self, chunk: bytes) -> None:
+        try:
+            await self.sink(chunk)
+        except Exception:  # never stop draining: a full pipe would freeze the job
+            logger.warning("log sink failed", exc_info=True, extra={"action": "log"})
