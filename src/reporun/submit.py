@@ -8,10 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from reporun.errors import Forbidden
 from reporun.jobs import Job, JobRules, build_spec
 from reporun.queue import QueueBackend
 from reporun.store import Quota
-from reporun.urlpolicy import Unresolvable, check_resolved
+from reporun.urlpolicy import RepoUrl, Unresolvable, UrlPolicy, check_addresses, is_local, resolve
+
+OPERATORS_ONLY = (
+    "local paths, file:// URLs and loopback hosts are the operator's: only an admin token may "
+    "submit them"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +44,8 @@ class Submissions:
         env: Mapping[str, str] | None = None,
         limits: Mapping[str, Any] | None = None,
     ) -> Job:
-        """Check, store and enqueue a job; InvalidInput naming the field, or QuotaExceeded."""
+        """Check, store and enqueue a job; InvalidInput naming the field, Forbidden for a local
+        repository from a non-admin, or QuotaExceeded."""
         rules = self.config.rules
         spec, url = build_spec(
             repo=repo,
@@ -49,9 +56,23 @@ class Submissions:
             limits=limits,
             rules=rules,
         )
-        # The worker checks again at clone time, when the answer may have changed; a host that
-        # does not resolve now fails the job then, with the clone's own reason.
-        with contextlib.suppress(Unresolvable):
-            await check_resolved(url, rules.url_policy)
+        policy = rules.url_policy
+        addresses = await _addresses(url, policy)
+        if not admin and policy.allow_local and is_local(url, addresses, policy):
+            raise Forbidden(OPERATORS_ONLY, field="repo")
         quota = self.config.admin_quota if admin else self.config.quota
         return await self.queue.submit(spec, owner, quota=quota)
+
+
+async def _addresses(url: RepoUrl, policy: UrlPolicy) -> list[str]:
+    """The addresses the repository's host resolves to now, refused when one is not public
+    (unless the policy allows it). The worker checks again at clone time, when the answer may
+    have changed; a host that does not resolve now fails the job then, with the clone's own
+    reason."""
+    if url.host is None or url.host in policy.trusted_hosts:
+        return []
+    addresses: list[str] = []
+    with contextlib.suppress(Unresolvable):
+        addresses = await resolve(url.host)
+    check_addresses(url.host, addresses, policy)
+    return addresses

@@ -25,6 +25,11 @@ REFUSED = (
     "`field` names it."
 )
 
+LOCAL_REFUSED = (
+    "The token lacks the role user or admin, or (`reporun serve`) a user's token names a local "
+    "path, a file:// URL or a loopback host, which only admins may submit; `field` is `repo`."
+)
+
 
 def owner_filter(user: Principal) -> str | None:
     """Admins see every job; a user only their own."""
@@ -36,7 +41,7 @@ def owner_filter(user: Principal) -> str | None:
     status_code=202,
     response_model=JobOut,
     summary="Submit a job",
-    responses=responses(400, 413, 422, 429, why={400: REFUSED}),
+    responses=responses(400, 413, 422, 429, why={400: REFUSED, 403: LOCAL_REFUSED}),
 )
 async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> JobOut:
     job = await services.submissions.submit(

@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse
 
 from reporun.api.deps import CurrentUser, ServicesDep
 from reporun.api.problems import responses
-from reporun.api.routes.jobs import owner_filter
+from reporun.api.routes.jobs import LOCAL_REFUSED, owner_filter
 from reporun.api.schemas import Documented, LegacyJob
 from reporun.jobs import Job, JobStatus
 from reporun.urlpolicy import MAX_URL_LENGTH
@@ -37,7 +37,9 @@ def legacy_view(job: Job) -> dict[str, str]:
     "/add",
     response_class=PlainTextResponse,
     summary="Submit a job (seed)",
-    responses=responses(400, 422, 429, why={400: "The URL policy refuses the repository."}),
+    responses=responses(
+        400, 422, 429, why={400: "The URL policy refuses the repository.", 403: LOCAL_REFUSED}
+    ),
 )
 async def add(
     url: Annotated[
