@@ -77,7 +77,11 @@ class TokenRecords:
         if exact is not None:
             return exact
         if len(id_or_prefix) < MIN_PREFIX:
-            raise InvalidInput(f"no token {id_or_prefix}", field="id")
+            raise InvalidInput(
+                f"no token {id_or_prefix} (give an id, or at least its first {MIN_PREFIX} "
+                "characters)",
+                field="id",
+            )
         stmt = sa.select(tokens).where(tokens.c.id.startswith(id_or_prefix, autoescape=True))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt.limit(2))).all()
