@@ -22,6 +22,14 @@ class InvalidInput(ReporunError):
         self.field = field
 
 
+class RepoUnusable(InvalidInput):
+    """The repository cannot be used: a local path that is no directory, no git repository, or
+    one with no commits (422, naming `repo`)."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, field="repo")
+
+
 class ConfigError(ReporunError):
     """The configuration is not valid."""
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from reporun.errors import Forbidden
 from reporun.jobs import Job, JobRules, build_spec
+from reporun.localrepo import check_local_repo, local_path
 from reporun.queue import QueueBackend
 from reporun.store import Quota
 from reporun.urlpolicy import RepoUrl, Unresolvable, UrlPolicy, check_addresses, is_local, resolve
@@ -44,8 +45,9 @@ class Submissions:
         env: Mapping[str, str] | None = None,
         limits: Mapping[str, Any] | None = None,
     ) -> Job:
-        """Check, store and enqueue a job; InvalidInput naming the field, Forbidden for a local
-        repository from a non-admin, or QuotaExceeded."""
+        """Check, store and enqueue a job; InvalidInput naming the field (RepoUnusable for a
+        local path that is no repository with commits), Forbidden for a local repository from a
+        non-admin, or QuotaExceeded."""
         rules = self.config.rules
         spec, url = build_spec(
             repo=repo,
@@ -59,7 +61,10 @@ class Submissions:
         policy = rules.url_policy
         addresses = await _addresses(url, policy)
         if not admin and policy.allow_local and is_local(url, addresses, policy):
+            # Before any look at the path, so a user learns nothing of what is there.
             raise Forbidden(OPERATORS_ONLY, field="repo")
+        if url.scheme == "file":
+            await check_local_repo(local_path(url.url), ref=spec.ref)
         quota = self.config.admin_quota if admin else self.config.quota
         return await self.queue.submit(spec, owner, quota=quota)
 

@@ -76,6 +76,16 @@ async def test_no_entry_point(api: Api, git_server: GitServer, start_worker: Wor
     assert (job["status"], job["reason"]) == ("failed", "no entry point")
 
 
+async def test_run_sh_not_executable_is_named(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory
+) -> None:
+    repo = git_server.make_repo({"run.sh": "#!/bin/sh\necho hi\n"}, executable=())
+    start_worker()
+    job = await api.wait((await api.submit(repo=repo))["id"])
+    assert job["status"] == "failed", job
+    assert job["reason"].startswith("no entry point: run.sh exists but is not executable"), job
+
+
 async def test_missing_repository_fails_naming_the_clone(
     api: Api, git_server: GitServer, start_worker: WorkerFactory
 ) -> None:

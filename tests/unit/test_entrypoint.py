@@ -38,6 +38,14 @@ def test_first_match_wins(
     assert pick_entry(workspace(tmp_path, files, executable), requested).command == command
 
 
+def test_run_sh_not_executable_says_so(tmp_path: Path) -> None:
+    with pytest.raises(NoEntryPoint) as caught:
+        pick_entry(workspace(tmp_path, {"run.sh": "#!/bin/sh\necho hi\n"}), None)
+    assert caught.value.message == (
+        "no entry point: run.sh exists but is not executable (chmod +x run.sh, then commit it)"
+    )
+
+
 def test_toml_timeout_and_network(tmp_path: Path) -> None:
     entry = pick_entry(
         workspace(tmp_path, {"reporun.toml": "timeout = 9\nnetwork = true\n", "main.py": ""}), None

@@ -27,6 +27,7 @@ from reporun.errors import (
     NotFound,
     QuotaExceeded,
     ReporunError,
+    RepoUnusable,
 )
 
 logger = logging.getLogger("reporun.api")
@@ -104,6 +105,8 @@ def problem(
 
 def _status_of(exc: ReporunError) -> int:
     match exc:
+        case RepoUnusable():
+            return 422
         case InvalidInput():
             return 400
         case Forbidden():
@@ -149,7 +152,11 @@ def install(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if isinstance(exc, QuotaExceeded):
             headers = {"Retry-After": str(exc.retry_after)}
-        return problem(status, exc.message, field=getattr(exc, "field", None), headers=headers)
+        field = getattr(exc, "field", None)
+        extra: dict[str, Any] = {}
+        if status == 422 and field is not None:  # as a 422 from validation: `errors` lists it
+            extra["errors"] = [{"field": field, "message": exc.message}]
+        return problem(status, exc.message, field=field, headers=headers, **extra)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

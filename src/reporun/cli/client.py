@@ -101,4 +101,7 @@ def _detail(response: httpx.Response) -> str:
         detail = body.get("detail") if isinstance(body, dict) else None
     except ValueError:
         detail = None
-    return f"{response.status_code}: {detail or response.text[:200] or response.reason_phrase}"
+    # The status stays on the ApiError (for the exit code); the user reads the problem's words.
+    if isinstance(detail, str) and detail.strip():
+        return detail.strip()
+    return f"the server answered {response.status_code} {response.reason_phrase}".rstrip()

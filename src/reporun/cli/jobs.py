@@ -8,8 +8,7 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -34,11 +33,13 @@ async def _client() -> AsyncIterator[Any]:
         yield client
 
 
-def _repo_argument(repo: str) -> str:
-    """A local directory becomes its absolute path (only `reporun serve` accepts those)."""
-    if "://" not in repo and not repo.startswith("-") and Path(repo).is_dir():
-        return str(Path(repo).resolve())
-    return repo
+def _stop_following(job_id: str, doing: str = "following") -> NoReturn:
+    """Ctrl-C while following or waiting: the job goes on; say how to get back to it."""
+    fail(
+        f"stopped {doing} job {job_id}; it goes on: `reporun logs -f {job_id}` follows it "
+        f"again, `reporun cancel {job_id}` cancels it",
+        130,
+    )
 
 
 def _env_pairs(pairs: list[str]) -> dict[str, str]:
@@ -52,21 +53,23 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
 
 
 def _show(job: dict[str, Any]) -> str:
-    parts = [job["id"], job["status"]]
-    if job.get("exit_code") is not None:
-        parts.append(f"exit={job['exit_code']}")
-    if job.get("reason"):
-        parts.append(f"({job['reason']})")
+    """`ID STATUS (why)`: the reason, and the exit code unless the reason already says it."""
+    details = [job["reason"]] if job.get("reason") else []
+    code = job.get("exit_code")
+    if code not in (None, 0) and not any(f"exit code {code}" in d for d in details):
+        details.append(f"exit code {code}")
     if job.get("cancel_requested") and job["status"] not in TERMINAL:
-        parts.append("(cancel requested)")
-    return " ".join(parts)
+        details.append("cancel requested")
+    shown = f"{job['id']} {job['status']}"
+    return f"{shown} ({'; '.join(details)})" if details else shown
 
 
-async def _wait(client: Any, job_id: str) -> dict[str, Any]:
-    """Poll until the job ends; a spinner on a terminal, a line per change otherwise."""
+async def _wait(client: Any, job_id: str, *, progress: bool = True) -> dict[str, Any]:
+    """Poll until the job ends; a spinner on a terminal, a line per change otherwise (neither
+    without `progress`)."""
     last = None
     status_line = None
-    if sys.stderr.isatty():
+    if progress and sys.stderr.isatty():
         from rich.console import Console
 
         status_line = Console(stderr=True).status(f"{job_id} queued")
@@ -77,7 +80,7 @@ async def _wait(client: Any, job_id: str) -> dict[str, Any]:
             job: dict[str, Any] = await client.job(job_id)
             if job["status"] != last:
                 last = job["status"]
-                if status_line is None:
+                if progress and status_line is None:
                     print(f"{job_id} {last}", file=sys.stderr, flush=True)
             if status_line is not None:
                 status_line.update(f"{job_id} {last} ({time.monotonic() - started:.0f} s)")
@@ -105,7 +108,10 @@ def submit(
     """Submit a repository (URL, or a local directory to `reporun serve`)."""
     if wait and follow:
         fail("--wait and --follow do not go together")
-    body: dict[str, Any] = {"repo": _repo_argument(repo)}
+    from reporun.cli.local import absolute, is_local, uncommitted
+
+    local = absolute(repo) if is_local(repo) else None
+    body: dict[str, Any] = {"repo": str(local) if local is not None else repo}
     for key, value in (("ref", ref), ("command", command), ("timeout", timeout)):
         if value is not None:
             body[key] = value
@@ -113,16 +119,27 @@ def submit(
         body["env"] = _env_pairs(env)
 
     async def submit_job() -> int:
+        edits = await uncommitted(repo, local, ref) if local is not None else None
         async with _client() as client:
             job = await client.submit(body)
-            if not (wait or follow):
-                print(json.dumps(job, indent=2) if as_json else job["id"])
-                return 0
+            job_id = job["id"]
             if follow:
-                async for chunk in client.logs(job["id"], follow=True):
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
-            job = await _wait(client, job["id"])
+                print(f"reporun: job {job_id} submitted; following its log", file=sys.stderr)
+            if edits is not None:
+                print(f"reporun: {edits}", file=sys.stderr)
+            if not (wait or follow):
+                print(json.dumps(job, indent=2) if as_json else job_id)
+                return 0
+            try:
+                if follow:
+                    # With --json, stdout carries the job alone: the log goes to stderr.
+                    out = sys.stderr if as_json else sys.stdout
+                    async for chunk in client.logs(job_id, follow=True):
+                        out.buffer.write(chunk)
+                        out.flush()
+                job = await _wait(client, job_id, progress=not follow)  # the log was progress
+            except asyncio.CancelledError:
+                _stop_following(job_id, "following" if follow else "waiting for")
             if as_json:
                 print(json.dumps(job, indent=2))
             else:
@@ -185,10 +202,16 @@ def logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = 
     """Print a job's log; --follow streams it until the job ends."""
 
     async def stream() -> None:
+        job = _job_id(job_id)
         async with _client() as client:
-            async for chunk in client.logs(_job_id(job_id), follow=follow):
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
+            try:
+                async for chunk in client.logs(job, follow=follow):
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+            except asyncio.CancelledError:
+                if not follow:
+                    raise
+                _stop_following(job)
 
     run(stream())
 

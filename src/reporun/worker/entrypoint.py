@@ -76,16 +76,21 @@ def pick_entry(workspace: Path, requested: str | None) -> Entry:
     if network is not None and not isinstance(network, bool):
         raise BadRepoConfig(f"{TOML_NAME}: network must be true or false")
 
+    run_sh = _regular(workspace / "run.sh")
     if requested:
         chosen = requested
     elif command:
         chosen = command
-    elif (info := _regular(workspace / "run.sh")) is not None and info.st_mode & 0o111:
+    elif run_sh is not None and run_sh.st_mode & 0o111:
         chosen = "./run.sh"
     elif _regular(workspace / "Makefile") is not None:
         chosen = "make"
     elif _regular(workspace / "main.py") is not None:
         chosen = "python3 main.py"
+    elif run_sh is not None:
+        raise NoEntryPoint(
+            "no entry point: run.sh exists but is not executable (chmod +x run.sh, then commit it)"
+        )
     else:
         raise NoEntryPoint()
     return Entry(chosen, timeout, network)

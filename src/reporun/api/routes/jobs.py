@@ -24,6 +24,10 @@ REFUSED = (
     "The URL policy refuses the repository, or a ref, command, env or limit is refused; "
     "`field` names it."
 )
+UNUSABLE = (
+    "The request does not match this document, or a local repository (`reporun serve`) is no "
+    "directory, no git repository or has no commits; `errors` lists every invalid field."
+)
 
 LOCAL_REFUSED = (
     "The token lacks the role user or admin, or (`reporun serve`) a user's token names a local "
@@ -41,7 +45,7 @@ def owner_filter(user: Principal) -> str | None:
     status_code=202,
     response_model=JobOut,
     summary="Submit a job",
-    responses=responses(400, 413, 422, 429, why={400: REFUSED, 403: LOCAL_REFUSED}),
+    responses=responses(400, 413, 422, 429, why={400: REFUSED, 403: LOCAL_REFUSED, 422: UNUSABLE}),
 )
 async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> JobOut:
     job = await services.submissions.submit(
@@ -121,4 +125,4 @@ async def cancel(job_id: uuid.UUID, user: CurrentUser, services: ServicesDep) ->
     return JobOut.of(job)
 
 
-__all__ = ["owner_filter", "router"]
+__all__ = ["UNUSABLE", "owner_filter", "router"]
