@@ -13,9 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from reporun.errors import ConfigError
 from reporun.jobs import GiB, KiB, MiB
-
-DEFAULT_DATA_DIR = Path(".reporun")
-ADMIN_TOKEN_FILE = "admin.token"
+from reporun.paths import ADMIN_TOKEN_FILE, DATABASE_FILE, SECRET_KEY_FILE, default_data_dir
 
 # Secrets that ship in examples; a server refuses to start with them.
 KNOWN_WEAK_SECRETS = frozenset({"", "changeme", "secret", "postgres", "reporun", "admin"})
@@ -30,8 +28,9 @@ def _csv(value: object) -> object:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REPORUN_", extra="ignore")
 
-    # Where the embedded service keeps its database, tokens, mirrors and workspaces.
-    data_dir: Path = DEFAULT_DATA_DIR
+    # Where the embedded service keeps its database, tokens, mirrors and workspaces (default:
+    # the per-user data dir, see reporun.paths).
+    data_dir: Path = Field(default_factory=default_data_dir)
     # Where checkouts wait for their sandbox; must be reachable by the jobs' uids.
     work_dir: Path | None = None
     database_url: str | None = None
@@ -186,7 +185,7 @@ class Settings(BaseSettings):
                 f"postgresql+asyncpg://{auth}@{self.postgres_host}:"
                 f"{self.postgres_port}/{self.postgres_db}"
             )
-        return f"sqlite+aiosqlite:///{(self.data_dir / 'reporun.db').resolve()}"
+        return f"sqlite+aiosqlite:///{(self.data_dir / DATABASE_FILE).resolve()}"
 
     @property
     def mirrors_dir(self) -> Path:
@@ -205,7 +204,7 @@ class Settings(BaseSettings):
 
     @property
     def secret_key_path(self) -> Path:
-        return self.data_dir / "secret.key"
+        return self.data_dir / SECRET_KEY_FILE
 
     def required_issuer(self) -> str:
         """The OIDC issuer, which REPORUN_AUTH=oidc cannot do without."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from reporun.config import Settings
 from reporun.jobs import Limits
 from reporun.store import Store
+from reporun.store.engine import sqlite_file
 from reporun.store.migrate import is_current
 from reporun.worker.main import sandbox_config
 from reporun.worker.sandbox import Bubblewrap
@@ -79,7 +80,12 @@ async def diagnose(settings: Settings) -> bool:
     else:
         problem = await _sandbox_works(settings)
         report("sandbox (bubblewrap)", problem, sandbox_hint(problem or ""))
-    store = Store.open(settings.db_url)
+    path = sqlite_file(settings.db_url)
+    if path is not None and not path.is_file():
+        # Nothing to check, and nothing is created here: `serve` makes the database.
+        print(f"-     database: none yet at {path} (`reporun serve` creates it)")
+        return ok
+    store = Store.open(settings.db_url, read_only=True)
     try:
         await asyncio.wait_for(store.ping(), 5)
         current = await is_current(store.engine)

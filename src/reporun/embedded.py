@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from reporun.api.auth import LocalAuth, load_or_create_key, write_token_file
+from reporun.api.auth import LocalAuth, ensure_admin_token, load_or_create_key
 from reporun.api.server import run_api
 from reporun.config import Settings
 from reporun.observer.main import build_observer
 from reporun.observer.scalers import LocalScaler
+from reporun.paths import forget_server, record_server
 from reporun.store import Store
 from reporun.store.migrate import upgrade
 from reporun.worker.main import sandbox_config
 from reporun.worker.sandbox import build_sandbox
 from reporun.worker.workdir import prepare_work_dir
+
+logger = logging.getLogger("reporun.serve")
 
 # Ctrl-C on a laptop should not wait ten minutes for a job: running jobs go back to the queue.
 SERVE_DRAIN_GRACE = 10.0
@@ -67,12 +71,11 @@ async def serve(settings: Settings) -> None:
     build_sandbox(sandbox_config(settings))  # refuse to start without one, with the reason
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     prepare_work_dir(settings.job_work_dir)
-    auth = LocalAuth(load_or_create_key(settings.secret_key_path))
-    token_path = settings.admin_token_path
-    if not token_path.exists():
-        write_token_file(token_path, auth.mint("admin", "admin"))
     store = Store.open(settings.db_url)
     await upgrade(store.engine)
+    auth = LocalAuth(load_or_create_key(settings.secret_key_path), store.tokens)
+    token_path = settings.admin_token_path
+    await ensure_admin_token(auth, token_path)
     scaler = LocalScaler(_worker_env(settings), drain_grace=settings.drain_grace)
     observer = build_observer(settings, store, scaler)
     await observer.tick()  # the minimum pool starts before the API answers
@@ -81,7 +84,17 @@ async def serve(settings: Settings) -> None:
     low, high = settings.pool_bounds
     pool = f"{low} worker(s)" if low == high else f"{low} to {high} workers (scaled on queue wait)"
 
+    served: list[Path] = []
+
     async def banner() -> None:
+        # Listening now: client commands on this machine find the token from any directory.
+        if settings.port:
+            try:
+                served.append(record_server(settings.host, settings.port, settings.data_dir))
+            except OSError as exc:
+                logger.warning(
+                    "cannot record this server for the CLI: %s", exc, extra={"action": "record"}
+                )
         cli = _cli_name()
         url = f"http://{settings.host}:{settings.port}"
         print(
@@ -99,6 +112,8 @@ async def serve(settings: Settings) -> None:
     try:
         await run_api(settings, store, auth, on_started=banner)
     finally:
+        for path in served:
+            forget_server(path)
         stop_observing.set()
         await observing
         await scaler.close()

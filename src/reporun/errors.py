@@ -53,6 +53,10 @@ class Unauthorized(AuthError):
 class Forbidden(AuthError):
     """The token does not carry the role this call needs."""
 
+    def __init__(self, message: str | None = None, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
 
 class QuotaExceeded(ReporunError):
     """Too many jobs; try again later."""

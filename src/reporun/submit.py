@@ -8,11 +8,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from reporun.errors import Forbidden
 from reporun.jobs import Job, JobRules, build_spec
 from reporun.localrepo import check_local_repo, local_path
 from reporun.queue import QueueBackend
 from reporun.store import Quota
-from reporun.urlpolicy import Unresolvable, check_resolved
+from reporun.urlpolicy import RepoUrl, Unresolvable, UrlPolicy, check_addresses, is_local, resolve
+
+OPERATORS_ONLY = (
+    "local paths, file:// URLs and loopback hosts are the operator's: only an admin token may "
+    "submit them"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +46,8 @@ class Submissions:
         limits: Mapping[str, Any] | None = None,
     ) -> Job:
         """Check, store and enqueue a job; InvalidInput naming the field (RepoUnusable for a
-        local path that is no repository with commits), or QuotaExceeded."""
+        local path that is no repository with commits), Forbidden for a local repository from a
+        non-admin, or QuotaExceeded."""
         rules = self.config.rules
         spec, url = build_spec(
             repo=repo,
@@ -51,11 +58,26 @@ class Submissions:
             limits=limits,
             rules=rules,
         )
-        # The worker checks again at clone time, when the answer may have changed; a host that
-        # does not resolve now fails the job then, with the clone's own reason.
-        with contextlib.suppress(Unresolvable):
-            await check_resolved(url, rules.url_policy)
+        policy = rules.url_policy
+        addresses = await _addresses(url, policy)
+        if not admin and policy.allow_local and is_local(url, addresses, policy):
+            # Before any look at the path, so a user learns nothing of what is there.
+            raise Forbidden(OPERATORS_ONLY, field="repo")
         if url.scheme == "file":
             await check_local_repo(local_path(url.url), ref=spec.ref)
         quota = self.config.admin_quota if admin else self.config.quota
         return await self.queue.submit(spec, owner, quota=quota)
+
+
+async def _addresses(url: RepoUrl, policy: UrlPolicy) -> list[str]:
+    """The addresses the repository's host resolves to now, refused when one is not public
+    (unless the policy allows it). The worker checks again at clone time, when the answer may
+    have changed; a host that does not resolve now fails the job then, with the clone's own
+    reason."""
+    if url.host is None or url.host in policy.trusted_hosts:
+        return []
+    addresses: list[str] = []
+    with contextlib.suppress(Unresolvable):
+        addresses = await resolve(url.host)
+    check_addresses(url.host, addresses, policy)
+    return addresses

@@ -184,6 +184,21 @@ async def resolve(host: str, *, timeout: float = DNS_TIMEOUT) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+def is_local(url: RepoUrl, addresses: Iterable[str], policy: UrlPolicy) -> bool:
+    """Whether only `allow_local` admits the URL: a local path or file://, or a host that is or
+    resolves to a loopback address (unless the operator trusts it). Those are the operator's:
+    `reporun serve` takes them from admin tokens only."""
+    if url.host is None:
+        return True
+    if url.host in policy.trusted_hosts:
+        return False
+    candidates = ["127.0.0.1"] if url.host == "localhost" or url.host.endswith(".localhost") else []
+    return any(
+        address is not None and address.is_loopback
+        for address in map(_ip, [url.host, *candidates, *addresses])
+    )
+
+
 async def check_resolved(url: RepoUrl, policy: UrlPolicy) -> None:
     """Refuse a host that resolves to a non-public address (unless trusted); Unresolvable when
     it does not resolve. Local paths have no host to check."""

@@ -21,16 +21,21 @@ CLI_TIMEOUT = 60.0
 
 def cli_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
     """This environment without reporun's or PostgreSQL's settings (they could point a server
-    at another database), quiet logs, `data_dir`, the URL of a server on `port`, and `extra`."""
+    at another database), quiet logs, `data_dir`, the URL of a server on `port`, per-user
+    (XDG) data and state dirs beside `data_dir` rather than in the real home, and `extra`."""
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("REPORUN_", "POSTGRES_"))
     }
+    user = data_dir.with_name(f"{data_dir.name}-user")
     env.update(
         REPORUN_DATA_DIR=str(data_dir),
         REPORUN_URL=f"http://{LOOPBACK}:{port}",
         REPORUN_LOG_LEVEL="WARNING",
+        XDG_DATA_HOME=str(user / "data"),
+        XDG_STATE_HOME=str(user / "state"),
+        XDG_CONFIG_HOME=str(user / "config"),
     )
     env.update(extra)
     return env

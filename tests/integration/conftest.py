@@ -19,6 +19,7 @@ from reporun.config import Settings
 from reporun.jobs import TERMINAL
 from reporun.queue import QueueBackend
 from reporun.store import Store
+from reporun.store.tokens import TokenRecord
 from reporun.wiring import build_queue
 from reporun.worker.loop import Worker
 from reporun.worker.main import worker_config
@@ -34,12 +35,22 @@ class Api:
     client: httpx.AsyncClient
     auth: LocalAuth
     jobs: Client = field(init=False)
+    unrecorded: list[TokenRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.jobs = Client(self.client)
+        self.client.event_hooks["request"].append(self.record_tokens)
 
     def headers(self, name: str = "alice", role: str = "user") -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.auth.mint(name, role)}"}
+        issued = self.auth.mint(name, role)
+        self.unrecorded.append(issued.record)
+        return {"Authorization": f"Bearer {issued.token}"}
+
+    async def record_tokens(self, _request: httpx.Request) -> None:
+        """Before each request: record the tokens `headers` minted in the server's database, as
+        `reporun token create` does (a token not recorded there is refused)."""
+        while self.unrecorded:
+            await self.auth.tokens.add(self.unrecorded.pop())
 
     async def submit(self, name: str = "alice", role: str = "user", **body: Any) -> dict[str, Any]:
         return await self.jobs.submit(headers=self.headers(name, role), **body)
@@ -61,7 +72,7 @@ class Api:
 
 @pytest.fixture
 async def api(settings: Settings, store: Store) -> AsyncIterator[Api]:
-    auth = LocalAuth(settings.secret_key.get_secret_value())  # type: ignore[union-attr]
+    auth = LocalAuth(settings.secret_key.get_secret_value(), store.tokens)  # type: ignore[union-attr]
     app = create_app(build_services(settings, store, auth))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://reporun.test") as client:

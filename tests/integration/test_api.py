@@ -175,9 +175,82 @@ async def test_no_or_bad_token_is_401(api: Api, path: str, header: str | None) -
 async def test_a_token_signed_by_another_key_is_401(api: Api) -> None:
     from reporun.api.auth import LocalAuth
 
-    forged = LocalAuth("another-key-" + "x" * 40).mint("alice", "admin")
-    response = await api.client.get("/v1/jobs", headers={"Authorization": f"Bearer {forged}"})
-    assert_problem(response, 401)
+    forged = LocalAuth("another-key-" + "x" * 40, api.auth.tokens).mint("alice", "admin")
+    await api.auth.tokens.add(forged.record)  # recorded, but not signed with this key
+    headers = {"Authorization": f"Bearer {forged.token}"}
+    response = await api.client.get("/v1/jobs", headers=headers)
+    assert assert_problem(response, 401)["detail"] == "the token is not one this server issued"
+
+
+@pytest.mark.parametrize("token", ["garbage", "a.b.c", "eyJhbGciOiJIUzI1NiJ9.e30.x"])
+async def test_a_wrong_token_says_so_without_jwt_jargon(api: Api, token: str) -> None:
+    response = await api.client.get("/v1/jobs", headers={"Authorization": f"Bearer {token}"})
+    assert assert_problem(response, 401)["detail"] == "the token is not one this server issued"
+
+
+async def test_a_revoked_token_is_refused_on_its_next_request(api: Api) -> None:
+    issued = await api.auth.issue("dave", "user", ttl=3600)
+    headers = {"Authorization": f"Bearer {issued.token}"}
+    assert (await api.client.get("/v1/jobs", headers=headers)).status_code == 200
+    record, revoked = await api.auth.tokens.revoke(issued.record.id[:8])
+    assert revoked and record.id == issued.record.id
+    for path in ("/v1/jobs", "/all"):
+        body = assert_problem(await api.client.get(path, headers=headers), 401)
+        assert body["detail"].startswith(f"the token {record.id} was revoked at ")
+    listed = {r.id: r.state(record.revoked_at) for r in await api.auth.tokens.list_tokens()}
+    assert listed[record.id] == "revoked"
+
+
+async def test_a_token_missing_from_the_records_is_refused(api: Api) -> None:
+    unrecorded = api.auth.mint("erin", "admin")
+    headers = {"Authorization": f"Bearer {unrecorded.token}"}
+    body = assert_problem(await api.client.get("/v1/jobs", headers=headers), 401)
+    assert "reporun token create" in body["detail"]
+
+
+LOCAL_REPOS = [
+    "/etc",
+    "/home/someone/checkout",
+    "file:///etc",
+    "https://localhost/x.git",
+    "git://[::1]/x.git",
+    "http://127.0.0.2/x.git",
+]
+
+
+@pytest.mark.parametrize("repo", LOCAL_REPOS)
+async def test_local_repositories_on_serve_are_for_admin_tokens_only(
+    settings,  # type: ignore[no-untyped-def]
+    store,
+    repo: str,
+) -> None:
+    import httpx as _httpx
+
+    from reporun.api.app import create_app
+    from reporun.api.auth import LocalAuth
+    from reporun.api.server import build_services
+    from reporun.embedded import embedded_settings
+    from reporun.submit import OPERATORS_ONLY
+
+    served = embedded_settings(settings)  # what `reporun serve` runs with
+    auth = LocalAuth(served.secret_key.get_secret_value(), store.tokens)
+    app = create_app(build_services(served, store, auth))
+    user = {"Authorization": f"Bearer {(await auth.issue('mallory', 'user')).token}"}
+    admin = {"Authorization": f"Bearer {(await auth.issue('root', 'admin')).token}"}
+    async with _httpx.AsyncClient(
+        transport=_httpx.ASGITransport(app=app), base_url="http://t"
+    ) as c:
+        refused = await c.post("/v1/jobs", json={"repo": repo}, headers=user)
+        # The same answer whether the path exists or not: a user learns nothing of what is there.
+        assert assert_problem(refused, 403, "repo")["detail"] == OPERATORS_ONLY
+        assert_problem(await c.get("/add", params={"url": repo}, headers=user), 403, "repo")
+        assert (await c.get("/v1/jobs", headers=user)).json()["items"] == []
+        # An admin's is checked further: queued, or refused as no repository (422).
+        admitted = await c.post("/v1/jobs", json={"repo": repo}, headers=admin)
+        assert admitted.status_code in (202, 422), admitted.text
+        # A host the operator trusts, or a public one, is anyone's.
+        trusted = await c.post("/v1/jobs", json={"repo": "git://127.0.0.1/x.git"}, headers=user)
+        assert trusted.status_code == 202, trusted.text
 
 
 async def test_health_needs_no_token(api: Api) -> None:
@@ -303,10 +376,10 @@ async def test_quota_and_rate_limit_answer_429_with_retry_after(
     from reporun.api.server import build_services
 
     limited = settings.model_copy(update={"quota_pending": 2, "quota_per_minute": 0})
-    auth = LocalAuth(limited.secret_key.get_secret_value())
+    auth = LocalAuth(limited.secret_key.get_secret_value(), store.tokens)
     app = create_app(build_services(limited, store, auth))
-    user = {"Authorization": f"Bearer {auth.mint('carol', 'user')}"}
-    admin = {"Authorization": f"Bearer {auth.mint('root', 'admin')}"}
+    user = {"Authorization": f"Bearer {(await auth.issue('carol', 'user')).token}"}
+    admin = {"Authorization": f"Bearer {(await auth.issue('root', 'admin')).token}"}
     async with _httpx.AsyncClient(
         transport=_httpx.ASGITransport(app=app), base_url="http://t"
     ) as c:

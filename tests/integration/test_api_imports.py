@@ -19,7 +19,8 @@ from reporun.store import Store
 
 settings = Settings(data_dir=sys.argv[1], secret_key=secrets.token_urlsafe(32))
 store = Store.open(settings.db_url)
-app = create_app(build_services(settings, store, LocalAuth(settings.secret_key.get_secret_value())))
+auth = LocalAuth(settings.secret_key.get_secret_value(), store.tokens)
+app = create_app(build_services(settings, store, auth))
 asyncio.run(store.close())
 print(json.dumps(sorted(m for m in sys.modules if m.startswith("reporun"))))
 """

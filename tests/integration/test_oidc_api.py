@@ -35,7 +35,7 @@ async def oidc_client(
             **overrides,
         }
     )
-    auth = build_auth(configured)
+    auth = build_auth(configured, store)
     app = create_app(build_services(configured, store, auth))
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
     return client, auth

@@ -82,8 +82,8 @@ class Served:
     url: str
     auth: LocalAuth
 
-    def token(self, name: str, role: str) -> str:
-        return self.auth.mint(name, role)
+    async def token(self, name: str, role: str) -> str:
+        return (await self.auth.issue(name, role)).token
 
 
 async def stand_in_worker(store: Store, queue: QueueBackend) -> None:
@@ -112,7 +112,7 @@ async def served(settings: Settings, store: Store) -> AsyncIterator[Served]:
     decision to show. Only 127.0.0.1 may be a repository host, so no drawn URL sends a DNS query
     off this machine."""
     settings = settings.model_copy(update={"allowed_hosts": ["127.0.0.1"]})
-    auth = LocalAuth(settings.secret_key.get_secret_value())  # type: ignore[union-attr]
+    auth = LocalAuth(settings.secret_key.get_secret_value(), store.tokens)  # type: ignore[union-attr]
     services = build_services(settings, store, auth)
     queue = services.queue
     app = create_app(services)
@@ -143,7 +143,7 @@ async def seed(served: Served, store: Store) -> None:
     )
     async with httpx.AsyncClient(base_url=served.url) as client:
         for name, role in (("root", "admin"), ("alice", "user"), ("bob", "user")):
-            headers = {"Authorization": f"Bearer {served.token(name, role)}"}
+            headers = {"Authorization": f"Bearer {await served.token(name, role)}"}
             body = {"repo": "https://127.0.0.1/octo/hello.git", "ref": "main", "env": {"A": "1"}}
             job = await client.post("/v1/jobs", json=body, headers=headers)
             assert job.status_code == 202, job.text
@@ -220,7 +220,7 @@ def assert_clean(
 
 
 async def test_schemathesis_finds_no_failure_as_an_admin(served: Served, tmp_path: Path) -> None:
-    auth = f'[auth.openapi.bearer]\nbearer = "{served.token("root", "admin")}"\n'
+    auth = f'[auth.openapi.bearer]\nbearer = "{await served.token("root", "admin")}"\n'
     report, printed = await schemathesis(served, tmp_path, auth, "--max-examples", "20")
     assert_clean(report, printed, await documented_operations(served))
 
@@ -231,7 +231,7 @@ async def test_schemathesis_finds_no_failure_as_users(served: Served, tmp_path: 
     users = tmp_path / "users.json"
     entries = [
         {"name": name, "fixedHeaders": [{"name": "Authorization", "value": f"Bearer {token}"}]}
-        for name, token in ((n, served.token(n, "user")) for n in ("alice", "bob"))
+        for name, token in [(n, await served.token(n, "user")) for n in ("alice", "bob")]
     ]
     users.write_text(json.dumps({"auth": entries}))
     auth = f'[auth.wfc]\npath = "{users}"\npeers = ["alice", "bob"]\n'
@@ -250,7 +250,8 @@ async def test_the_document_names_problems_and_the_real_media_types(
     FastAPI's own 422 shape is gone, and /metrics served without a token says so."""
     for public in (False, True):
         configured = settings.model_copy(update={"metrics_public": public})
-        auth = LocalAuth(configured.secret_key.get_secret_value())  # type: ignore[union-attr]
+        key = configured.secret_key.get_secret_value()  # type: ignore[union-attr]
+        auth = LocalAuth(key, store.tokens)
         app = create_app(build_services(configured, store, auth))
         document = app.openapi()
         assert "HTTPValidationError" not in document["components"]["schemas"]

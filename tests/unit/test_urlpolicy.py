@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reporun.errors import InvalidInput
-from reporun.urlpolicy import UrlPolicy, check_addresses, parse_repo_url
+from reporun.urlpolicy import UrlPolicy, check_addresses, is_local, parse_repo_url
 
 SERVER = UrlPolicy.of(["https"])
 CONFIGURED = UrlPolicy.of(["https", "git", "ssh"], trusted_hosts=["gitlab.internal", "10.0.0.5"])
@@ -104,3 +104,26 @@ def test_addresses_after_dns(host: str, addresses: list[str], ok: bool) -> None:
 def test_git_protocols_follow_the_policy() -> None:
     assert SERVER.git_protocols == {"https"}
     assert LOCAL.git_protocols == {"https", "http", "git", "ssh", "file"}
+
+
+LOCAL_TRUSTING = UrlPolicy.of(["https", "git"], trusted_hosts=["127.0.0.1"], allow_local=True)
+
+
+@pytest.mark.parametrize(
+    ("policy", "url", "addresses", "local"),
+    [
+        (LOCAL, "/home/me/project", [], True),
+        (LOCAL, "file:///etc", [], True),
+        (LOCAL, "git://127.0.0.1:9418/x.git", ["127.0.0.1"], True),
+        (LOCAL, "https://[::1]/x.git", [], True),
+        (LOCAL, "http://localhost:3000/x.git", [], True),
+        (LOCAL, "https://git.example.org/x.git", ["127.0.0.1"], True),  # resolves to loopback
+        (LOCAL, "https://git.example.org/x.git", ["93.184.216.34"], False),
+        (LOCAL, "https://git.example.org/x.git", [], False),  # does not resolve (yet)
+        (LOCAL_TRUSTING, "git://127.0.0.1/x.git", ["127.0.0.1"], False),  # the operator's choice
+    ],
+)
+def test_what_only_the_local_relaxation_admits(
+    policy: UrlPolicy, url: str, addresses: list[str], local: bool
+) -> None:
+    assert is_local(parse_repo_url(url, policy), addresses, policy) is local

@@ -1,6 +1,7 @@
 """Who is calling: bearer tokens, roles `user` and `admin`.
 
-Local mode: HS256 tokens signed by the server's key (`reporun token create` mints them).
+Local mode: HS256 tokens signed by the server's key and recorded in its database (`reporun
+token create` mints them, `token revoke` revokes them). OIDC mode is `reporun.api.oidc`.
 """
 
 from __future__ import annotations
@@ -10,15 +11,23 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import jwt
 
 from reporun.errors import ConfigError, InvalidInput, Unauthorized
+from reporun.store.tokens import TokenRecord
 
 ROLES = ("user", "admin")
 LOCAL_ISSUER = "reporun-local"
+LEEWAY = 30
+NOT_ISSUED = "the token is not one this server issued"
+UNRECORDED = (
+    "the token is not among this server's tokens (minted before tokens were recorded, or its "
+    "record was removed); mint a new one with `reporun token create`"
+)
 _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 
 
@@ -36,13 +45,53 @@ class Authenticator(Protocol):
     async def authenticate(self, token: str) -> Principal: ...
 
 
+class TokenRegistry(Protocol):
+    """Where local tokens are recorded: `reporun.store.tokens.TokenRecords`, or `MemoryTokens`."""
+
+    async def add(self, record: TokenRecord) -> None: ...
+
+    async def get(self, token_id: str) -> TokenRecord | None: ...
+
+
+class MemoryTokens:
+    """A token registry in a dict, for unit tests."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, TokenRecord] = {}
+
+    async def add(self, record: TokenRecord) -> None:
+        self.records[record.id] = record
+
+    async def get(self, token_id: str) -> TokenRecord | None:
+        return self.records.get(token_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A freshly minted token and the record that makes it valid once added to the registry."""
+
+    token: str
+    record: TokenRecord
+
+
+def _when(stamp: datetime) -> str:
+    return stamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 class LocalAuth:
-    def __init__(self, key: str) -> None:
+    """HS256 tokens signed with the server's key. A token is valid while its signature, issuer
+    and expiry are, and its `jti` is recorded in the registry and not revoked: a token missing
+    from the registry (minted before tokens were recorded, or its row deleted) is refused too,
+    so `reporun token list` shows every token that works."""
+
+    def __init__(self, key: str, tokens: TokenRegistry) -> None:
         if len(key) < 32:
             raise ConfigError("the token signing key must be at least 32 characters")
         self._key = key
+        self.tokens = tokens
 
-    def mint(self, name: str, role: str, *, ttl: int | None = None) -> str:
+    def mint(self, name: str, role: str, *, ttl: int | None = None) -> Issued:
+        """A new token; it works once its record is added (`issue` does both)."""
         if not _NAME.match(name):
             raise InvalidInput("name must be 1-64 letters, digits or ._@-", field="name")
         if role not in ROLES:
@@ -57,24 +106,89 @@ class LocalAuth:
         }
         if ttl is not None:
             claims["exp"] = now + ttl
-        return jwt.encode(claims, self._key, algorithm="HS256")
+        return Issued(jwt.encode(claims, self._key, algorithm="HS256"), record_of(claims))
 
-    async def authenticate(self, token: str) -> Principal:
+    async def issue(self, name: str, role: str, *, ttl: int | None = None) -> Issued:
+        """Mint a token and record it."""
+        issued = self.mint(name, role, ttl=ttl)
+        await self.tokens.add(issued.record)
+        return issued
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The claims of a token this key signed and that has not expired (no registry check)."""
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 self._key,
                 algorithms=["HS256"],
                 issuer=LOCAL_ISSUER,
-                options={"require": ["sub", "iss", "iat"]},
-                leeway=30,
+                options={"require": ["sub", "iss", "iat", "jti"]},
+                leeway=LEEWAY,
             )
-        except jwt.PyJWTError as exc:
-            raise Unauthorized(f"invalid token: {exc}") from None
+        except jwt.ExpiredSignatureError:
+            # The signature was checked before the expiry: the claims are the server's own.
+            expired = jwt.decode(
+                token, self._key, algorithms=["HS256"], options={"verify_exp": False}
+            )
+            when = _when(datetime.fromtimestamp(int(expired["exp"]), UTC))
+            raise Unauthorized(f"the token expired at {when}") from None
+        except jwt.PyJWTError:
+            raise Unauthorized(NOT_ISSUED) from None
         roles = claims.get("roles")
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise Unauthorized("invalid token: roles")
-        return Principal(str(claims["sub"]), frozenset(r for r in roles if r in ROLES))
+            raise Unauthorized(NOT_ISSUED)
+        if not isinstance(claims["jti"], str) or not isinstance(claims["sub"], str):
+            raise Unauthorized(NOT_ISSUED)
+        return claims
+
+    async def authenticate(self, token: str) -> Principal:
+        claims = self.verify(token)
+        # Looked up on every request (no cache), so a revoked token fails on the next one.
+        record = await self.tokens.get(claims["jti"])
+        if record is None:
+            raise Unauthorized(UNRECORDED)
+        if record.revoked_at is not None:
+            raise Unauthorized(f"the token {record.id} was revoked at {_when(record.revoked_at)}")
+        roles = frozenset(r for r in claims["roles"] if r in ROLES)
+        return Principal(claims["sub"], roles)
+
+
+def record_of(claims: dict[str, Any]) -> TokenRecord:
+    """The registry's record of a token, from its (verified) claims."""
+    roles = [r for r in claims.get("roles", []) if r in ROLES]
+    exp = claims.get("exp")
+    return TokenRecord(
+        id=str(claims["jti"]),
+        name=str(claims["sub"]),
+        role="admin" if "admin" in roles else "user",
+        created_at=datetime.fromtimestamp(int(claims["iat"]), UTC),
+        expires_at=None if exp is None else datetime.fromtimestamp(int(exp), UTC),
+    )
+
+
+async def ensure_admin_token(auth: LocalAuth, path: Path) -> bool:
+    """Keep a working admin token in `path` (mode 0600) for `reporun serve`: the one there
+    when it verifies and is not revoked (recorded now if it predates the registry), else a
+    new one. True when a new one was written."""
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        try:
+            claims = auth.verify(existing)
+        except Unauthorized:
+            claims = None
+        if claims is not None:
+            record = await auth.tokens.get(claims["jti"])
+            if record is None:
+                await auth.tokens.add(record_of(claims))
+                return False
+            if record.revoked_at is None:
+                return False
+    issued = await auth.issue("admin", "admin")
+    write_token_file(path, issued.token)
+    return True
 
 
 def load_or_create_key(path: Path) -> str:

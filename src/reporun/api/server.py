@@ -44,7 +44,9 @@ def build_services(settings: Settings, store: Store, auth: Authenticator) -> Ser
     )
 
 
-def build_auth(settings: Settings, *, key: str | None = None) -> Authenticator:
+def build_auth(settings: Settings, store: Store, *, key: str | None = None) -> Authenticator:
+    """OIDC, or local tokens signed with `key` (default REPORUN_SECRET_KEY) and looked up in
+    the store's token records."""
     if settings.auth == "oidc":
         from reporun.api.oidc import OidcAuth
 
@@ -61,7 +63,7 @@ def build_auth(settings: Settings, *, key: str | None = None) -> Authenticator:
         if settings.secret_key is None:
             raise ConfigError("REPORUN_SECRET_KEY is required for local tokens")
         key = settings.secret_key.get_secret_value()
-    return LocalAuth(key)
+    return LocalAuth(key, store.tokens)
 
 
 class _Server(uvicorn.Server):

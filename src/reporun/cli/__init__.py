@@ -12,7 +12,7 @@ from reporun.errors import ConfigError
 
 # Importing a module registers its commands; `reporun --help` lists them in this order.
 # isort: off
-from reporun.cli import parts, jobs, login  # noqa: F401
+from reporun.cli import parts, jobs, tokens, login  # noqa: F401
 # isort: on
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import uuid
 from collections.abc import Coroutine
@@ -23,7 +24,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-token_app = typer.Typer(help="Mint access tokens (local auth).", no_args_is_help=True)
+token_app = typer.Typer(
+    help="Create, list and revoke access tokens (local auth).", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
@@ -40,6 +43,19 @@ AnySettings = TypeVar("AnySettings", bound=BaseSettings)
 def load_settings(**overrides: Any) -> Settings:
     """The server's settings, with the command line's options over the environment."""
     return read_settings(Settings, **overrides)
+
+
+def local_settings() -> Settings:
+    """The settings of a command run beside the server (token, doctor): with no data dir or
+    database configured, the data dir of the `reporun serve` running on REPORUN_URL, else the
+    default one (see reporun.paths)."""
+    from reporun.paths import DEFAULT_URL, served_data_dir
+
+    settings = load_settings()
+    if "data_dir" in settings.model_fields_set or settings.database_url or settings.postgres_host:
+        return settings
+    served = served_data_dir(os.environ.get("REPORUN_URL") or DEFAULT_URL)
+    return settings if served is None else settings.model_copy(update={"data_dir": served})
 
 
 def read_settings(kind: type[AnySettings], **overrides: Any) -> AnySettings:

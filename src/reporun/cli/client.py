@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +10,7 @@ import httpx
 from reporun.cli.settings import ClientSettings
 from reporun.cli.signin import CredentialCache, cached_token
 from reporun.errors import ClientError
+from reporun.paths import find_admin_token
 
 
 class ApiError(ClientError):
@@ -24,17 +24,15 @@ class ApiError(ClientError):
 
 async def find_token(settings: ClientSettings) -> str | None:
     """REPORUN_TOKEN wins; then the token `reporun login` cached (refreshed when it ran out);
-    then the admin token `reporun serve` stored in its data dir."""
+    then, for a loopback URL, the admin token `reporun serve` stored in its data dir (see
+    `reporun.paths.find_admin_token`)."""
     if settings.token is not None and settings.token.get_secret_value():
         return settings.token.get_secret_value()
     cache = CredentialCache(settings.credentials_path)
     cached = await cached_token(cache, settings.client_secret, settings.url)
     if cached is not None:
         return cached
-    path = settings.admin_token_path
-    if path.is_file() and os.access(path, os.R_OK):
-        return path.read_text().strip() or None
-    return None
+    return find_admin_token(settings.url, settings.data_dir)
 
 
 class ApiClient:

@@ -26,8 +26,8 @@ async def _client() -> AsyncIterator[Any]:
     token = await find_token(settings)
     if token is None:
         fail(
-            "no token: set REPORUN_TOKEN, run `reporun login` (OIDC), or run `reporun serve` "
-            "here, which stores one"
+            "no token: set REPORUN_TOKEN, run `reporun login` (OIDC), or start `reporun serve` "
+            f"on {settings.url}, whose admin token the CLI finds by itself"
         )
     async with ApiClient(settings.url, token) as client:
         yield client

@@ -1,4 +1,4 @@
-"""Commands that run reporun's parts: serve, api, worker, observer, db, token, doctor."""
+"""Commands that run reporun's parts: serve, api, worker, observer, db, doctor."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from reporun.cli.base import _setup_logs, app, db_app, fail, load_settings, run, token_app
-from reporun.errors import ReporunError
+from reporun.cli.base import _setup_logs, app, db_app, load_settings, local_settings, run
 
 # The parts --------------------------------------------------------------------------------------
 Host = Annotated[str | None, typer.Option(help="Address to listen on.")]
@@ -64,7 +63,7 @@ def api(host: Host = None, port: Port = None) -> None:
         store = Store.open(settings.db_url)
         try:
             await check_schema(store)
-            await run_api(settings, store, build_auth(settings))
+            await run_api(settings, store, build_auth(settings, store))
         finally:
             await store.close()
 
@@ -110,33 +109,11 @@ def db_upgrade() -> None:
     print("database is at the newest schema")
 
 
-@token_app.command("create")
-def token_create(
-    name: str,
-    role: Annotated[str, typer.Option(help="user or admin")] = "user",
-    ttl: Annotated[int | None, typer.Option(min=60, help="Seconds until it expires.")] = None,
-) -> None:
-    """Mint a token signed with REPORUN_SECRET_KEY (or the key `reporun serve` keeps)."""
-    from reporun.api.auth import LocalAuth
-
-    settings = load_settings()
-    if settings.secret_key is not None:
-        key = settings.secret_key.get_secret_value()
-    elif settings.secret_key_path.is_file():
-        key = settings.secret_key_path.read_text().strip()
-    else:
-        fail("no signing key: set REPORUN_SECRET_KEY, or run `reporun serve` once")
-    try:
-        print(LocalAuth(key).mint(name, role, ttl=ttl))
-    except ReporunError as exc:
-        fail(exc.message)
-
-
 @app.command()
 def doctor() -> None:
     """Tell whether this host can run jobs safely, and why not."""
     from reporun.doctor import diagnose
 
-    settings = load_settings()
+    settings = local_settings()
     ok = run(diagnose(settings))
     raise SystemExit(0 if ok else 1)

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from reporun.config import ADMIN_TOKEN_FILE, DEFAULT_DATA_DIR
+from reporun.paths import DEFAULT_URL
 
 
 def default_credentials_path() -> Path:
@@ -22,10 +22,11 @@ def default_credentials_path() -> Path:
 class ClientSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REPORUN_", extra="ignore", frozen=True)
 
-    url: str = "http://127.0.0.1:8000"
+    url: str = DEFAULT_URL
     token: SecretStr | None = None
-    # Where `reporun serve` on this machine stored its admin token.
-    data_dir: Path = DEFAULT_DATA_DIR
+    # Where `reporun serve` on this machine stored its admin token (unset: the data dir of the
+    # `serve` running on `url`, else the default one; see reporun.paths).
+    data_dir: Path | None = None
     # `reporun login`: the issuer, its client for the CLI (public unless a secret is given),
     # and where the signed-in token is cached (default: ~/.config/reporun/credentials.json).
     oidc_issuer: str | None = None
@@ -36,10 +37,6 @@ class ClientSettings(BaseSettings):
     @property
     def credentials_path(self) -> Path:
         return self.credentials_file or default_credentials_path()
-
-    @property
-    def admin_token_path(self) -> Path:
-        return self.data_dir / ADMIN_TOKEN_FILE
 
     @property
     def client_secret(self) -> str | None:

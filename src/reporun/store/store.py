@@ -24,6 +24,7 @@ from reporun.store.moves import job_of, transition
 from reporun.store.runs import Runs
 from reporun.store.scaling import ScalingRecords
 from reporun.store.tables import job_logs, jobs, workers
+from reporun.store.tokens import TokenRecords
 
 
 def utcnow() -> datetime:
@@ -121,17 +122,18 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 class Store:
-    """Jobs, their logs and the workers, on SQLite or PostgreSQL."""
+    """Jobs, their logs, the workers and the local tokens, on SQLite or PostgreSQL."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.runs = Runs(engine)
         self.figures = Figures(engine)
         self.scaling = ScalingRecords(engine)
+        self.tokens = TokenRecords(engine)
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        return cls(create_engine(url))
+    def open(cls, url: str, *, read_only: bool = False) -> Store:
+        return cls(create_engine(url, read_only=read_only))
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -104,3 +104,15 @@ scaling_decisions = sa.Table(
     sa.Column("inputs", sa.JSON, nullable=False),
     sa.Index("ix_scaling_decisions_at", "at"),
 )
+
+# Local tokens (REPORUN_AUTH=local): a token works only while its row is here and not revoked.
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # the token's `jti`
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime),
+    sa.Column("revoked_at", UTCDateTime),
+)

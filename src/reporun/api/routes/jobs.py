@@ -29,6 +29,11 @@ UNUSABLE = (
     "directory, no git repository or has no commits; `errors` lists every invalid field."
 )
 
+LOCAL_REFUSED = (
+    "The token lacks the role user or admin, or (`reporun serve`) a user's token names a local "
+    "path, a file:// URL or a loopback host, which only admins may submit; `field` is `repo`."
+)
+
 
 def owner_filter(user: Principal) -> str | None:
     """Admins see every job; a user only their own."""
@@ -40,7 +45,7 @@ def owner_filter(user: Principal) -> str | None:
     status_code=202,
     response_model=JobOut,
     summary="Submit a job",
-    responses=responses(400, 413, 422, 429, why={400: REFUSED, 422: UNUSABLE}),
+    responses=responses(400, 413, 422, 429, why={400: REFUSED, 403: LOCAL_REFUSED, 422: UNUSABLE}),
 )
 async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> JobOut:
     job = await services.submissions.submit(

@@ -10,7 +10,7 @@ from fastapi.responses import PlainTextResponse
 
 from reporun.api.deps import CurrentUser, ServicesDep
 from reporun.api.problems import responses
-from reporun.api.routes.jobs import UNUSABLE, owner_filter
+from reporun.api.routes.jobs import LOCAL_REFUSED, UNUSABLE, owner_filter
 from reporun.api.schemas import Documented, LegacyJob
 from reporun.jobs import Job, JobStatus
 from reporun.urlpolicy import MAX_URL_LENGTH
@@ -38,7 +38,10 @@ def legacy_view(job: Job) -> dict[str, str]:
     response_class=PlainTextResponse,
     summary="Submit a job (seed)",
     responses=responses(
-        400, 422, 429, why={400: "The URL policy refuses the repository.", 422: UNUSABLE}
+        400,
+        422,
+        429,
+        why={400: "The URL policy refuses the repository.", 403: LOCAL_REFUSED, 422: UNUSABLE},
     ),
 )
 async def add(
