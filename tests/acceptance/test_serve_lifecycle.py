@@ -180,8 +180,9 @@ def test_ctrl_c_twice_and_sigterm_give_the_job_back_without_using_an_attempt(
     assert _stored(tmp_path / "data", job_id) == ("succeeded", 1, None), fourth.output()
     fifth = Round(tmp_path, processes, 5, port)
     log = fifth.api.log(job_id).decode()
-    assert log.count("run starts") == 1 and log.count("done") == 1, log
     fifth.api.close()
+    assert log.count("run starts") == 1 and log.count("done") == 1, log
+    assert fifth.process.stop(signal.SIGINT) == 0, fifth.output()
 
 
 def test_kill_9_of_a_serve_worker_costs_an_attempt(
