@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
 from reporun.api.auth import LocalAuth, ensure_admin_token, load_or_create_key
 from reporun.api.server import run_api
 from reporun.config import Settings
+from reporun.lifecycle import bind_port, stop_pool
 from reporun.observer.main import build_observer
 from reporun.observer.scalers import LocalScaler
 from reporun.paths import forget_server, record_server
+from reporun.signals import Shutdown, shutdown_signals
 from reporun.store import Store
 from reporun.store.migrate import upgrade
 from reporun.worker.main import sandbox_config
@@ -68,6 +72,14 @@ def _cli_name() -> str:
 async def serve(settings: Settings) -> None:
     settings = embedded_settings(settings)
     settings.check_secure(embedded=True)
+    # The port first: a second serve on a busy one must start nothing and write nothing.
+    listener = bind_port(settings.host, settings.port)
+    with contextlib.closing(listener):
+        settings = settings.model_copy(update={"port": listener.getsockname()[1]})
+        await _serve(settings, listener)
+
+
+async def _serve(settings: Settings, listener: socket.socket) -> None:
     build_sandbox(sandbox_config(settings))  # refuse to start without one, with the reason
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     prepare_work_dir(settings.job_work_dir)
@@ -78,9 +90,6 @@ async def serve(settings: Settings) -> None:
     await ensure_admin_token(auth, token_path)
     scaler = LocalScaler(_worker_env(settings), drain_grace=settings.drain_grace)
     observer = build_observer(settings, store, scaler)
-    await observer.tick()  # the minimum pool starts before the API answers
-    stop_observing = asyncio.Event()
-    observing = asyncio.create_task(observer.run(stop_observing))
     low, high = settings.pool_bounds
     pool = f"{low} worker(s)" if low == high else f"{low} to {high} workers (scaled on queue wait)"
 
@@ -109,13 +118,40 @@ async def serve(settings: Settings) -> None:
             flush=True,
         )
 
-    try:
-        await run_api(settings, store, auth, on_started=banner)
-    finally:
-        for path in served:
-            forget_server(path)
-        stop_observing.set()
-        await observing
-        await scaler.close()
-        await observer.queue.close()
-        await store.close()
+    shutdown = Shutdown()
+    stop_observing = asyncio.Event()
+    with shutdown_signals(shutdown):
+        try:
+            await observer.tick()  # the minimum pool starts before the API answers
+            observing = asyncio.create_task(observer.run(stop_observing), name="observer")
+            stopping = asyncio.create_task(
+                stop_pool(
+                    shutdown,
+                    scaler,
+                    store,
+                    grace=settings.drain_grace,
+                    observing=observing,
+                    stop_observing=stop_observing,
+                ),
+                name="stop-pool",
+            )
+            try:
+                if not shutdown.stop.is_set():
+                    await run_api(
+                        settings,
+                        store,
+                        auth,
+                        on_started=banner,
+                        stop=shutdown.stop,
+                        sockets=[listener],
+                    )
+            finally:
+                for path in served:
+                    forget_server(path)
+                if not shutdown.stop.is_set():
+                    shutdown.request()  # the API ended on its own (it could not start)
+                await stopping
+        finally:
+            await scaler.close()  # nothing left to stop unless the start failed half-way
+            await observer.queue.close()
+            await store.close()

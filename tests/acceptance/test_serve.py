@@ -269,7 +269,10 @@ def test_serve_on_a_taken_port_says_so_in_one_line(tmp_path: Path) -> None:
         env = cli_env(tmp_path / "data", port)
         result = reporun("serve", "--port", str(port), "--workers", "0", env=env)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("reporun: cannot serve on")
+    assert result.stderr.strip().splitlines() == [
+        f"reporun: port {port} is in use: another reporun serve? "
+        "(stop it, or choose another with --port)"
+    ]
     assert "Traceback" not in result.stderr
 
 

@@ -147,6 +147,31 @@ async def test_release_is_a_platform_fault_retried(backend: Backend) -> None:
     assert again is not None and again.id == submitted.id and again.attempts == 2
 
 
+async def test_a_job_given_back_on_a_stop_never_uses_an_attempt(backend: Backend) -> None:
+    """The operator's shutdown, more times than the maximum attempts: queued each time as if
+    never claimed, and the run that finally ends is attempt 1."""
+    submitted = await backend.submit()
+    for _ in range(backend.queue.config.max_attempts + 1):
+        job = await backend.queue.claim("w1")
+        assert job is not None and job.attempts == 1
+        released = await backend.queue.release(job, "w1", "stopped", attempt_used=False)
+        assert released is not None and released.status is JobStatus.QUEUED
+        assert released.attempts == 0 and released.worker is None
+    job = await backend.queue.claim("w2")
+    assert job is not None and job.id == submitted.id and job.attempts == 1
+    done = await backend.queue.finish(job, "w2", Outcome(JobStatus.SUCCEEDED, exit_code=0))
+    assert done is not None and done.status is JobStatus.SUCCEEDED and done.attempts == 1
+
+
+async def test_a_stop_give_back_of_a_cancelled_job_ends_it(backend: Backend) -> None:
+    submitted = await backend.submit()
+    job = await backend.queue.claim("w1")
+    assert job is not None
+    await backend.request_cancel(submitted.id)
+    released = await backend.queue.release(job, "w1", "stopped", attempt_used=False)
+    assert released is not None and released.status is JobStatus.CANCELLED
+
+
 async def test_one_owner_backlog_does_not_starve_another(backend: Backend) -> None:
     for n in range(200):
         await backend.submit("hoarder", n)

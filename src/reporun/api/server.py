@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+import socket
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import uvicorn
 
@@ -81,8 +82,12 @@ async def run_api(
     auth: Authenticator,
     *,
     on_started: Callable[[], Awaitable[None]] | None = None,
+    stop: asyncio.Event | None = None,
+    sockets: Sequence[socket.socket] | None = None,
 ) -> None:
-    """Serve the API until SIGTERM or SIGINT."""
+    """Serve the API until SIGTERM or SIGINT, or until `stop` when the caller handles the
+    signals; on `sockets` already listening, or else on the settings' host and port. Open
+    connections get up to 5 s to end."""
     app = create_app(build_services(settings, store, auth))
     config = uvicorn.Config(
         app,
@@ -93,16 +98,19 @@ async def run_api(
         timeout_graceful_shutdown=5,
     )
     server = _Server(config)
-    stop = asyncio.Event()
+    signals: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if stop is None:
+        stop = asyncio.Event()
+        signals = stop_signals(stop)
 
     async def serve() -> bool:
         try:
-            await server.serve()
+            await server.serve(sockets=list(sockets) if sockets is not None else None)
         except SystemExit:  # uvicorn's way of saying it could not start
             return False
         return True
 
-    with stop_signals(stop):
+    with signals:
         serving = asyncio.create_task(serve())
         stopping = asyncio.create_task(stop.wait())
         while not server.started and not serving.done():

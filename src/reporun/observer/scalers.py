@@ -3,6 +3,8 @@
 Scale-in is a retirement, never a kill: the worker is told (SIGUSR1) to take no new job, to
 finish the one it has however long it runs, and to exit. Shutting the pool down is a drain
 (SIGTERM): each worker finishes its job up to the drain grace, then gives it back to the queue.
+`stop_now` cuts the drain short (a second SIGTERM: the worker stops its job and gives it back);
+a worker that still has not exited a moment later is killed with its whole process tree.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import signal
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from reporun.observer.proctree import kill_tree, wait_gone
 from reporun.retry import compute_backoff
 
 logger = logging.getLogger("reporun.observer")
@@ -26,6 +30,10 @@ logger = logging.getLogger("reporun.observer")
 # A worker that exits this soon after it started, with an error, is failing to start: the next
 # start waits a capped, growing while.
 QUICK_EXIT = 10.0
+# A drain outlasting the workers' own grace by this much ends in kills.
+DRAIN_MARGIN = 5.0
+# After `stop_now`, how long a worker has to stop its job, give it back and exit.
+STOP_NOW_GRACE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +72,9 @@ class Scaler(Protocol):
 
 
 class LocalScaler:
-    """`reporun worker` processes on this host, children of this process."""
+    """`reporun worker` processes on this host, children of this process, each in a session of
+    its own (a terminal's Ctrl-C reaches this process alone, which stops them in order) and
+    with a worker id given here (`worker_ids`), so their jobs can be found once they are gone."""
 
     name = "local"
 
@@ -78,6 +88,19 @@ class LocalScaler:
         self._failures = 0
         self._hold_until = 0.0
         self._reapers: set[asyncio.Task[None]] = set()
+        self._ids: dict[int, str] = {}
+        self._now = asyncio.Event()
+        self._prefix = f"{self.host}-serve{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        # The workers `close` stopped (they were running when it began): gone once it returns.
+        self.stopped_ids: list[str] = []
+
+    @property
+    def worker_ids(self) -> list[str]:
+        """The worker ids of the workers running now (retiring ones too)."""
+        running = [
+            pid for pid, p in (*self._live.items(), *self._retiring.items()) if p.returncode is None
+        ]
+        return [self._ids[pid] for pid in running]
 
     @property
     def retiring(self) -> list[asyncio.subprocess.Process]:
@@ -115,14 +138,17 @@ class LocalScaler:
         if time.monotonic() < self._hold_until:
             return 0
         for _ in range(count):
+            worker_id = f"{self._prefix}-{len(self._ids) + 1}"
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "reporun",
                 "worker",
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, "REPORUN_WORKER_ID": worker_id},
                 stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
             )
+            self._ids[process.pid] = worker_id
             self._live[process.pid] = process
             self._started[process.pid] = time.monotonic()
             logger.info("worker process started", extra={"action": "spawn", "pid": process.pid})
@@ -150,20 +176,55 @@ class LocalScaler:
             extra={"action": "retired", "pid": process.pid, "code": process.returncode},
         )
 
+    def stop_now(self) -> None:
+        """Cut the drain short: each worker stops its job at once and gives it back."""
+        self._now.set()
+
     async def close(self) -> None:
+        """Drain every worker (SIGTERM) up to the drain grace, or until `stop_now` (a second
+        SIGTERM); kill the process tree of any worker still there after that, and wait."""
         processes = [*self._live.values(), *self._retiring.values()]
-        for process in processes:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-        waits = [asyncio.create_task(p.wait()) for p in processes]
-        if waits:
-            _, pending = await asyncio.wait(waits, timeout=self.drain_grace + 5)
-            for process in processes:
-                if process.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-            for task in pending:
-                await task
+        self.stopped_ids = [self._ids[p.pid] for p in processes if p.returncode is None]
+        _signal(processes, signal.SIGTERM)
+        exited = asyncio.gather(*(p.wait() for p in processes))
+        hurry = asyncio.create_task(self._now.wait())
+        either: set[asyncio.Future[Any]] = {exited, hurry}
+        try:
+            await asyncio.wait(
+                either,
+                timeout=self.drain_grace + DRAIN_MARGIN,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if self._now.is_set() and not exited.done():
+                _signal(processes, signal.SIGTERM)
+                await asyncio.wait({exited}, timeout=STOP_NOW_GRACE)
+            if not exited.done():
+                await self._kill([p for p in processes if p.returncode is None])
+            await exited
+        finally:
+            hurry.cancel()
+            await asyncio.gather(hurry, return_exceptions=True)
         self._live.clear()
         self._retiring.clear()
+
+    async def _kill(self, processes: Sequence[asyncio.subprocess.Process]) -> None:
+        tree: set[int] = set()
+        for process in processes:
+            logger.warning(
+                "a worker did not stop; killing it and its jobs",
+                extra={"action": "kill", "pid": process.pid},
+            )
+            tree |= kill_tree(process.pid)
+        await asyncio.gather(*(p.wait() for p in processes))
+        if left := await wait_gone(tree, STOP_NOW_GRACE):
+            logger.warning(
+                "processes of a killed worker are still there",
+                extra={"action": "kill", "pids": sorted(left)},
+            )
+
+
+def _signal(processes: Sequence[asyncio.subprocess.Process], sig: signal.Signals) -> None:
+    for process in processes:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(sig)

@@ -58,9 +58,12 @@ class QueueBackend(Protocol):
     async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:
         """Write the one terminal record; None when the job was no longer ours."""
 
-    async def release(self, job: Job, worker_id: str, reason: str) -> Job | None:
+    async def release(
+        self, job: Job, worker_id: str, reason: str, *, attempt_used: bool = True
+    ) -> Job | None:
         """Give a running job back after a platform fault: queued again, or error past the
-        maximum attempts."""
+        maximum attempts. `attempt_used=False` (the worker was told to stop): queued again
+        with its attempts as before the claim."""
 
     async def reap(self) -> int:
         """Give back running jobs whose lease expired (their worker is lost); how many."""

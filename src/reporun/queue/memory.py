@@ -126,11 +126,20 @@ class MemoryQueue:
             finished_at=utcnow(),
         )
 
-    async def release(self, job: Job, worker_id: str, reason: str) -> Job | None:
+    async def release(
+        self, job: Job, worker_id: str, reason: str, *, attempt_used: bool = True
+    ) -> Job | None:
         current = self._ours(job, worker_id)
         if current is None:
             return None
-        done = self._give_back(current, reason)
+        if not attempt_used and not current.cancel_requested:
+            self.leases.pop(job.id, None)
+            attempts = max(current.attempts - 1, 0)
+            done = self._move(
+                current, JobStatus.QUEUED, worker=None, started_at=None, attempts=attempts
+            )
+        else:
+            done = self._give_back(current, reason)
         if done.status is JobStatus.QUEUED:
             self._wakeup.set()
         return done

@@ -66,9 +66,15 @@ class SqlQueue:
     async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:
         return await self.store.runs.finish(job, worker_id, outcome)
 
-    async def release(self, job: Job, worker_id: str, reason: str) -> Job | None:
+    async def release(
+        self, job: Job, worker_id: str, reason: str, *, attempt_used: bool = True
+    ) -> Job | None:
         done = await self.store.runs.release(
-            job, worker_id, reason, max_attempts=self.config.max_attempts
+            job,
+            worker_id,
+            reason,
+            max_attempts=self.config.max_attempts,
+            attempt_used=attempt_used,
         )
         if done is not None and done.status is JobStatus.QUEUED:
             await self._wake()

@@ -5,6 +5,7 @@ through `transition`."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -12,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from reporun.jobs import Job, JobStatus, Lease, Outcome
 from reporun.store.dialect import clock
-from reporun.store.moves import transition
+from reporun.store.moves import job_of, transition
 from reporun.store.tables import jobs
 
 RUNNING = [JobStatus.RUNNING]
@@ -119,10 +120,48 @@ class Runs:
             )
 
     async def release(
-        self, job: Job, worker_id: str, reason: str, *, max_attempts: int
+        self, job: Job, worker_id: str, reason: str, *, max_attempts: int, attempt_used: bool = True
     ) -> Job | None:
+        """Give the job back: after a platform fault (the attempt is used), or on a stop the
+        operator asked for (`attempt_used=False`: queued again as if never claimed)."""
+        where = _held_by(job, worker_id)
         async with self.engine.begin() as conn:
-            return await _give_back(conn, job.id, reason, _held_by(job, worker_id), max_attempts)
+            if not attempt_used:
+                return await _requeue_unused(conn, job.id, reason, where)
+            return await _give_back(conn, job.id, reason, where, max_attempts)
+
+    async def release_workers(self, worker_ids: Sequence[str], reason: str) -> list[Job]:
+        """Give back, without using an attempt, every job these workers still hold: they were
+        stopped by the operator (and are gone), not lost."""
+        if not worker_ids:
+            return []
+        async with self.engine.connect() as conn:
+            held = (
+                await conn.execute(
+                    sa.select(jobs.c.id, jobs.c.worker).where(
+                        jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker.in_(worker_ids)
+                    )
+                )
+            ).all()
+        moved = []
+        for job_id, worker in held:
+            async with self.engine.begin() as conn:
+                done = await _requeue_unused(conn, job_id, reason, [jobs.c.worker == worker])
+            if done is not None:
+                moved.append(done)
+        return moved
+
+    async def held_by(self, worker_ids: Sequence[str]) -> list[Job]:
+        """The running jobs these workers hold, oldest claim first."""
+        if not worker_ids:
+            return []
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(jobs)
+                .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.worker.in_(worker_ids))
+                .order_by(jobs.c.started_at, jobs.c.id)
+            )
+            return [job_of(row) for row in rows]
 
     async def reap(self, *, max_attempts: int) -> list[Job]:
         """Give back every running job whose lease expired (its worker is lost)."""
@@ -145,6 +184,39 @@ class Runs:
             if done is not None:
                 moved.append(done)
         return moved
+
+
+async def _requeue_unused(
+    conn: AsyncConnection, job_id: uuid.UUID, reason: str, where: list[sa.ColumnElement[bool]]
+) -> Job | None:
+    """Cancelled if asked, else queued again with the claim's attempt given back."""
+    done = await transition(
+        conn,
+        job_id,
+        JobStatus.CANCELLED,
+        sources=RUNNING,
+        where=[*where, jobs.c.cancel_requested.is_(True)],
+        values={
+            "finished_at": clock(conn.engine),
+            "lease_expires_at": None,
+            "reason": f"cancelled; {reason}",
+        },
+    )
+    if done is None:
+        done = await transition(
+            conn,
+            job_id,
+            JobStatus.QUEUED,
+            sources=RUNNING,
+            where=where,
+            values={
+                "worker": None,
+                "started_at": None,
+                "lease_expires_at": None,
+                "attempts": sa.case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
+            },
+        )
+    return done
 
 
 async def _give_back(

@@ -100,10 +100,18 @@ class Worker:
         return extra
 
     # Main loop --------------------------------------------------------------------------------
-    async def run(self, stop: asyncio.Event, retire: asyncio.Event | None = None) -> None:
-        """Claim and run jobs until `stop` (finish the job up to the drain grace, then give it
-        back) or `retire` (scale-in: take nothing new, finish the job however long it runs)."""
+    async def run(
+        self,
+        stop: asyncio.Event,
+        retire: asyncio.Event | None = None,
+        *,
+        now: asyncio.Event | None = None,
+    ) -> None:
+        """Claim and run jobs until `stop` (finish the job up to the drain grace, or until
+        `now`, then give it back without using an attempt) or `retire` (scale-in: take nothing
+        new, finish the job however long it runs)."""
         retire = retire or asyncio.Event()
+        now = now or asyncio.Event()
         prepare_work_dir(self.work_dir)
         logger.info("worker started", extra=self._log("start", sandbox=self.sandbox.name))
         # Registered before the first claim, so the observer knows every worker holding a job.
@@ -128,7 +136,7 @@ class Worker:
                         stop.wait(), retire.wait(), self.queue.wait(self.queue.config.poll_interval)
                     )
                     continue
-                await self._run_draining(job, stop, retire)
+                await self._run_draining(job, stop, retire, now)
             if retire.is_set():
                 logger.info("retired by scale-in", extra=self._log("retire"))
         finally:
@@ -148,8 +156,10 @@ class Worker:
             await asyncio.sleep(compute_backoff(3))
             return None
 
-    async def _run_draining(self, job: Job, stop: asyncio.Event, retire: asyncio.Event) -> None:
-        """Run the job; a stop request lets it finish, up to the drain grace period."""
+    async def _run_draining(
+        self, job: Job, stop: asyncio.Event, retire: asyncio.Event, now: asyncio.Event
+    ) -> None:
+        """Run the job; a stop request lets it finish, up to the drain grace period or `now`."""
         task = asyncio.create_task(self.process(job), name=f"job-{job.id}")
         retiring = asyncio.create_task(self._retiring(retire, task), name="retire-watch")
         try:
@@ -160,8 +170,14 @@ class Worker:
         if not task.done():
             self.state = "draining"
             logger.info("draining", extra=self._log("drain", job))
-            done, _ = await asyncio.wait({task}, timeout=self.config.drain_grace)
-            if not done and self._watch is not None:
+            hurry = asyncio.create_task(now.wait(), name="stop-now")
+            await asyncio.wait(
+                {task, hurry}, timeout=self.config.drain_grace, return_when=asyncio.FIRST_COMPLETED
+            )
+            hurry.cancel()
+            await asyncio.gather(hurry, return_exceptions=True)
+            if not task.done() and self._watch is not None:
+                logger.info("stopping the job to give it back", extra=self._log("give_back", job))
                 self._watch.drained = True
                 self._watch.stop.set()
             await task
@@ -208,7 +224,7 @@ class Worker:
         monitor = asyncio.create_task(self._monitor(job, watch, log), name=f"monitor-{job.id}")
         outcome: Outcome | None = None
         try:
-            if job.attempts > 1:
+            if job.attempts > 1 or job.log_bytes:  # what an earlier run wrote
                 await self.store.reset_log(job.id)
             outcome = await self._execute(job, workspace, watch, log)
         except SandboxError as exc:
@@ -226,8 +242,10 @@ class Worker:
             self.current, self._watch = None, None
         if outcome is not None:
             await asyncio.shield(self._report(job, outcome))
-        elif watch.drained:
-            await asyncio.shield(self._give_back(job, "its worker stopped before the job ended"))
+        elif watch.drained:  # the operator stopped this worker: the attempt does not count
+            await asyncio.shield(
+                self._give_back(job, "its worker stopped before the job ended", attempt_used=False)
+            )
 
     async def _execute(
         self, job: Job, workspace: Path, watch: Watch, log: LogWriter
@@ -358,10 +376,13 @@ class Worker:
                 extra=self._log("finish", job, status=done.status.value, reason=done.reason),
             )
 
-    async def _give_back(self, job: Job, reason: str) -> None:
-        logger.warning("platform fault", extra=self._log("release", job, reason=reason))
+    async def _give_back(self, job: Job, reason: str, *, attempt_used: bool = True) -> None:
+        if attempt_used:
+            logger.warning("platform fault", extra=self._log("release", job, reason=reason))
+        else:
+            logger.info("job given back", extra=self._log("release", job, reason=reason))
         await retry_until(
-            lambda: self.queue.release(job, self.id, reason),
+            lambda: self.queue.release(job, self.id, reason, attempt_used=attempt_used),
             deadline=REPORT_DEADLINE,
             what="giving the job back",
             log=logger,

@@ -1,5 +1,6 @@
-"""`reporun worker`: one worker process, built from the settings, until SIGTERM (drain) or
-SIGUSR1 (retire after this job)."""
+"""`reporun worker`: one worker process, built from the settings, until SIGTERM (drain: finish
+the job up to the drain grace; a second SIGTERM or SIGINT stops it at once, and the job goes back
+without using an attempt) or SIGUSR1 (retire after this job)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import signal
 
 from reporun.config import Settings
-from reporun.signals import signal_sets, stop_signals
+from reporun.signals import Shutdown, shutdown_signals, signal_sets
 from reporun.store import Store
 from reporun.wiring import build_queue, check_schema, url_policy
 from reporun.worker.loop import Worker, WorkerConfig
@@ -43,14 +44,16 @@ def worker_config(settings: Settings) -> WorkerConfig:
     )
 
 
-async def _stop_when_orphaned(parent: int | None, stop: asyncio.Event) -> None:
-    """A worker started by `serve` drains when `serve` is gone, even after a SIGKILL."""
+async def _stop_when_orphaned(parent: int | None, shutdown: Shutdown) -> None:
+    """A worker started by `serve` stops when `serve` is gone, even after a SIGKILL: at once,
+    giving its job back, since nothing of the server may outlive it."""
     if parent is None:
         return
     while os.getppid() == parent:
-        await asyncio.sleep(1.0)
-    logger.warning("the serving process is gone; draining", extra={"action": "orphaned"})
-    stop.set()
+        await asyncio.sleep(0.5)
+    logger.warning("the serving process is gone; stopping", extra={"action": "orphaned"})
+    shutdown.stop.set()
+    shutdown.now.set()
 
 
 async def run_worker(settings: Settings) -> None:
@@ -64,13 +67,13 @@ async def run_worker(settings: Settings) -> None:
             queue=queue,
             sandbox=build_sandbox(sandbox_config(settings)),
         )
-        stop, retire = asyncio.Event(), asyncio.Event()
-        with stop_signals(stop), signal_sets(retire, signal.SIGUSR1):
+        shutdown, retire = Shutdown(), asyncio.Event()
+        with shutdown_signals(shutdown), signal_sets(retire, signal.SIGUSR1):
             watch = asyncio.create_task(
-                _stop_when_orphaned(settings.parent_pid, stop), name="orphan-watch"
+                _stop_when_orphaned(settings.parent_pid, shutdown), name="orphan-watch"
             )
             try:
-                await worker.run(stop, retire)
+                await worker.run(shutdown.stop, retire, now=shutdown.now)
             finally:
                 watch.cancel()
         await queue.close()
