@@ -63,10 +63,13 @@ def _worker_env(settings: Settings) -> dict[str, str]:
 
 
 def _cli_name() -> str:
+    """How to call the CLI from another terminal: `reporun` when that is on PATH (the same one),
+    else the absolute path of this environment's own."""
     exe = shutil.which("reporun")
-    if exe and Path(exe).resolve() == Path(sys.argv[0]).resolve():
+    own = Path(sys.executable).parent / "reporun"
+    if exe and (not own.exists() or Path(exe).resolve() == own.resolve()):
         return "reporun"
-    return os.path.relpath(sys.argv[0]) if sys.argv[0] else "reporun"
+    return str(own) if own.exists() else f"{sys.executable} -m reporun"
 
 
 async def serve(settings: Settings) -> None:
@@ -106,15 +109,27 @@ async def _serve(settings: Settings, listener: socket.socket) -> None:
                 )
         cli = _cli_name()
         url = f"http://{settings.host}:{settings.port}"
+        here = Path.cwd()
+        first = (
+            f"  {cli} submit . --command 'ls -la' --follow    # this repository, at its HEAD\n"
+            if (here / ".git").exists()
+            else ""
+        )
+        on_path = (
+            ""
+            if cli == "reporun" or Path(cli).name != "reporun"
+            else f"(`reporun` is not on PATH: `source {Path(cli).parent}/activate` puts it there)\n"
+        )
         print(
-            f"reporun is serving on {url} with {pool} "
-            f"(API docs: {url}/docs)\n"
-            f"admin token: {token_path} (mode 0600; the CLI on this machine uses it)\n"
-            f"first job, this repository's own files:\n"
-            f"  {cli} submit . --command 'ls -la' --follow\n"
+            f"reporun is serving on {url} with {pool} (API docs: {url}/docs)\n"
+            f"admin token: {token_path} (mode 0600; the CLI on this machine finds it)\n"
+            f"a first job, from another terminal:\n"
+            f"{first}"
+            f"  {cli} submit https://github.com/you/project.git --wait\n"
+            f"{on_path}"
             f"or with curl:\n"
             f'  curl -H "Authorization: Bearer $(cat {token_path})" '
-            f'"{url}/add?url={Path.cwd()}"',
+            f'"{url}/add?url=https://github.com/you/project.git"',
             flush=True,
         )
 

@@ -24,7 +24,7 @@ def test_serve_starts_quietly_and_names_its_migration_once(
         server.process.stop(signal.SIGTERM)
         outputs.append(log.read_text())
     first, second = outputs
-    assert "Uvicorn running on" in first, first  # INFO lines are shown
+    assert "Application startup complete" in first, first  # INFO lines are shown
     for output in outputs:
         assert "setup plugin" not in output, output
         assert "Context impl" not in output, output
