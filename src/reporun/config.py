@@ -11,11 +11,9 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from reporun.defaults import ADMIN_TOKEN_FILE, DEFAULT_DATA_DIR
 from reporun.errors import ConfigError
 from reporun.jobs import GiB, KiB, MiB
-
-DEFAULT_DATA_DIR = Path(".reporun")
-ADMIN_TOKEN_FILE = "admin.token"
 
 # Secrets that ship in examples; a server refuses to start with them.
 KNOWN_WEAK_SECRETS = frozenset({"", "changeme", "secret", "postgres", "reporun", "admin"})

@@ -1,4 +1,4 @@
-"""The HTTP client the CLI uses (async, httpx)."""
+"""The HTTP client the CLI uses (async, on reporun.cli.http)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
+from reporun.cli import http
 from reporun.cli.settings import ClientSettings
-from reporun.cli.signin import CredentialCache, cached_token
 from reporun.errors import ClientError
 
 
@@ -25,12 +23,15 @@ class ApiError(ClientError):
 async def find_token(settings: ClientSettings) -> str | None:
     """REPORUN_TOKEN wins; then the token `reporun login` cached (refreshed when it ran out);
     then the admin token `reporun serve` stored in its data dir."""
-    if settings.token is not None and settings.token.get_secret_value():
-        return settings.token.get_secret_value()
-    cache = CredentialCache(settings.credentials_path)
-    cached = await cached_token(cache, settings.client_secret, settings.url)
-    if cached is not None:
-        return cached
+    if settings.token:
+        return settings.token
+    if settings.credentials_path.is_file():
+        from reporun.cli.signin import CredentialCache, cached_token
+
+        cache = CredentialCache(settings.credentials_path)
+        cached = await cached_token(cache, settings.client_secret, settings.url)
+        if cached is not None:
+            return cached
     path = settings.admin_token_path
     if path.is_file() and os.access(path, os.R_OK):
         return path.read_text().strip() or None
@@ -40,9 +41,7 @@ async def find_token(settings: ClientSettings) -> str | None:
 class ApiClient:
     def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout
-        )
+        self.http = http.Client(base_url, headers=headers, timeout=timeout)
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -50,10 +49,10 @@ class ApiClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> http.Response:
         try:
             response = await self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
+        except http.TransportError as exc:
             raise ClientError(f"cannot reach {self.http.base_url}: {exc}") from None
         if response.status_code >= 400:
             raise ApiError(response.status_code, _detail(response))
@@ -93,11 +92,11 @@ class ApiClient:
                     raise ApiError(response.status_code, _detail(response))
                 async for chunk in response.aiter_bytes():
                     yield chunk
-        except httpx.HTTPError as exc:
+        except http.TransportError as exc:
             raise ClientError(f"cannot reach {self.http.base_url}: {exc}") from None
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: http.Response) -> str:
     try:
         body = response.json()
         detail = body.get("detail") if isinstance(body, dict) else None

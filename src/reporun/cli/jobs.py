@@ -8,13 +8,15 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from reporun.cli.base import _job_id, app, fail, read_settings, run
-from reporun.jobs import TERMINAL, JobStatus
+from reporun.cli import show
+from reporun.cli.base import _job_id, app, fail, run
+from reporun.cli.show import STATES, TERMINAL
 
 
 # The client ------------------------------------------------------------------------------------
@@ -23,7 +25,7 @@ async def _client() -> AsyncIterator[Any]:
     from reporun.cli.client import ApiClient, find_token
     from reporun.cli.settings import ClientSettings
 
-    settings = read_settings(ClientSettings)
+    settings = ClientSettings.from_env()
     token = await find_token(settings)
     if token is None:
         fail(
@@ -89,20 +91,60 @@ async def _wait(client: Any, job_id: str) -> dict[str, Any]:
             status_line.stop()
 
 
+JobId = Annotated[
+    str, typer.Argument(metavar="ID", help="The job's id (a UUID).", show_default=False)
+]
+
+
 @app.command()
 def submit(
-    repo: str,
-    ref: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
-    command: Annotated[str | None, typer.Option(help="Shell command to run.")] = None,
-    timeout: Annotated[int | None, typer.Option(min=1, help="Seconds.")] = None,
-    env: Annotated[list[str] | None, typer.Option(help="NAME=VALUE, repeatable.")] = None,
+    repo: Annotated[
+        str,
+        typer.Argument(
+            metavar="REPO",
+            help="A repository URL, or a local directory (`reporun serve` only).",
+            show_default=False,
+        ),
+    ],
+    ref: Annotated[
+        str | None,
+        typer.Option(
+            metavar="REF", help="Branch, tag or commit.", show_default="the default branch"
+        ),
+    ] = None,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            metavar="COMMAND",
+            help="Shell command to run.",
+            show_default="the repository's entry point",
+        ),
+    ] = None,
+    timeout: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="SECONDS",
+            help="Wall-clock limit.",
+            show_default="reporun.toml's, else the server's",
+        ),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME=VALUE", help="A variable for the job (repeatable).", show_default=False
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for the end; exit 1 unless it succeeded.")
     ] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Stream the log until the end.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
 ) -> None:
-    """Submit a repository (URL, or a local directory to `reporun serve`)."""
+    """Submit a repository to run as a job.
+
+    Prints the job's id; --wait waits for its end, --follow streams its log meanwhile.
+    """
     if wait and follow:
         fail("--wait and --follow do not go together")
     body: dict[str, Any] = {"repo": _repo_argument(repo)}
@@ -132,19 +174,26 @@ def submit(
     raise SystemExit(run(submit_job()))
 
 
-STATES = frozenset(status.value for status in JobStatus)
-
-
 @app.command()
 def jobs(
     every: Annotated[bool, typer.Option("--all", help="Every page, not only the newest.")] = False,
-    status: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            metavar="STATE",
+            help=f"Only jobs in this state: {', '.join(STATES)}.",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, metavar="N", help="Jobs per page.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print them as a JSON array.")] = False,
 ) -> None:
-    """List jobs, newest first (admins see everyone's)."""
+    """List jobs, newest first.
+
+    Users see their own jobs, admins everyone's.
+    """
     if status is not None and status not in STATES:
-        fail(f"--status must be one of {', '.join(sorted(STATES))}")
+        fail(f"--status must be one of {', '.join(STATES)}")
 
     async def list_jobs() -> None:
         async with _client() as client:
@@ -158,31 +207,50 @@ def jobs(
                     break
         if as_json:
             print(json.dumps(items, indent=2))
-            return
-        for job in items:
+        elif items:
+            width = show.REPO_WIDTH if sys.stdout.isatty() else None
+            print(show.jobs_table(items, _now(), show.use_colour(sys.stdout), width))
+        else:
+            print(f"no {status} jobs" if status else "no jobs", file=sys.stderr)
+        if cursor and not every:
             print(
-                f"{job['id']}  {job['status']:<10} {job['owner']:<12} "
-                f"{job['created_at'][:19]}  {job['repo']}"
+                f"showing the newest {len(items)} jobs: more with --limit N, all with --all",
+                file=sys.stderr,
             )
 
     run(list_jobs())
 
 
-@app.command()
-def status(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show one job."""
+def _now() -> datetime:
+    return datetime.now(UTC)
 
-    async def show() -> None:
+
+@app.command()
+def status(
+    job_id: JobId,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """Show one job: state, repository, timings."""
+
+    async def show_job() -> None:
         async with _client() as client:
             job = await client.job(_job_id(job_id))
-        print(json.dumps(job, indent=2) if as_json else _show(job))
+        if as_json:
+            print(json.dumps(job, indent=2))
+        else:
+            print(show.status_block(job, _now(), show.use_colour(sys.stdout)))
 
-    run(show())
+    run(show_job())
 
 
 @app.command()
-def logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False) -> None:
-    """Print a job's log; --follow streams it until the job ends."""
+def logs(
+    job_id: JobId,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stream the log until the job ends.")
+    ] = False,
+) -> None:
+    """Print a job's log."""
 
     async def stream() -> None:
         async with _client() as client:
@@ -194,8 +262,11 @@ def logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = 
 
 
 @app.command()
-def cancel(job_id: str) -> None:
-    """Cancel a job: a queued one never starts, a running one is killed."""
+def cancel(job_id: JobId) -> None:
+    """Cancel a job.
+
+    A queued job never starts; a running one is killed.
+    """
 
     async def request() -> None:
         async with _client() as client:
@@ -206,43 +277,47 @@ def cancel(job_id: str) -> None:
 
 
 @app.command()
-def workers(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """The workers alive: state, current job, last heartbeat (admin)."""
+def workers(
+    as_json: Annotated[bool, typer.Option("--json", help="Print them as a JSON array.")] = False,
+) -> None:
+    """List the workers alive (admin).
 
-    async def show() -> None:
+    Each with its state, the job it runs and its last heartbeat.
+    """
+
+    async def show_workers() -> None:
         async with _client() as client:
             items = (await client.workers())["items"]
         if as_json:
             print(json.dumps(items, indent=2))
-            return
-        for worker in items:
-            print(
-                f"{worker['id']:<40} {worker['state']:<9} {worker['current_job'] or '-':<36} "
-                f"{worker['last_heartbeat'][:19]}"
-            )
+        elif items:
+            print(show.workers_table(items, _now(), show.use_colour(sys.stdout)))
+        else:
+            print("no workers", file=sys.stderr)
 
-    run(show())
+    run(show_workers())
 
 
 @app.command()
 def scaling(
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    limit: Annotated[
+        int, typer.Option(min=1, max=500, metavar="N", help="Decisions to show.")
+    ] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """The observer's recent scaling decisions, newest first (admin)."""
+    """Show recent scaling decisions (admin).
 
-    async def show() -> None:
+    The workers alive and desired, then the observer's decisions, newest first.
+    """
+
+    async def show_scaling() -> None:
         async with _client() as client:
             report = await client.scaling(limit=limit)
         if as_json:
             print(json.dumps(report, indent=2))
             return
-        desired = report["desired"] if report["desired"] is not None else "-"
-        print(f"workers: {report['actual']} alive, {desired} desired")
-        for decision in report["decisions"]:
-            print(
-                f"{decision['at'][:19]}  {decision['direction']:<3} "
-                f"{decision['actual']} -> {decision['desired']}  {decision['reason']}"
-            )
+        print(show.scaling_report(report, _now(), show.use_colour(sys.stdout)))
+        if not report["decisions"]:
+            print("no scaling decisions yet", file=sys.stderr)
 
-    run(show())
+    run(show_scaling())

@@ -8,18 +8,40 @@ from typing import Annotated
 import typer
 
 from reporun.cli.base import _setup_logs, app, db_app, fail, load_settings, run, token_app
+from reporun.defaults import DEFAULT_DATA_DIR
 from reporun.errors import ReporunError
 
 # The parts --------------------------------------------------------------------------------------
-Host = Annotated[str | None, typer.Option(help="Address to listen on.")]
-Port = Annotated[int | None, typer.Option(help="Port to listen on.")]
+# Shown defaults are the Settings' own (tests/unit/test_cli_help.py holds them to it); an option
+# left out takes its REPORUN_* variable, else that default.
+Host = Annotated[
+    str | None,
+    typer.Option(metavar="ADDRESS", help="Address to listen on.", show_default="127.0.0.1"),
+]
+Port = Annotated[
+    int | None, typer.Option(metavar="PORT", help="Port to listen on.", show_default="8000")
+]
 
 
 MinWorkers = Annotated[
-    int | None, typer.Option(min=0, max=1024, help="Fewest workers the observer keeps.")
+    int | None,
+    typer.Option(
+        min=0,
+        max=1024,
+        metavar="N",
+        help="Fewest workers the observer keeps.",
+        show_default="the --workers count",
+    ),
 ]
 MaxWorkers = Annotated[
-    int | None, typer.Option(min=0, max=1024, help="Most workers the observer starts.")
+    int | None,
+    typer.Option(
+        min=0,
+        max=1024,
+        metavar="N",
+        help="Most workers the observer starts.",
+        show_default="the --workers count",
+    ),
 ]
 
 
@@ -27,14 +49,28 @@ MaxWorkers = Annotated[
 def serve(
     host: Host = None,
     port: Port = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Database, tokens and mirrors.")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Database, tokens and mirrors.",
+            show_default=str(DEFAULT_DATA_DIR),
+        ),
+    ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=0, max=64, help="Worker processes (a fixed pool).")
+        int | None,
+        typer.Option(
+            min=0, max=64, metavar="N", help="Worker processes (a fixed pool).", show_default="2"
+        ),
     ] = None,
     min_workers: MinWorkers = None,
     max_workers: MaxWorkers = None,
 ) -> None:
-    """The embedded service: API, workers and local tokens in one process tree (SQLite)."""
+    """Run the embedded service (SQLite).
+
+    The API, its workers and local tokens in one process tree; --min-workers and
+    --max-workers let the observer scale the pool.
+    """
     from reporun.embedded import serve as serve_embedded
 
     settings = load_settings(
@@ -51,7 +87,7 @@ def serve(
 
 @app.command()
 def api(host: Host = None, port: Port = None) -> None:
-    """The API alone (cluster mode)."""
+    """Run the API alone (cluster mode)."""
     from reporun.api.server import build_auth, run_api
     from reporun.store import Store
     from reporun.wiring import check_schema
@@ -73,7 +109,10 @@ def api(host: Host = None, port: Port = None) -> None:
 
 @app.command()
 def worker() -> None:
-    """One worker: claims and runs jobs until SIGTERM, then drains."""
+    """Run one worker (cluster mode).
+
+    It claims and runs jobs until SIGTERM, then drains.
+    """
     from reporun.worker.main import run_worker
 
     settings = load_settings()
@@ -83,7 +122,10 @@ def worker() -> None:
 
 @app.command()
 def observer(min_workers: MinWorkers = None, max_workers: MaxWorkers = None) -> None:
-    """Scale the workers on queue wait (REPORUN_SCALER=local processes or docker containers)."""
+    """Scale the workers on queue wait.
+
+    REPORUN_SCALER picks what it scales: local processes or docker containers.
+    """
     from reporun.observer.main import run_observer
 
     settings = load_settings(min_workers=min_workers, max_workers=max_workers)
@@ -112,11 +154,23 @@ def db_upgrade() -> None:
 
 @token_app.command("create")
 def token_create(
-    name: str,
-    role: Annotated[str, typer.Option(help="user or admin")] = "user",
-    ttl: Annotated[int | None, typer.Option(min=60, help="Seconds until it expires.")] = None,
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Who the token is for.", show_default=False)
+    ],
+    role: Annotated[
+        str, typer.Option(metavar="user|admin", help="What the token may do.")
+    ] = "user",
+    ttl: Annotated[
+        int | None,
+        typer.Option(
+            min=60, metavar="SECONDS", help="Lifetime of the token.", show_default="no expiry"
+        ),
+    ] = None,
 ) -> None:
-    """Mint a token signed with REPORUN_SECRET_KEY (or the key `reporun serve` keeps)."""
+    """Mint an access token.
+
+    Signed with REPORUN_SECRET_KEY, or the key `reporun serve` keeps.
+    """
     from reporun.api.auth import LocalAuth
 
     settings = load_settings()
@@ -134,7 +188,10 @@ def token_create(
 
 @app.command()
 def doctor() -> None:
-    """Tell whether this host can run jobs safely, and why not."""
+    """Check that this host can run jobs safely.
+
+    Says what is missing when it cannot.
+    """
     from reporun.doctor import diagnose
 
     settings = load_settings()
