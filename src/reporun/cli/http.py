@@ -1,15 +1,13 @@
 """The CLI's HTTP client: HTTP/1.1 on asyncio streams, as much as the client commands need.
 
-JSON requests and answers, a streamed body (a followed log), one kept-alive connection,
-https with the system's certificates, and HTTP(S)_PROXY / NO_PROXY as Go's tools read them
-(loopback never goes through a proxy). Why not httpx: importing it and building its client cost
-a client command about 0.2 s, more than everything else the command does.
+JSON requests and answers, a streamed body (a followed log), one kept-alive connection, https
+with the system's certificates, and the proxy reporun.cli.proxy names. Why not httpx: importing
+it and building its client cost a client command about 0.2 s, more than all the rest it does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json as jsonlib
 import os
@@ -17,9 +15,10 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any
-from urllib.parse import SplitResult, unquote, urlencode, urlsplit
+from urllib.parse import SplitResult, urlencode
 
 from reporun import __version__
+from reporun.cli.proxy import basic_auth, parse_origin, proxy_for
 from reporun.errors import ClientError, ConfigError
 
 MAX_HEAD = 64 * 1024  # bytes of status line and headers
@@ -41,60 +40,8 @@ class _EarlyClose(ConnectionError):
     """The server closed the connection before answering."""
 
 
-def _origin(url: str, what: str) -> SplitResult:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  # raises on a bad port
-    except ValueError as exc:
-        raise ConfigError(f"{what} is not a URL: {url!r} ({exc})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{what} must be an http:// or https:// URL, not {url!r}")
-    return parts
-
-
 def _port(parts: SplitResult) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
-
-
-def _bypass(host: str, no_proxy: str) -> bool:
-    """NO_PROXY as Go reads it: `*`, host names (a suffix match: `example.com` covers
-    `a.example.com`), IP addresses and CIDR ranges; loopback always."""
-    if host == "localhost" or host.startswith("127.") or host == "::1":
-        return True
-    for entry in (e.strip().lower() for e in no_proxy.split(",")):
-        if not entry:
-            continue
-        if entry == "*":
-            return True
-        if "/" in entry or entry[:1].isdigit() or ":" in entry.strip("[]"):
-            import ipaddress
-
-            with contextlib.suppress(ValueError):
-                if ipaddress.ip_address(host) in ipaddress.ip_network(entry.strip("[]"), False):
-                    return True
-            continue
-        name = entry.removeprefix("*").removeprefix(".")
-        if host == name or host.endswith("." + name):
-            return True
-    return False
-
-
-def proxy_for(parts: SplitResult, environ: Mapping[str, str]) -> SplitResult | None:
-    """The proxy a request to `parts` goes through, from HTTPS_PROXY or HTTP_PROXY (upper
-    case first, then lower), or None."""
-
-    def env(name: str) -> str:
-        return environ.get(name) or environ.get(name.lower()) or ""
-
-    proxy = env("HTTPS_PROXY" if parts.scheme == "https" else "HTTP_PROXY")
-    if not proxy or _bypass((parts.hostname or "").lower(), env("NO_PROXY")):
-        return None
-    if "://" not in proxy:
-        proxy = "http://" + proxy
-    found = _origin(proxy, "the proxy setting")
-    if found.scheme != "http":
-        raise ConfigError(f"only http:// proxies are supported, not {proxy!r}")
-    return found
 
 
 class Response:
@@ -151,6 +98,7 @@ class _Body:
         length = headers.get("content-length")
         self.length = int(length) if length is not None and not self.chunked else None
         self.left = self.length
+        self.empty = empty
         self.complete = empty or self.left == 0
 
     async def _read(self, call: Coroutine[Any, Any, bytes]) -> bytes:
@@ -197,7 +145,7 @@ class Client:
         timeout: float | None = 30.0,
         environ: Mapping[str, str] | None = None,
     ) -> None:
-        self.base = _origin(base_url, "the server URL")
+        self.base = parse_origin(base_url, "the server URL")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.proxy = proxy_for(self.base, os.environ if environ is None else environ)
@@ -207,6 +155,7 @@ class Client:
             if not value.isascii() or not value.isprintable():
                 raise ConfigError(f"the {name} header holds characters HTTP cannot carry")
         self._idle: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._context: ssl.SSLContext | None = None
 
     async def __aenter__(self) -> Client:
         return self
@@ -282,7 +231,7 @@ class Client:
         lines = [f"{method} {target} HTTP/1.1", f"Host: {shown}"]
         lines += [f"{name}: {value}" for name, value in self.headers.items()]
         if self.proxy is not None and self.base.scheme == "http" and self.proxy.username:
-            lines.append(f"Proxy-Authorization: {_basic(self.proxy)}")
+            lines.append(f"Proxy-Authorization: {basic_auth(self.proxy)}")
         if body is not None:
             lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
         elif method in ("POST", "PUT", "PATCH"):
@@ -323,6 +272,12 @@ class Client:
         empty = status < 200 or status in (204, 304)
         return Response(status, reason, headers, _Body(reader, headers, timeout, empty=empty))
 
+    def _tls(self) -> ssl.SSLContext:
+        """The system's certificates (and SSL_CERT_FILE / SSL_CERT_DIR), loaded on first use."""
+        if self._context is None:
+            self._context = ssl.create_default_context()
+        return self._context
+
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         target = self.proxy or self.base
         host = target.hostname or ""
@@ -330,7 +285,7 @@ class Client:
         async with asyncio.timeout(self.timeout):
             if self.proxy is None:
                 return await asyncio.open_connection(
-                    host, _port(target), ssl=_tls() if tls else None, limit=MAX_HEAD
+                    host, _port(target), ssl=self._tls() if tls else None, limit=MAX_HEAD
                 )
             reader, writer = await asyncio.open_connection(host, _port(target), limit=MAX_HEAD)
             if tls:
@@ -348,28 +303,12 @@ class Client:
         where = f"[{host}]:{_port(self.base)}" if ":" in host else f"{host}:{_port(self.base)}"
         lines = [f"CONNECT {where} HTTP/1.1", f"Host: {where}"]
         if self.proxy.username:
-            lines.append(f"Proxy-Authorization: {_basic(self.proxy)}")
+            lines.append(f"Proxy-Authorization: {basic_auth(self.proxy)}")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         status, reason, _ = await _read_head(reader)
         if status != 200:
             raise ConnectionError(f"the proxy refused the tunnel: {status} {reason}")
-        await writer.start_tls(_tls(), server_hostname=host)
-
-
-def _basic(proxy: SplitResult) -> str:
-    user = f"{unquote(proxy.username or '')}:{unquote(proxy.password or '')}"
-    return "Basic " + base64.b64encode(user.encode()).decode()
-
-
-_context: ssl.SSLContext | None = None
-
-
-def _tls() -> ssl.SSLContext:
-    """The system's certificates (and SSL_CERT_FILE / SSL_CERT_DIR), built on first use."""
-    global _context
-    if _context is None:
-        _context = ssl.create_default_context()
-    return _context
+        await writer.start_tls(self._tls(), server_hostname=host)
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, str]]:
@@ -395,7 +334,8 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, 
 
 def _reusable(response: Response) -> bool:
     keep = response.headers.get("connection", "").lower() != "close"
-    delimited = response._body.chunked or response._body.length is not None
+    body = response._body
+    delimited = body.chunked or body.length is not None or body.empty
     return keep and delimited and response.headers["http-version"] == "HTTP/1.1"
 
 
