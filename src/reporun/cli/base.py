@@ -6,7 +6,6 @@ database's errors are loaded only by the commands that use them.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import uuid
 from collections.abc import Coroutine
@@ -74,6 +73,8 @@ def load_settings(**overrides: Any) -> Settings:
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run a command's coroutine; every failure becomes one line on stderr."""
+    import asyncio  # here, not at the top: `reporun --help` needs no event loop
+
     try:
         return asyncio.run(coro)
     except ClientError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
@@ -66,6 +65,7 @@ def _show(job: dict[str, Any]) -> str:
 
 async def _wait(client: Any, job_id: str) -> dict[str, Any]:
     """Poll until the job ends; a spinner on a terminal, a line per change otherwise."""
+    import asyncio  # not at the top: `reporun --help` needs no event loop
     last = None
     status_line = None
     if sys.stderr.isatty():
