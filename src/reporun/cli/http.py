@@ -242,7 +242,9 @@ class Client:
         self, request: bytes, timeout: float | None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Response]:
         """Send and read the answer's head, on the idle connection if there is one (once more
-        on a new one when the server had closed it meanwhile)."""
+        on a new one when the server had closed it meanwhile, as at the end of its keep-alive:
+        it had read nothing of the request). A process's first request, a submission among
+        them, always goes on a new connection."""
         if self._idle is not None:
             reader, writer = self._idle
             self._idle = None

@@ -66,6 +66,7 @@ def _show(job: dict[str, Any]) -> str:
 async def _wait(client: Any, job_id: str) -> dict[str, Any]:
     """Poll until the job ends; a spinner on a terminal, a line per change otherwise."""
     import asyncio  # not at the top: `reporun --help` needs no event loop
+
     last = None
     status_line = None
     if sys.stderr.isatty():
@@ -185,7 +186,9 @@ def jobs(
             show_default=False,
         ),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500, metavar="N", help="Jobs per page.")] = 20,
+    limit: Annotated[
+        int, typer.Option(min=1, max=500, metavar="N", help="Jobs to show (a page, with --all).")
+    ] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print them as a JSON array.")] = False,
 ) -> None:
     """List jobs, newest first.
