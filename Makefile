@@ -25,7 +25,7 @@ help:
 	@echo "make run     start the embedded service on 127.0.0.1:8000"
 	@echo "make test    run the test suite (installs what it needs)"
 	@echo "make lint    ruff and mypy"
-	@echo "make bench   benchmarks (not part of the tests)"
+	@echo "make bench   benchmarks (not part of the tests); BENCH_ARGS='--only cli' for the CLI's start-up"
 
 $(SYSDEPS_STAMP):
 	@missing=""; \

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,9 @@ LATENCY_WORKERS = 2
 PG_WORKERS = (1, 2, 4)
 PG_LOAD_WORKERS = 4
 PG_MEASURES = ("dispatch", "throughput", "load", "listing", "lease")
+SECTIONS = ("embedded", "elastic", "postgres", "cli")
+# This checkout's reporun: the one next to the interpreter running the bench (.venv/bin).
+CLI_EXE = Path(sys.executable).parent / "reporun"
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,10 @@ class Options:
     pg_requests: int = 200
     pg_leases: tuple[float | None, ...] = (None, 5.0)
     pg_workers: tuple[int, ...] = PG_WORKERS
+    cli: bool = True
+    cli_rounds: int = 15
+    cli_exe: Path = CLI_EXE
+    cli_baseline: Path | None = None
 
 
 def parse_args(argv: list[str], description: str) -> Options:
@@ -81,7 +89,33 @@ def parse_args(argv: list[str], description: str) -> Options:
     parser.add_argument("--pg-load-jobs", type=int, help="jobs of the pg load run (default 10000)")
     parser.add_argument("--pg-rows", type=int, help="jobs in the listing table (default 1000000)")
     parser.add_argument("--pg-requests", type=int, help="requests per listing case (default 200)")
+    parser.add_argument(
+        "--cli",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the CLI's start-up (reporun --help, jobs, status ID)",
+    )
+    parser.add_argument("--cli-rounds", type=int, help="runs of each CLI command (default 15)")
+    parser.add_argument(
+        "--cli-exe", type=Path, default=CLI_EXE, help=f"the reporun to time (default {CLI_EXE})"
+    )
+    parser.add_argument(
+        "--cli-baseline",
+        type=Path,
+        help="another reporun executable (e.g. the code before a change) timed beside it",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="SECTIONS",
+        help=f"comma-separated sections to run, the others skipped: {','.join(SECTIONS)}",
+    )
     args = parser.parse_args(argv)
+    if args.only is not None:
+        chosen = {name.strip() for name in args.only.split(",")}
+        if unknown := chosen - set(SECTIONS):
+            parser.error(f"--only: unknown {sorted(unknown)}; choose from {','.join(SECTIONS)}")
+        for name in SECTIONS:
+            setattr(args, name, name in chosen)
     quick = bool(args.quick)
     measures = tuple(m.strip() for m in (args.pg_only or ",".join(PG_MEASURES)).split(","))
     if unknown := set(measures) - set(PG_MEASURES):
@@ -108,15 +142,29 @@ def parse_args(argv: list[str], description: str) -> Options:
         pg_requests=args.pg_requests or (40 if quick else 200),
         pg_leases=(2.0,) if quick else (None, 5.0),
         pg_workers=(1, 2) if quick else PG_WORKERS,
+        cli=bool(args.cli),
+        cli_rounds=args.cli_rounds or (3 if quick else 15),
+        cli_exe=args.cli_exe,
+        cli_baseline=args.cli_baseline,
     )
     counts = (options.jobs, options.latency_jobs, options.posts, options.clients, options.rounds)
     if (
-        min(*counts, options.pg_jobs, options.pg_load_jobs, options.pg_requests, options.burst_jobs)
+        min(
+            *counts,
+            options.pg_jobs,
+            options.pg_load_jobs,
+            options.pg_requests,
+            options.burst_jobs,
+            options.cli_rounds,
+        )
         < 1
     ):
-        parser.error("--jobs, --latency-jobs, --posts, --clients, --repeat and --pg-* must be >= 1")
+        parser.error(
+            "--jobs, --latency-jobs, --posts, --clients, --repeat, --pg-* and --cli-rounds"
+            " must be >= 1"
+        )
     if options.pg_rows < 2 * pg_listing.CURSOR_DEPTH * pg_listing.LISTING_PAGE:
         parser.error("--pg-rows must be at least 2000 (20 pages deep for the light user too)")
-    if not (options.embedded or options.postgres or options.elastic):
-        parser.error("--no-embedded, --no-elastic and --no-postgres leave nothing to measure")
+    if not (options.embedded or options.postgres or options.elastic or options.cli):
+        parser.error("--no-embedded, --no-elastic, --no-postgres and --no-cli leave nothing")
     return options

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import cli_start
 import elastic
 from options import LATENCY_WORKERS, Options
 
@@ -24,6 +25,8 @@ def table(results: dict[str, Any]) -> str:
         lines += elastic.table(results["elastic"])
     if "postgres" in results:
         lines += postgres_table(results["postgres"])
+    if "cli_start" in results:
+        lines += cli_start.table(results["cli_start"])
     return "\n".join(lines)
 
 
@@ -158,6 +161,7 @@ def summary(results: dict[str, Any]) -> str:
         lines.append(f"summary: submissions {results['submissions']['per_second']:.1f} per s")
     lines += elastic.summary(results.get("elastic", {}))
     lines += postgres_summary(results.get("postgres", {}))
+    lines += cli_start.summary(results.get("cli_start"))
     return "\n".join(lines)
 
 

@@ -57,6 +57,11 @@ or a throwaway cluster when none answers), dropped after each measurement.
   pg lease       one worker runs `sleep 5`, is SIGKILLed mid-job, another starts at once:
                  seconds from the kill until the job runs again (attempt 2) and until it
                  ends, with the default 30 s lease and with REPORUN_LEASE_SECONDS=5.
+CLI start-up (`--no-cli` skips it; see bench/cli_start.py): `reporun --help`, `reporun jobs`
+and `reporun status ID` against `reporun serve`, each a fresh process, median of --cli-rounds
+(default 15); `--cli-baseline PATH` times another reporun executable beside this checkout's
+(`--cli-exe`), alternating, with the ratio baseline/this. Target: `jobs` under 0.3 s.
+`--only cli` (or any of embedded,elastic,postgres,cli) runs just those sections.
 `--quick` runs each small (50 000 rows, 300 load jobs, 1 and 2 workers, only a 2 s lease).
 
 The results are printed as a table, as one `summary:` line per figure, and written to
@@ -80,6 +85,7 @@ from typing import Any
 # Run as `python bench/run.py`, Python puts bench/ on the path; the harness is under tests/.
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
+import cli_start
 import elastic
 import pg_listing
 import pg_workloads
@@ -121,7 +127,19 @@ async def measure(options: Options, root: Path) -> dict[str, Any]:
             results["elastic"] = await measure_elastic(options, root / "elastic", repo)
         if options.postgres:
             results["postgres"] = await measure_postgres(options, root / "pg", repo)
+        if options.cli:
+            results["cli_start"] = await measure_cli(options, root, repo)
     return results
+
+
+async def measure_cli(options: Options, root: Path, repo: str) -> dict[str, Any]:
+    executables = {"this": options.cli_exe}
+    if options.cli_baseline is not None:
+        executables = {"baseline": options.cli_baseline, **executables}
+    # Each run well under a second, a few servers' worth of start-up around them.
+    seconds = options.timeout + 3 * len(cli_start.COMMANDS) * options.cli_rounds
+    async with bounded("cli start-up", seconds):
+        return await cli_start.measure(root, repo, executables, options.cli_rounds)
 
 
 async def measure_elastic(options: Options, root: Path, repo: str) -> dict[str, Any]:

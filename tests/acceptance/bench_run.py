@@ -14,9 +14,11 @@ from pathlib import Path
 from tests.acceptance.conftest import ROOT
 from tests.harness.processes import require_tool
 
-# The smallest sizes that still take every path of each measurement once.
+# The smallest sizes that still take every path of each measurement once; the CLI's start-up
+# has a smoke test of its own (test_bench_cli.py, with --only cli).
 SMOKE = (
     "--quick",
+    "--no-cli",
     *("--jobs", "4", "--latency-jobs", "3", "--posts", "16"),
     *("--pg-jobs", "6", "--pg-load-jobs", "30", "--pg-rows", "2000", "--pg-requests", "20"),
 )

@@ -1,35 +1,56 @@
-"""What every command shares: the Typer app, settings, one-line failures."""
+"""What every command shares: the Typer app, settings, one-line failures.
+
+Imported by every command, so it imports little: the server's settings (pydantic) and the
+database's errors are loaded only by the commands that use them.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import uuid
 from collections.abc import Coroutine
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings
 
-from reporun.config import Settings
+from reporun.cli.command import App
 from reporun.errors import ClientError, ConfigError, InvalidInput, ReporunError
 
-app = typer.Typer(
+if TYPE_CHECKING:
+    from reporun.config import Settings
+
+
+app = App(
     name="reporun",
     help="Run git repositories as sandboxed jobs.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,
 )
-token_app = typer.Typer(
-    help="Create, list and revoke access tokens (local auth).", no_args_is_help=True
-)
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+token_app = App(help="Create, list and revoke tokens (local auth).")
+db_app = App(help="The database schema.")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from reporun import __version__
+
+        print(f"reporun {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -37,12 +58,18 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
-AnySettings = TypeVar("AnySettings", bound=BaseSettings)
-
-
 def load_settings(**overrides: Any) -> Settings:
     """The server's settings, with the command line's options over the environment."""
-    return read_settings(Settings, **overrides)
+    from pydantic import ValidationError
+
+    from reporun.config import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "settings"
+        fail(f"invalid configuration {where}: {error['msg']}")
 
 
 def local_settings() -> Settings:
@@ -58,18 +85,9 @@ def local_settings() -> Settings:
     return settings if served is None else settings.model_copy(update={"data_dir": served})
 
 
-def read_settings(kind: type[AnySettings], **overrides: Any) -> AnySettings:
-    try:
-        return kind(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "settings"
-        fail(f"invalid configuration {where}: {error['msg']}")
-
-
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run a command's coroutine; every failure becomes one line on stderr."""
-    from sqlalchemy.exc import DBAPIError
+    import asyncio  # here, not at the top: `reporun --help` needs no event loop
 
     try:
         return asyncio.run(coro)
@@ -79,10 +97,18 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
         fail(exc.message, 2 if isinstance(exc, ConfigError | InvalidInput) else 1)
     except KeyboardInterrupt:
         fail("interrupted", 130)
-    except DBAPIError as exc:
-        fail(f"the database is not answering: {_first_line(exc.orig or exc)}", 1)
+    except BrokenPipeError:
+        raise  # stdout closed early (`reporun jobs | head`): main() ends quietly
     except OSError as exc:
         fail(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", 1)
+    except Exception as exc:
+        # Only a command that opened a database can meet its errors (and imported them).
+        if "sqlalchemy" in sys.modules:
+            from sqlalchemy.exc import DBAPIError
+
+            if isinstance(exc, DBAPIError):
+                fail(f"the database is not answering: {_first_line(exc.orig or exc)}", 1)
+        raise
 
 
 def _first_line(exc: BaseException) -> str:

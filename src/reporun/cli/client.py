@@ -1,14 +1,12 @@
-"""The HTTP client the CLI uses (async, httpx)."""
+"""The HTTP client the CLI uses (async, on reporun.cli.http)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
+from reporun.cli import http
 from reporun.cli.settings import ClientSettings
-from reporun.cli.signin import CredentialCache, cached_token
 from reporun.errors import ClientError
 from reporun.paths import find_admin_token
 
@@ -26,21 +24,22 @@ async def find_token(settings: ClientSettings) -> str | None:
     """REPORUN_TOKEN wins; then the token `reporun login` cached (refreshed when it ran out);
     then, for a loopback URL, the admin token `reporun serve` stored in its data dir (see
     `reporun.paths.find_admin_token`)."""
-    if settings.token is not None and settings.token.get_secret_value():
-        return settings.token.get_secret_value()
-    cache = CredentialCache(settings.credentials_path)
-    cached = await cached_token(cache, settings.client_secret, settings.url)
-    if cached is not None:
-        return cached
+    if settings.token:
+        return settings.token
+    if settings.credentials_path.is_file():
+        from reporun.cli.signin import CredentialCache, cached_token
+
+        cache = CredentialCache(settings.credentials_path)
+        cached = await cached_token(cache, settings.client_secret, settings.url)
+        if cached is not None:
+            return cached
     return find_admin_token(settings.url, settings.data_dir)
 
 
 class ApiClient:
     def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout
-        )
+        self.http = http.Client(base_url, headers=headers, timeout=timeout)
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -48,10 +47,10 @@ class ApiClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> http.Response:
         try:
             response = await self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
+        except http.TransportError as exc:
             raise ClientError(f"cannot reach {self.http.base_url}: {exc}") from None
         if response.status_code >= 400:
             raise ApiError(response.status_code, _detail(response))
@@ -91,11 +90,11 @@ class ApiClient:
                     raise ApiError(response.status_code, _detail(response))
                 async for chunk in response.aiter_bytes():
                     yield chunk
-        except httpx.HTTPError as exc:
+        except http.TransportError as exc:
             raise ClientError(f"cannot reach {self.http.base_url}: {exc}") from None
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: http.Response) -> str:
     try:
         body = response.json()
         detail = body.get("detail") if isinstance(body, dict) else None

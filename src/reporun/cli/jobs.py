@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
 
 import typer
 
-from reporun.cli.base import _job_id, app, fail, read_settings, run
-from reporun.jobs import TERMINAL, JobStatus
+from reporun.cli import show
+from reporun.cli.base import _job_id, app, fail, run
+from reporun.cli.show import STATES, TERMINAL
 
 
 # The client ------------------------------------------------------------------------------------
@@ -22,7 +23,7 @@ async def _client() -> AsyncIterator[Any]:
     from reporun.cli.client import ApiClient, find_token
     from reporun.cli.settings import ClientSettings
 
-    settings = read_settings(ClientSettings)
+    settings = ClientSettings.from_env()
     token = await find_token(settings)
     if token is None:
         fail(
@@ -53,20 +54,18 @@ def _env_pairs(pairs: list[str]) -> dict[str, str]:
 
 
 def _show(job: dict[str, Any]) -> str:
-    """`ID STATUS (why)`: the reason, and the exit code unless the reason already says it."""
-    details = [job["reason"]] if job.get("reason") else []
-    code = job.get("exit_code")
-    if code not in (None, 0) and not any(f"exit code {code}" in d for d in details):
-        details.append(f"exit code {code}")
+    """`ID failed (exit code 3)`: the id and the state with its exit code and reason."""
+    shown = f"{job['id']} {show.status_text(job)}"
     if job.get("cancel_requested") and job["status"] not in TERMINAL:
-        details.append("cancel requested")
-    shown = f"{job['id']} {job['status']}"
-    return f"{shown} ({'; '.join(details)})" if details else shown
+        shown += " (cancel requested)"
+    return shown
 
 
 async def _wait(client: Any, job_id: str, *, progress: bool = True) -> dict[str, Any]:
     """Poll until the job ends; a spinner on a terminal, a line per change otherwise (neither
     without `progress`)."""
+    import asyncio  # not at the top: `reporun --help` needs no event loop
+
     last = None
     status_line = None
     if progress and sys.stderr.isatty():
@@ -92,20 +91,60 @@ async def _wait(client: Any, job_id: str, *, progress: bool = True) -> dict[str,
             status_line.stop()
 
 
+JobId = Annotated[
+    str, typer.Argument(metavar="ID", help="The job's id (a UUID).", show_default=False)
+]
+
+
 @app.command()
 def submit(
-    repo: str,
-    ref: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
-    command: Annotated[str | None, typer.Option(help="Shell command to run.")] = None,
-    timeout: Annotated[int | None, typer.Option(min=1, help="Seconds.")] = None,
-    env: Annotated[list[str] | None, typer.Option(help="NAME=VALUE, repeatable.")] = None,
+    repo: Annotated[
+        str,
+        typer.Argument(
+            metavar="REPO",
+            help="A repository URL, or a local directory (`reporun serve` only).",
+            show_default=False,
+        ),
+    ],
+    ref: Annotated[
+        str | None,
+        typer.Option(
+            metavar="REF", help="Branch, tag or commit.", show_default="the default branch"
+        ),
+    ] = None,
+    command: Annotated[
+        str | None,
+        typer.Option(
+            metavar="COMMAND",
+            help="Shell command to run.",
+            show_default="the repository's entry point",
+        ),
+    ] = None,
+    timeout: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            metavar="SECONDS",
+            help="Wall-clock limit.",
+            show_default="reporun.toml's, else the server's",
+        ),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME=VALUE", help="A variable for the job (repeatable).", show_default=False
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for the end; exit 1 unless it succeeded.")
     ] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Stream the log until the end.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
 ) -> None:
-    """Submit a repository (URL, or a local directory to `reporun serve`)."""
+    """Submit a repository to run as a job.
+
+    Prints the job's id; --wait waits for its end, --follow streams its log meanwhile.
+    """
     if wait and follow:
         fail("--wait and --follow do not go together")
     from reporun.cli.local import absolute, is_local, uncommitted
@@ -119,6 +158,8 @@ def submit(
         body["env"] = _env_pairs(env)
 
     async def submit_job() -> int:
+        import asyncio
+
         edits = await uncommitted(repo, local, ref) if local is not None else None
         async with _client() as client:
             job = await client.submit(body)
@@ -149,19 +190,28 @@ def submit(
     raise SystemExit(run(submit_job()))
 
 
-STATES = frozenset(status.value for status in JobStatus)
-
-
 @app.command()
 def jobs(
     every: Annotated[bool, typer.Option("--all", help="Every page, not only the newest.")] = False,
-    status: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            metavar="STATE",
+            help=f"Only jobs in this state: {', '.join(STATES)}.",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, max=500, metavar="N", help="Jobs to show (a page, with --all).")
+    ] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print them as a JSON array.")] = False,
 ) -> None:
-    """List jobs, newest first (admins see everyone's)."""
+    """List jobs, newest first.
+
+    Users see their own jobs, admins everyone's.
+    """
     if status is not None and status not in STATES:
-        fail(f"--status must be one of {', '.join(sorted(STATES))}")
+        fail(f"--status must be one of {', '.join(STATES)}")
 
     async def list_jobs() -> None:
         async with _client() as client:
@@ -175,33 +225,54 @@ def jobs(
                     break
         if as_json:
             print(json.dumps(items, indent=2))
-            return
-        for job in items:
+        elif items:
+            width = show.REPO_WIDTH if sys.stdout.isatty() else None
+            print(show.jobs_table(items, _now(), show.use_colour(sys.stdout), width))
+        else:
+            print(f"no {status} jobs" if status else "no jobs", file=sys.stderr)
+        if cursor and not every:
             print(
-                f"{job['id']}  {job['status']:<10} {job['owner']:<12} "
-                f"{job['created_at'][:19]}  {job['repo']}"
+                f"showing the newest {len(items)} jobs: more with --limit N, all with --all",
+                file=sys.stderr,
             )
 
     run(list_jobs())
 
 
-@app.command()
-def status(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show one job."""
+def _now() -> datetime:
+    return datetime.now(UTC)
 
-    async def show() -> None:
+
+@app.command()
+def status(
+    job_id: JobId,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """Show one job: state, repository, timings."""
+
+    async def show_job() -> None:
         async with _client() as client:
             job = await client.job(_job_id(job_id))
-        print(json.dumps(job, indent=2) if as_json else _show(job))
+        if as_json:
+            print(json.dumps(job, indent=2))
+        else:
+            print(show.status_block(job, _now(), show.use_colour(sys.stdout)))
 
-    run(show())
+    run(show_job())
 
 
 @app.command()
-def logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = False) -> None:
-    """Print a job's log; --follow streams it until the job ends."""
+def logs(
+    job_id: JobId,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Stream the log until the job ends.")
+    ] = False,
+) -> None:
+    """Print a job's log."""
 
     async def stream() -> None:
+        import asyncio
+
         job = _job_id(job_id)
         async with _client() as client:
             try:
@@ -217,8 +288,11 @@ def logs(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f")] = 
 
 
 @app.command()
-def cancel(job_id: str) -> None:
-    """Cancel a job: a queued one never starts, a running one is killed."""
+def cancel(job_id: JobId) -> None:
+    """Cancel a job.
+
+    A queued job never starts; a running one is killed.
+    """
 
     async def request() -> None:
         async with _client() as client:
@@ -229,43 +303,47 @@ def cancel(job_id: str) -> None:
 
 
 @app.command()
-def workers(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """The workers alive: state, current job, last heartbeat (admin)."""
+def workers(
+    as_json: Annotated[bool, typer.Option("--json", help="Print them as a JSON array.")] = False,
+) -> None:
+    """List the workers alive (admin).
 
-    async def show() -> None:
+    Each with its state, the job it runs and its last heartbeat.
+    """
+
+    async def show_workers() -> None:
         async with _client() as client:
             items = (await client.workers())["items"]
         if as_json:
             print(json.dumps(items, indent=2))
-            return
-        for worker in items:
-            print(
-                f"{worker['id']:<40} {worker['state']:<9} {worker['current_job'] or '-':<36} "
-                f"{worker['last_heartbeat'][:19]}"
-            )
+        elif items:
+            print(show.workers_table(items, _now(), show.use_colour(sys.stdout)))
+        else:
+            print("no workers", file=sys.stderr)
 
-    run(show())
+    run(show_workers())
 
 
 @app.command()
 def scaling(
-    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    limit: Annotated[
+        int, typer.Option(min=1, max=500, metavar="N", help="Decisions to show.")
+    ] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """The observer's recent scaling decisions, newest first (admin)."""
+    """Show recent scaling decisions (admin).
 
-    async def show() -> None:
+    The workers alive and desired, then the observer's decisions, newest first.
+    """
+
+    async def show_scaling() -> None:
         async with _client() as client:
             report = await client.scaling(limit=limit)
         if as_json:
             print(json.dumps(report, indent=2))
             return
-        desired = report["desired"] if report["desired"] is not None else "-"
-        print(f"workers: {report['actual']} alive, {desired} desired")
-        for decision in report["decisions"]:
-            print(
-                f"{decision['at'][:19]}  {decision['direction']:<3} "
-                f"{decision['actual']} -> {decision['desired']}  {decision['reason']}"
-            )
+        print(show.scaling_report(report, _now(), show.use_colour(sys.stdout)))
+        if not report["decisions"]:
+            print("no scaling decisions yet", file=sys.stderr)
 
-    run(show())
+    run(show_scaling())

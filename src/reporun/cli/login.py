@@ -10,30 +10,47 @@ from urllib.parse import urlsplit
 
 import typer
 
-from reporun.cli.base import app, fail, read_settings, run
-from reporun.config import is_loopback
+from reporun.cli.base import app, fail, run
 
 
 @app.command()
 def login(
     issuer: Annotated[
-        str | None, typer.Option(help="The OIDC issuer (default REPORUN_OIDC_ISSUER).")
+        str | None,
+        typer.Option(metavar="URL", help="The OIDC issuer.", show_default="REPORUN_OIDC_ISSUER"),
     ] = None,
     client_id: Annotated[
-        str | None, typer.Option(help="The issuer's client for the CLI (default reporun-cli).")
+        str | None,
+        typer.Option(
+            metavar="ID",
+            help="The issuer's client for the CLI.",
+            show_default="REPORUN_OIDC_CLIENT_ID, else reporun-cli",
+        ),
     ] = None,
     username: Annotated[
-        str | None, typer.Option(help="Sign in with a password instead of a browser.")
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Sign in with a password instead of a browser.",
+            show_default=False,
+        ),
     ] = None,
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from standard input.")
     ] = False,
     device: Annotated[
         bool | None,
-        typer.Option("--device/--password", help="Insist on the browser or the password flow."),
+        typer.Option(
+            "--device/--password",
+            help="Insist on the browser or the password flow.",
+            show_default="the browser where the issuer offers it",
+        ),
     ] = None,
 ) -> None:
-    """Sign in to the OIDC issuer; the CLI then uses that token (REPORUN_TOKEN still wins)."""
+    """Sign in to the OIDC issuer.
+
+    The other commands then use that token (REPORUN_TOKEN still wins).
+    """
     import getpass
 
     import httpx
@@ -41,8 +58,9 @@ def login(
     from reporun.cli.settings import ClientSettings
     from reporun.cli.signin import HTTP_TIMEOUT, CredentialCache, DeviceCode, Issuer
     from reporun.cli.signin import login as sign_in
+    from reporun.config import is_loopback
 
-    settings = read_settings(ClientSettings)
+    settings = ClientSettings.from_env()
     issuer = issuer or settings.oidc_issuer
     if not issuer:
         fail("no issuer: pass --issuer or set REPORUN_OIDC_ISSUER")
@@ -99,13 +117,16 @@ def login(
 
 @app.command()
 def logout() -> None:
-    """Forget the token `reporun login` cached (and revoke it at the issuer when it can)."""
+    """Forget the token `reporun login` cached.
+
+    It is revoked at the issuer too, where the issuer allows.
+    """
     import httpx
 
     from reporun.cli.settings import ClientSettings
     from reporun.cli.signin import HTTP_TIMEOUT, CredentialCache, Issuer, LoginError
 
-    settings = read_settings(ClientSettings)
+    settings = ClientSettings.from_env()
     cache = CredentialCache(settings.credentials_path)
 
     async def main() -> None:

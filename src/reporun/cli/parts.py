@@ -10,15 +10,36 @@ import typer
 from reporun.cli.base import _setup_logs, app, db_app, load_settings, local_settings, run
 
 # The parts --------------------------------------------------------------------------------------
-Host = Annotated[str | None, typer.Option(help="Address to listen on.")]
-Port = Annotated[int | None, typer.Option(help="Port to listen on.")]
+# Shown defaults are the Settings' own (tests/unit/test_cli_help.py holds them to it); an option
+# left out takes its REPORUN_* variable, else that default.
+Host = Annotated[
+    str | None,
+    typer.Option(metavar="ADDRESS", help="Address to listen on.", show_default="127.0.0.1"),
+]
+Port = Annotated[
+    int | None, typer.Option(metavar="PORT", help="Port to listen on.", show_default="8000")
+]
 
 
 MinWorkers = Annotated[
-    int | None, typer.Option(min=0, max=1024, help="Fewest workers the observer keeps.")
+    int | None,
+    typer.Option(
+        min=0,
+        max=1024,
+        metavar="N",
+        help="Fewest workers the observer keeps.",
+        show_default="the --workers count",
+    ),
 ]
 MaxWorkers = Annotated[
-    int | None, typer.Option(min=0, max=1024, help="Most workers the observer starts.")
+    int | None,
+    typer.Option(
+        min=0,
+        max=1024,
+        metavar="N",
+        help="Most workers the observer starts.",
+        show_default="the --workers count",
+    ),
 ]
 
 
@@ -26,14 +47,28 @@ MaxWorkers = Annotated[
 def serve(
     host: Host = None,
     port: Port = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Database, tokens and mirrors.")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Database, tokens and mirrors ($XDG_DATA_HOME/reporun if set).",
+            show_default="~/.local/share/reporun",
+        ),
+    ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=0, max=64, help="Worker processes (a fixed pool).")
+        int | None,
+        typer.Option(
+            min=0, max=64, metavar="N", help="Worker processes (a fixed pool).", show_default="2"
+        ),
     ] = None,
     min_workers: MinWorkers = None,
     max_workers: MaxWorkers = None,
 ) -> None:
-    """The embedded service: API, workers and local tokens in one process tree (SQLite)."""
+    """Run the embedded service (SQLite).
+
+    The API, its workers and local tokens in one process tree; --min-workers and
+    --max-workers let the observer scale the pool.
+    """
     from reporun.embedded import serve as serve_embedded
 
     settings = load_settings(
@@ -50,7 +85,7 @@ def serve(
 
 @app.command()
 def api(host: Host = None, port: Port = None) -> None:
-    """The API alone (cluster mode)."""
+    """Run the API alone (cluster mode)."""
     from reporun.api.server import build_auth, run_api
     from reporun.store import Store
     from reporun.wiring import check_schema
@@ -72,7 +107,10 @@ def api(host: Host = None, port: Port = None) -> None:
 
 @app.command()
 def worker() -> None:
-    """One worker: claims and runs jobs until SIGTERM, then drains."""
+    """Run one worker (cluster mode).
+
+    It claims and runs jobs until SIGTERM, then drains.
+    """
     from reporun.worker.main import run_worker
 
     settings = load_settings()
@@ -82,7 +120,10 @@ def worker() -> None:
 
 @app.command()
 def observer(min_workers: MinWorkers = None, max_workers: MaxWorkers = None) -> None:
-    """Scale the workers on queue wait (REPORUN_SCALER=local processes or docker containers)."""
+    """Scale the workers on queue wait.
+
+    REPORUN_SCALER picks what it scales: local processes or docker containers.
+    """
     from reporun.observer.main import run_observer
 
     settings = load_settings(min_workers=min_workers, max_workers=max_workers)
@@ -111,7 +152,10 @@ def db_upgrade() -> None:
 
 @app.command()
 def doctor() -> None:
-    """Tell whether this host can run jobs safely, and why not."""
+    """Check that this host can run jobs safely.
+
+    Says what is missing when it cannot.
+    """
     from reporun.doctor import diagnose
 
     settings = local_settings()

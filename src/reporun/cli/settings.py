@@ -1,17 +1,20 @@
 """What the client commands read: which server, which token, which OIDC client for sign-in.
 
-The server's settings are `reporun.config.Settings`; neither reads the other's secrets.
+The server's settings are `reporun.config.Settings`; neither reads the other's secrets. This is
+a plain dataclass over the environment, read once per command: a client command starts without
+pydantic or the server's configuration.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from reporun.paths import DEFAULT_URL
+
+PREFIX = "REPORUN_"
 
 
 def default_credentials_path() -> Path:
@@ -19,11 +22,10 @@ def default_credentials_path() -> Path:
     return Path(base) / "reporun" / "credentials.json"
 
 
-class ClientSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REPORUN_", extra="ignore", frozen=True)
-
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
     url: str = DEFAULT_URL
-    token: SecretStr | None = None
+    token: str | None = field(default=None, repr=False)
     # Where `reporun serve` on this machine stored its admin token (unset: the data dir of the
     # `serve` running on `url`, else the default one; see reporun.paths).
     data_dir: Path | None = None
@@ -31,8 +33,33 @@ class ClientSettings(BaseSettings):
     # and where the signed-in token is cached (default: ~/.config/reporun/credentials.json).
     oidc_issuer: str | None = None
     oidc_client_id: str = "reporun-cli"
-    oidc_client_secret: SecretStr | None = None
+    oidc_client_secret: str | None = field(default=None, repr=False)
     credentials_file: Path | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClientSettings:
+        """REPORUN_URL, REPORUN_TOKEN, ... (case-insensitive names, as the server reads its
+        own); a variable set to the empty string counts as unset."""
+        env = os.environ if environ is None else environ
+        found = {
+            key.upper().removeprefix(PREFIX).lower(): value
+            for key, value in env.items()
+            if key.upper().startswith(PREFIX) and value
+        }
+
+        def path(name: str) -> Path | None:
+            return Path(found[name]) if name in found else None
+
+        defaults = cls()
+        return cls(
+            url=found.get("url", defaults.url),
+            token=found.get("token"),
+            data_dir=path("data_dir"),
+            oidc_issuer=found.get("oidc_issuer"),
+            oidc_client_id=found.get("oidc_client_id", defaults.oidc_client_id),
+            oidc_client_secret=found.get("oidc_client_secret"),
+            credentials_file=path("credentials_file"),
+        )
 
     @property
     def credentials_path(self) -> Path:
@@ -40,4 +67,4 @@ class ClientSettings(BaseSettings):
 
     @property
     def client_secret(self) -> str | None:
-        return self.oidc_client_secret.get_secret_value() if self.oidc_client_secret else None
+        return self.oidc_client_secret

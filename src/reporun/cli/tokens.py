@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from reporun.cli import show
 from reporun.cli.base import local_settings, run, token_app
 from reporun.errors import ConfigError
 
@@ -81,21 +82,26 @@ def _as_json(record: TokenRecord, now: datetime) -> dict[str, Any]:
     }
 
 
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
 @token_app.command("create")
 def token_create(
-    name: str,
-    role: Annotated[str, typer.Option(help="user or admin")] = "user",
-    ttl: Annotated[int | None, typer.Option(min=60, help="Seconds until it expires.")] = None,
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Who the token is for.", show_default=False)
+    ],
+    role: Annotated[
+        str, typer.Option(metavar="user|admin", help="What the token may do.")
+    ] = "user",
+    ttl: Annotated[
+        int | None,
+        typer.Option(
+            min=60, metavar="SECONDS", help="Lifetime of the token.", show_default="no expiry"
+        ),
+    ] = None,
 ) -> None:
-    """Mint a token: the token alone on stdout, its id, role and expiry on stderr."""
+    """Mint an access token.
+
+    The token alone on stdout (for `export REPORUN_TOKEN=$(reporun token create ci)`), its id,
+    role and expiry on stderr.
+    """
     from reporun.api.auth import LocalAuth
 
     settings = local_settings()
@@ -122,7 +128,10 @@ def token_create(
 def token_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print the tokens as JSON.")] = False,
 ) -> None:
-    """List the tokens this server issued, revoked and expired ones too."""
+    """List the tokens this server issued.
+
+    Revoked and expired ones too, with their state.
+    """
     settings = local_settings()
 
     async def listing() -> None:
@@ -135,7 +144,7 @@ def token_list(
         if not records:
             print("no tokens", file=sys.stderr)
             return
-        rows = [COLUMNS] + [
+        rows = [
             (
                 r.id,
                 r.name,
@@ -146,7 +155,7 @@ def token_list(
             )
             for r in records
         ]
-        print(_table(rows))
+        print(show.table(COLUMNS, rows, show.use_colour(sys.stdout)))
 
     run(listing())
 
@@ -155,7 +164,10 @@ def token_list(
 def token_revoke(
     token_id: Annotated[str, typer.Argument(metavar="ID", help="A token's id, or its start.")],
 ) -> None:
-    """Revoke a token: the server refuses it from its next request on."""
+    """Revoke a token.
+
+    The server refuses it from its next request on.
+    """
     settings = local_settings()
 
     async def revoke() -> None:
