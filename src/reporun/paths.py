@@ -96,10 +96,8 @@ def _alive(pid: object) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    except (ProcessLookupError, PermissionError):
+        return False  # gone, or now another user's process: not this user's serve
     return True
 
 
@@ -130,10 +128,15 @@ def local_data_dir(url: str, configured: Path | None) -> Path:
 
 def find_admin_token(url: str, configured: Path | None) -> str | None:
     """The admin token `reporun serve` stored for the server at `url`. Only for a loopback
-    URL: the local admin token is never sent to another host."""
+    URL, and (unless REPORUN_DATA_DIR names the data dir) only while this user's `serve` is
+    recorded as running on that port: the local admin token is never sent to another host, nor
+    to whatever else listens on a loopback port of a shared machine."""
     if _port_of(url) is None:
         return None
-    path = local_data_dir(url, configured) / ADMIN_TOKEN_FILE
+    data_dir = configured or served_data_dir(url)
+    if data_dir is None:
+        return None
+    path = data_dir / ADMIN_TOKEN_FILE
     try:
         return path.read_text().strip() or None
     except OSError:

@@ -72,6 +72,28 @@ async def test_a_requeued_job_waits_from_when_it_went_back(any_store: Store) -> 
     assert again.wait_seconds is not None and again.wait_seconds > 29
 
 
+async def test_a_job_given_back_on_the_operators_stop_waits_from_then_too(
+    any_store: Store,
+) -> None:
+    """The stop of `serve` gives jobs back without using an attempt (the worker's own drain, or
+    serve for the workers it stopped): the observer counts their waits from then as well."""
+    now = await any_store.now()
+    first = await any_store.create_job(spec(), "alice", now=now - timedelta(seconds=30))
+    second = await any_store.create_job(spec(), "bob", now=now - timedelta(seconds=30))
+    queue = sql_queue(any_store)
+    drained = await queue.claim("w-drained")
+    stopped = await queue.claim("w-stopped")
+    assert drained is not None and stopped is not None
+    back = await queue.release(drained, "w-drained", "serve stopped", attempt_used=False)
+    assert back is not None and back.attempts == 0
+    [again] = await any_store.runs.release_workers(["w-stopped"], "serve stopped")
+    assert again.attempts == 0
+    assert {drained.id, stopped.id} == {first.id, second.id}
+    snapshot = await any_store.scaling.snapshot(window=60)
+    assert snapshot.queued == 2
+    assert snapshot.oldest_queued_age is not None and snapshot.oldest_queued_age < 5
+
+
 async def test_finished_jobs_are_read_in_order_once(any_store: Store) -> None:
     queue = sql_queue(any_store)
     start = await any_store.now()

@@ -145,10 +145,20 @@ def _forgeries(provider: OidcProvider) -> dict[str, str]:
 
 
 async def test_forgeries_are_401(api: httpx.AsyncClient, oidc_provider: OidcProvider) -> None:
+    plain = {  # what each refusal says, in a user's words (never PyJWT's)
+        "garbage": "is not one the issuer",
+        "expired": "has expired",
+        "not yet valid": "not valid yet",
+        "wrong issuer": "issued by another issuer",
+        "wrong audience": "for another audience",
+        "no exp": "lacks the 'exp' claim",
+    }
     for name, token in _forgeries(oidc_provider).items():
         response = await api.get("/v1/jobs", headers=bearer(token))
         assert response.status_code == 401, (name, response.text)
         assert response.headers["content-type"].startswith("application/problem+json"), name
+        detail = response.json()["detail"]
+        assert plain.get(name, "is not one the issuer") in detail, (name, detail)
     problem(await api.get("/v1/jobs"), 401)
     # The genuine article passes.
     genuine = oidc_provider.sign(oidc_provider.claims())

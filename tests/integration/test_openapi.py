@@ -273,7 +273,7 @@ async def test_docs_come_from_the_package_and_declare_bearer_auth(
 ) -> None:
     """/docs names only its own assets (the browser test renders them with no network), and
     every call but the health ones says it takes a bearer token, for "Authorize"."""
-    auth = LocalAuth(settings.secret_key.get_secret_value())  # type: ignore[union-attr]
+    auth = LocalAuth(settings.secret_key.get_secret_value(), store.tokens)  # type: ignore[union-attr]
     app = create_app(build_services(settings, store, auth))
     document = app.openapi()
     assert document["components"]["securitySchemes"]["bearer"] == {

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from reporun.cli.proxy import proxy_for
+from reporun.errors import ConfigError
 
 PROXY = "http://proxy.corp:3128"
 
@@ -18,6 +19,8 @@ PROXY = "http://proxy.corp:3128"
         ("http://127.0.0.1:8000", "", False),
         ("http://localhost:8000", "", False),
         ("http://[::1]:8000", "", False),
+        ("http://[0:0:0:0:0:0:0:1]:8000", "", False),
+        ("http://127.8.9.10:8000", "", False),
         ("http://reporun.corp", "*", False),
         ("http://reporun.corp", "corp", False),
         ("http://reporun.corp", ".corp", False),
@@ -41,3 +44,14 @@ def test_the_proxy_for_the_scheme_upper_case_first() -> None:
     assert found is not None and (found.hostname, found.port) == ("proxy.corp", 3128)
     lower = proxy_for(https, {"https_proxy": "http://x:1"})
     assert lower is not None and lower.hostname == "x"
+
+
+def test_a_proxy_password_never_shows_in_an_error() -> None:
+    target = urlsplit("https://reporun.corp")
+    with pytest.raises(ConfigError) as refused:
+        proxy_for(target, {"HTTPS_PROXY": "socks5://ann:hunter2@proxy.corp:1080"})
+    assert "hunter2" not in refused.value.message and "ann" not in refused.value.message
+    assert "proxy.corp:1080" in refused.value.message
+    with pytest.raises(ConfigError) as bad_port:
+        proxy_for(target, {"HTTPS_PROXY": "http://ann:hunter2@proxy.corp:99999"})
+    assert "hunter2" not in bad_port.value.message

@@ -73,11 +73,11 @@ class OidcAuth:
     async def authenticate(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise Unauthorized(f"invalid token: {exc}") from None
+        except jwt.PyJWTError:
+            raise Unauthorized(self._not_issued) from None
         algorithm = header.get("alg")
         if algorithm not in self.algorithms:
-            raise Unauthorized(f"invalid token: algorithm {algorithm!r} is not accepted")
+            raise Unauthorized(f"{self._not_issued} (it is signed with {algorithm!r})")
         key = await self._key(header.get("kid"))
         try:
             claims = jwt.decode(
@@ -93,12 +93,12 @@ class OidcAuth:
                 },
             )
         except jwt.PyJWTError as exc:
-            raise Unauthorized(f"invalid token: {exc}") from None
+            raise Unauthorized(self._refusal(exc)) from None
         if self.azp is not None and claims.get("azp") != self.azp:
-            raise Unauthorized("invalid token: issued to another client (azp)")
+            raise Unauthorized(f"the token was issued to another client, not {self.azp}")
         name = claims.get("preferred_username") or claims.get("sub")
         if not isinstance(name, str) or not name:
-            raise Unauthorized("invalid token: no preferred_username or sub")
+            raise Unauthorized("the token names no user (no preferred_username or sub)")
         roles = claim_at(claims, self.roles_claim)
         if not isinstance(roles, list):
             roles = []
@@ -106,7 +106,7 @@ class OidcAuth:
 
     async def _key(self, kid: object) -> jwt.PyJWK:
         if not isinstance(kid, str):
-            raise Unauthorized("invalid token: no key id (kid)")
+            raise Unauthorized(f"{self._not_issued} (it names no signing key)")
         if kid in self._keys:
             return self._keys[kid]
         async with self._lock:
@@ -118,7 +118,25 @@ class OidcAuth:
             return self._keys[kid]
         if self._down is not None:
             raise IssuerUnavailable(self._down)
-        raise Unauthorized("invalid token: signed by a key the issuer does not publish")
+        raise Unauthorized(f"{self._not_issued} (signed by a key the issuer does not publish)")
+
+    @property
+    def _not_issued(self) -> str:
+        return f"the token is not one the issuer {self.issuer} issued"
+
+    def _refusal(self, exc: jwt.PyJWTError) -> str:
+        """What was wrong with a well-formed token, in words a user can act on."""
+        if isinstance(exc, jwt.ExpiredSignatureError):
+            return "the token has expired: sign in again (`reporun login`)"
+        if isinstance(exc, jwt.ImmatureSignatureError):
+            return "the token is not valid yet (is this machine's clock right?)"
+        if isinstance(exc, jwt.InvalidIssuerError):
+            return f"the token was issued by another issuer, not {self.issuer}"
+        if isinstance(exc, jwt.InvalidAudienceError):
+            return f"the token is for another audience, not {self.audience}"
+        if isinstance(exc, jwt.MissingRequiredClaimError):
+            return f"the token lacks the {exc.claim!r} claim the server requires"
+        return f"{self._not_issued} (its signature does not match)"
 
     async def _refresh(self) -> None:
         try:

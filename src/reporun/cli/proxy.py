@@ -8,24 +8,34 @@ from collections.abc import Mapping
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from reporun.errors import ConfigError
+from reporun.paths import is_loopback_host
 
 
 def parse_origin(url: str, what: str) -> SplitResult:
-    """An http:// or https:// URL, or ConfigError naming `what`."""
+    """An http:// or https:// URL, or ConfigError naming `what` (never its password)."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  # raises on a bad port
     except ValueError as exc:
-        raise ConfigError(f"{what} is not a URL: {url!r} ({exc})") from None
+        raise ConfigError(f"{what} is not a URL: {redact(url)!r} ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{what} must be an http:// or https:// URL, not {url!r}")
+        raise ConfigError(f"{what} must be an http:// or https:// URL, not {redact(url)!r}")
     return parts
+
+
+def redact(url: str) -> str:
+    """`url` without the user and password it may carry (a proxy's)."""
+    scheme, sep, rest = url.rpartition("://")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}"
 
 
 def _bypass(host: str, no_proxy: str) -> bool:
     """NO_PROXY as Go reads it: `*`, host names (a suffix match: `example.com` covers
     `a.example.com`, a port ignored), IP addresses and CIDR ranges; loopback always."""
-    if host == "localhost" or host.startswith("127.") or host == "::1":
+    if is_loopback_host(host):
         return True
     for entry in (e.strip().lower() for e in no_proxy.split(",")):
         if entry == "*" or (entry and _in_range(host, entry)):
@@ -59,7 +69,7 @@ def proxy_for(parts: SplitResult, environ: Mapping[str, str]) -> SplitResult | N
     if "://" not in proxy:
         proxy = "http://" + proxy
     if not proxy.startswith("http://"):
-        raise ConfigError(f"only http:// proxies are supported, not {proxy!r}")
+        raise ConfigError(f"only http:// proxies are supported, not {redact(proxy)!r}")
     return parse_origin(proxy, "the proxy setting")
 
 

@@ -214,6 +214,8 @@ async def _requeue_unused(
                 "started_at": None,
                 "lease_expires_at": None,
                 "attempts": sa.case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
+                # The observer counts its wait from now: new work it is not.
+                "requeued_at": clock(conn.engine),
             },
         )
     return done
