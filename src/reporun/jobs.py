@@ -108,6 +108,9 @@ class JobSpec(BaseModel):
     command: str | None = None
     env: dict[str, str] = {}
     limits: Limits
+    # Whether the worker may clone it from a local path, file:// or a loopback address: only
+    # an admin's job on a server that allows local sources (`Submissions.submit` sets it).
+    local_sources: bool = False
 
 
 class Job(BaseModel):
@@ -132,6 +135,7 @@ class Job(BaseModel):
     limits: Limits
     env: dict[str, str] = {}
     cancel_requested: bool = False
+    local_sources: bool = False  # see JobSpec; a row from before the field: not allowed
 
     @property
     def wait_seconds(self) -> float | None:

@@ -63,6 +63,9 @@ class Submissions:
         if not admin and policy.allow_local and is_local(url, addresses, policy):
             # Before any look at the path, so a user learns nothing of what is there.
             raise Forbidden(OPERATORS_ONLY, field="repo")
+        # The worker checks the host again when it clones, by then perhaps resolving to
+        # loopback: only the job's own flag lets it through there.
+        spec = spec.model_copy(update={"local_sources": admin and policy.allow_local})
         if url.scheme == "file":
             await check_local_repo(local_path(url.url), ref=spec.ref)
         quota = self.config.admin_quota if admin else self.config.quota

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -56,21 +57,26 @@ def run_git(*args: str, cwd: Path | None = None) -> str:
 
 class GitServer:
     """`git daemon` on `host` serving the bare repositories under `base`; their working
-    copies live under `work`."""
+    copies live under `work`. With `log`, every connection and request is written there."""
 
-    def __init__(self, base: Path, work: Path, host: str = LOOPBACK) -> None:
+    def __init__(
+        self, base: Path, work: Path, host: str = LOOPBACK, *, log: Path | None = None
+    ) -> None:
         self.base = base
         self.work = work
         self.host = host
         self.port = free_port()
+        self.log = log
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         require_tool("git", "the git server of the tests")
+        log = self.log.open("ab") if self.log is not None else None
         self.process = subprocess.Popen(
             [
                 "git",
                 "daemon",
+                *(["--verbose"] if log is not None else []),
                 "--reuseaddr",
                 "--export-all",
                 f"--listen={self.host}",
@@ -81,9 +87,11 @@ class GitServer:
             env=git_env(self.base),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=log or subprocess.DEVNULL,
             start_new_session=True,  # `git daemon` forks the real server: stop the group
         )
+        if log is not None:
+            log.close()  # the daemon holds its own copy
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:  # the port was taken (by a parallel run)
@@ -113,6 +121,13 @@ class GitServer:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def requests(self) -> list[str]:
+        """The repository paths clients asked for so far (`log` needed), e.g. `/x.git`."""
+        if self.log is None:
+            raise HarnessError("this git server keeps no log")
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return re.findall(r"Request (?:upload-pack|receive-pack) for '([^']*)'", text)
 
     def url(self, name: str) -> str:
         return f"git://{self.host}:{self.port}/{name}.git"

@@ -251,6 +251,11 @@ async def test_local_repositories_on_serve_are_for_admin_tokens_only(
         # A host the operator trusts, or a public one, is anyone's.
         trusted = await c.post("/v1/jobs", json={"repo": "git://127.0.0.1/x.git"}, headers=user)
         assert trusted.status_code == 202, trusted.text
+    # What the worker checks at clone time: only the admin's job may reach a local source.
+    assert "local_sources" not in trusted.json()
+    assert (await store.get_job(uuid.UUID(trusted.json()["id"]))).local_sources is False
+    if admitted.status_code == 202:
+        assert (await store.get_job(uuid.UUID(admitted.json()["id"]))).local_sources is True
 
 
 async def test_health_needs_no_token(api: Api) -> None:

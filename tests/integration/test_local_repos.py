@@ -1,6 +1,7 @@
 """Local repositories (`reporun serve` accepts paths): a path that is no directory, no git
 repository or one with no commits is refused at submission, 422 naming `repo`, on both the
-API and the seed's /add; a real repository is queued and runs."""
+API and the seed's /add; a real repository is queued and runs. The worker clones from a local
+source only for a job that was allowed one at submission."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from urllib.parse import quote
 import pytest
 
 from reporun.config import Settings
-from tests.harness.git import run_git
+from reporun.jobs import JobSpec, resolve_limits
+from reporun.store import Store
+from reporun.wiring import job_rules
+from tests.harness.git import GitServer, run_git
 from tests.integration.conftest import Api, WorkerFactory
 
 PROBLEM = "application/problem+json"
@@ -92,3 +96,31 @@ async def test_a_local_repository_runs(
     job = await api.wait((await api.submit("root", "admin", repo=str(repo)))["id"])
     assert job["status"] == "succeeded", job
     assert b"local job ran" in await api.log(job["id"])
+
+
+async def test_a_loopback_host_is_cloned_only_for_a_job_allowed_local_sources(
+    api: Api, settings: Settings, store: Store, start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """As if the host had resolved elsewhere at submission: the worker decides by the job's
+    flag, not by its own policy, and a job without it never reaches the git daemon."""
+    (tmp_path / "git-base").mkdir()
+    (tmp_path / "git-work").mkdir()
+    with GitServer(tmp_path / "git-base", tmp_path / "git-work", log=tmp_path / "git.log") as git:
+        files = {"run.sh": "#!/bin/sh\necho cloned\n"}
+        refused_repo, allowed_repo = git.make_repo(files), git.make_repo(files)
+        start_worker(trusted_hosts=[])  # serve's worker: local sources allowed, none trusted
+        spec = JobSpec(repo=refused_repo, limits=resolve_limits({}, job_rules(settings)))
+        refused = await store.create_job(spec, "mallory")
+        allowed = await store.create_job(
+            spec.model_copy(update={"repo": allowed_repo, "local_sources": True}), "root"
+        )
+        refused_end = await api.wait(str(refused.id))
+        allowed_end = await api.wait(str(allowed.id))
+        requested = git.requests()
+    assert refused_end["status"] == "failed", refused_end
+    assert refused_end["reason"] == (
+        "repo host '127.0.0.1' resolves to a non-public address (127.0.0.1); "
+        "the operator must list it in REPORUN_TRUSTED_HOSTS"
+    )
+    assert allowed_end["status"] == "succeeded", allowed_end
+    assert requested == ["/" + allowed_repo.rsplit("/", 1)[1]]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
@@ -15,7 +17,7 @@ from reporun.errors import InvalidInput, NotFound
 from reporun.jobs import JobSpec, JobStatus, Limits
 from reporun.store import Store
 from reporun.store.migrate import SCHEMA_HEAD, is_current, migration_heads, upgrade
-from reporun.store.tables import metadata
+from reporun.store.tables import jobs, metadata
 
 LIMITS = Limits(timeout=60, memory=1 << 30, processes=64, log=1 << 20, disk=1 << 30)
 
@@ -49,6 +51,34 @@ async def test_upgrading_from_empty_gives_the_schema_the_code_expects(empty_db_u
 
         async with store.engine.connect() as conn:
             assert await conn.run_sync(diff) == []
+    finally:
+        await store.close()
+
+
+async def test_a_job_queued_before_local_sources_is_not_allowed_them(empty_db_url: str) -> None:
+    """Upgraded from 0007 with a job in the queue: the worker checks it with no local source."""
+    store = Store.open(empty_db_url)
+    try:
+        await upgrade(store.engine, "0007")
+        job_id = uuid.uuid4()
+        old = [c for c in jobs.c if c.name != "local_sources"]
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(sa.table("jobs", *(sa.column(c.name, c.type) for c in old))).values(
+                    id=job_id,
+                    owner="root",
+                    repo="/home/root/project",
+                    env={},
+                    limits=LIMITS.model_dump(),
+                    status="queued",
+                    fair_tag=0,
+                    created_at=datetime.now(UTC),
+                )
+            )
+        await upgrade(store.engine)
+        assert (await store.get_job(job_id)).local_sources is False
+        spec = JobSpec(repo="/home/root/project", limits=LIMITS, local_sources=True)
+        assert (await store.create_job(spec, "root")).local_sources is True
     finally:
         await store.close()
 
@@ -101,10 +131,6 @@ async def test_workers_heartbeat_and_prune(any_store: Store) -> None:
 
 async def test_concurrent_submissions_of_one_owner_get_distinct_fair_tags(any_store: Store) -> None:
     import asyncio
-
-    import sqlalchemy as sa
-
-    from reporun.store.tables import jobs
 
     spec = JobSpec(repo="https://example.org/x.git", limits=LIMITS)
     await asyncio.gather(*(any_store.create_job(spec, "burst") for _ in range(30)))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -11,6 +14,7 @@ from reporun.errors import IllegalTransition, InvalidInput
 from reporun.jobs import (
     TERMINAL,
     GiB,
+    Job,
     JobStatus,
     MiB,
     build_spec,
@@ -20,6 +24,10 @@ from reporun.jobs import (
     resolve_limits,
     sources_of,
 )
+from reporun.queue.memory import MemoryQueue
+from reporun.store import Quota
+from reporun.submit import Submissions, SubmitConfig
+from reporun.urlpolicy import UrlPolicy
 from reporun.wiring import job_rules
 
 S = JobStatus
@@ -167,3 +175,59 @@ def test_build_spec_checks_everything(settings: Settings) -> None:
             limits=None,
             rules=job_rules(settings),
         )
+
+
+def test_a_job_stored_before_the_local_sources_flag_is_not_allowed_them(
+    settings: Settings,
+) -> None:
+    spec, _ = build_spec(
+        repo="https://example.org/a",
+        ref=None,
+        command=None,
+        timeout=None,
+        env=None,
+        limits=None,
+        rules=job_rules(settings),
+    )
+    assert spec.local_sources is False
+    old_row = {
+        "id": uuid.uuid4(),
+        "owner": "a",
+        "repo": spec.repo,
+        "ref": None,
+        "commit": None,
+        "command": None,
+        "status": "queued",
+        "exit_code": None,
+        "reason": None,
+        "attempts": 0,
+        "worker": None,
+        "created_at": datetime.now(UTC),
+        "started_at": None,
+        "finished_at": None,
+        "log_bytes": 0,
+        "log_truncated": False,
+        "limits": spec.limits.model_dump(),
+        "env": {},
+    }
+    assert Job.model_validate(old_row).local_sources is False
+
+
+SERVE = UrlPolicy.of(["https", "git"], trusted_hosts=["git.example.org"], allow_local=True)
+CLUSTER = dataclasses.replace(SERVE, allow_local=False)
+
+
+@pytest.mark.parametrize(
+    ("policy", "admin", "allowed"),
+    [(SERVE, True, True), (SERVE, False, False), (CLUSTER, True, False), (CLUSTER, False, False)],
+)
+async def test_only_an_admins_job_on_a_local_server_may_use_local_sources(
+    settings: Settings, policy: UrlPolicy, admin: bool, allowed: bool
+) -> None:
+    """The flag the worker checks at clone time. (A trusted host: no lookup, no I/O.)"""
+    rules = dataclasses.replace(job_rules(settings), url_policy=policy)
+    queue = MemoryQueue()
+    submissions = Submissions(SubmitConfig(rules, Quota(), Quota()), queue)
+    job = await submissions.submit("someone", admin=admin, repo="git://git.example.org/x.git")
+    assert job.local_sources is allowed
+    assert queue.jobs[job.id].local_sources is allowed

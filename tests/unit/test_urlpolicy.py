@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from reporun.errors import InvalidInput
 from reporun.urlpolicy import UrlPolicy, check_addresses, is_local, parse_repo_url
+from reporun.worker.checkout import Mirrors
 
 SERVER = UrlPolicy.of(["https"])
 CONFIGURED = UrlPolicy.of(["https", "git", "ssh"], trusted_hosts=["gitlab.internal", "10.0.0.5"])
@@ -127,3 +131,34 @@ def test_what_only_the_local_relaxation_admits(
     policy: UrlPolicy, url: str, addresses: list[str], local: bool
 ) -> None:
     assert is_local(parse_repo_url(url, policy), addresses, policy) is local
+
+
+@pytest.mark.parametrize(
+    ("url", "addresses"),
+    [
+        ("/home/me/project", []),
+        ("file:///etc", []),
+        ("git://127.0.0.1:9418/x.git", []),
+        ("http://localhost:3000/x.git", []),
+        ("https://git.example.org/x.git", ["127.0.0.1"]),  # resolves to loopback at clone time
+        ("https://git.example.org/x.git", ["::1"]),
+    ],
+)
+def test_the_worker_checks_a_job_without_local_sources_as_a_cluster_does(
+    url: str, addresses: list[str]
+) -> None:
+    mirrors = Mirrors(Path("/nonexistent"), LOCAL, timeout=1)
+    allowed = mirrors.policy_for(local_sources=True)
+    assert allowed == LOCAL
+    parsed = parse_repo_url(url, allowed)
+    if parsed.host is not None:
+        check_addresses(parsed.host, addresses, allowed)
+    strict = mirrors.policy_for(local_sources=False)
+    assert strict == dataclasses.replace(LOCAL, allow_local=False)
+    assert "file" not in strict.git_protocols
+    with pytest.raises(InvalidInput) as refused:
+        parsed = parse_repo_url(url, strict)
+        check_addresses(parsed.host or "", addresses, strict)
+    assert refused.value.field == "repo"
+    # A server that allows no local sources allows none to any job.
+    assert Mirrors(Path("/nonexistent"), SERVER, timeout=1).policy_for(local_sources=True) == SERVER

@@ -138,7 +138,8 @@ class JobOut(BaseModel):
     @classmethod
     def of(cls, job: Job) -> JobOut:
         return cls(
-            **job.model_dump(exclude={"limits", "env"}),
+            # local_sources is the worker's business: the job's repo already tells its kind.
+            **job.model_dump(exclude={"limits", "env", "local_sources"}),
             wait_seconds=job.wait_seconds,
             run_seconds=job.run_seconds,
             limits=LimitsOut(**job.limits.model_dump(exclude={"timeout_set"})),

@@ -48,6 +48,7 @@ class MemoryQueue:
             log_truncated=False,
             limits=spec.limits,
             env=spec.env,
+            local_sources=spec.local_sources,
         )
         self.jobs[job.id] = job
         self.tags[job.id] = max(head, last + 1 if last is not None else 0)

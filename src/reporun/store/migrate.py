@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy import Connection
 
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 
 logger = logging.getLogger("reporun.store")
 

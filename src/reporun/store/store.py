@@ -161,6 +161,7 @@ class Store:
             "command": spec.command,
             "env": spec.env,
             "limits": spec.limits.model_dump(),
+            "local_sources": spec.local_sources,
             "status": JobStatus.QUEUED.value,
         }
         columns = [*values, "created_at", "fair_tag"]

@@ -59,6 +59,8 @@ jobs = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("log_bytes", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("log_truncated", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Whether its worker may clone from a local path or a loopback address (JobSpec).
+    sa.Column("local_sources", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_jobs_claim", "status", "fair_tag", "created_at"),
     sa.Index("ix_jobs_owner_created", "owner", "created_at", "id"),
     sa.Index("ix_jobs_created", "created_at", "id"),

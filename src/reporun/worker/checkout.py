@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -48,9 +49,17 @@ class Mirrors:
             "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
         }
 
-    def _config(self) -> list[str]:
+    def policy_for(self, *, local_sources: bool) -> UrlPolicy:
+        """The worker's policy for one job: local paths, file:// and loopback only for a job
+        allowed them at submission (an admin's on `reporun serve`), however its host resolves
+        now."""
+        if local_sources or not self.policy.allow_local:
+            return self.policy
+        return dataclasses.replace(self.policy, allow_local=False)
+
+    def _config(self, protocols: frozenset[str]) -> list[str]:
         options = ["protocol.allow=never", "gc.auto=0", "maintenance.auto=false"]
-        options += [f"protocol.{p}.allow=always" for p in sorted(self.policy.git_protocols)]
+        options += [f"protocol.{p}.allow=always" for p in sorted(protocols)]
         options += [
             "http.followRedirects=false",
             "core.hooksPath=/dev/null",
@@ -58,10 +67,16 @@ class Mirrors:
         ]
         return [arg for option in options for arg in ("-c", option)]
 
-    async def _git(self, *args: str, env: dict[str, str] | None = None) -> str:
+    async def _git(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        protocols: frozenset[str] = frozenset(),
+    ) -> str:
+        """Run git; `protocols` are the transports it may use (none: it reads the mirror only)."""
         process = await asyncio.create_subprocess_exec(
             "git",
-            *self._config(),
+            *self._config(protocols),
             *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -91,25 +106,35 @@ class Mirrors:
         *,
         fresh_since: float | None = None,
         max_bytes: int | None = None,
+        local_sources: bool = False,
     ) -> str:
         """Put `repo` at `ref` (default branch when None) into `dest`; return the commit.
 
         `fresh_since` (epoch seconds, the job's submission): a fetch that started after it
         already saw every push the submitter made, so concurrent jobs share one fetch.
+        `local_sources`: the job's own flag (JobSpec); without it the URL is checked, after
+        resolving its host now, as a cluster checks it.
         """
-        url = await self._checked(repo)
+        policy = self.policy_for(local_sources=local_sources)
+        url = await self._checked(repo, policy)
         mirror = self.root / (hashlib.sha256(url.url.encode()).hexdigest()[:40] + ".git")
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         async with _locked(mirror.with_suffix(".lock")):
             try:
                 if not (mirror / "HEAD").exists():
                     started = time.time()
-                    await self._clone(url, mirror)
+                    await self._clone(url, mirror, policy.git_protocols)
                     _stamp(mirror, started)
                 elif await self._stale(mirror, ref, fresh_since):
                     started = time.time()
                     await self._git(
-                        "--git-dir", str(mirror), "fetch", "--prune", "--quiet", "origin"
+                        "--git-dir",
+                        str(mirror),
+                        "fetch",
+                        "--prune",
+                        "--quiet",
+                        "origin",
+                        protocols=policy.git_protocols,
                     )
                     _stamp(mirror, started)
             except GitFailed as exc:
@@ -138,22 +163,24 @@ class Mirrors:
             return False  # a commit never changes
         return fresh_since is None or _fetched_at(mirror) < fresh_since
 
-    async def _checked(self, repo: str) -> RepoUrl:
+    async def _checked(self, repo: str, policy: UrlPolicy) -> RepoUrl:
         try:
-            url = parse_repo_url(repo, self.policy)
-            await check_resolved(url, self.policy)
+            url = parse_repo_url(repo, policy)
+            await check_resolved(url, policy)
         except InvalidInput as exc:
             raise CheckoutError(exc.message) from None
         return url
 
-    async def _clone(self, url: RepoUrl, mirror: Path) -> None:
+    async def _clone(self, url: RepoUrl, mirror: Path, protocols: frozenset[str]) -> None:
         partial = mirror.with_suffix(".partial")
         shutil.rmtree(partial, ignore_errors=True)
         source = url.url
         if url.scheme == "file" and not source.startswith("file://"):
             source = "file://" + source
         try:
-            await self._git("clone", "--mirror", "--quiet", "--", source, str(partial))
+            await self._git(
+                "clone", "--mirror", "--quiet", "--", source, str(partial), protocols=protocols
+            )
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise

@@ -259,6 +259,7 @@ class Worker:
             workspace,
             fresh_since=job.created_at.timestamp(),
             max_bytes=job.limits.disk,
+            local_sources=job.local_sources,
         )
         try:
             commit = await unless(watch.stop, checkout)
