@@ -26,7 +26,12 @@ CHUNK = 64 * 1024
 
 
 class TransportError(ClientError):
-    """The server could not be reached, or broke the connection."""
+    """The server could not be reached, or broke the connection; `answered` once the answer's
+    head had come (the failure was in its body)."""
+
+    def __init__(self, message: str, *, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
 
 
 class _Default:
@@ -235,7 +240,10 @@ class Client:
             yield response
         except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
             writer.close()
-            raise TransportError(_describe(exc, limit)) from None
+            message = _describe(exc, limit)
+            if isinstance(exc, TimeoutError) and limit:
+                message = f"the answer stalled (nothing for {limit:g} s)"
+            raise TransportError(message, answered=True) from None
         except BaseException:
             writer.close()
             raise
