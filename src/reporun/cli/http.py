@@ -283,20 +283,17 @@ class Client:
         a new connection only for an idempotent method: the server may have read a POST and
         acted on it before the connection broke, and a submission must not run twice."""
         idle, self._idle = self._idle, None
-        if idle is not None:
+        if idle is not None and not _stale(*idle):
             reader, writer = idle
-            if not _stale(reader, writer):
-                try:
-                    return reader, writer, await self._send(reader, writer, request, body_timeout)
-                except (_EarlyClose, ConnectionError, asyncio.IncompleteReadError):
-                    writer.close()
-                    if method not in IDEMPOTENT:
-                        raise
-                except BaseException:
-                    writer.close()
-                    raise
-            else:
+            try:
+                return reader, writer, await self._send(reader, writer, request, body_timeout)
+            except BaseException as exc:
                 writer.close()
+                broke = isinstance(exc, ConnectionError | asyncio.IncompleteReadError)
+                if not broke or method not in IDEMPOTENT:
+                    raise
+        elif idle is not None:
+            idle[1].close()
         reader, writer = await self._connect()
         try:
             return reader, writer, await self._send(reader, writer, request, body_timeout)
