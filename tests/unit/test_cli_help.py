@@ -150,3 +150,19 @@ def test_version() -> None:
 def test_values_are_checked_without_pydantic(args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+RANGE_HINT = re.compile(r"\bx\s*[<>]=?|[<>]=?\s*x\b")  # click's `x>=1`, `1<=x<=500`
+
+
+@pytest.mark.parametrize(("path", "command", "ctx"), ALL, ids=IDS)
+def test_ranges_are_in_words(path: str, command: Any, ctx: Any) -> None:
+    text = command.get_help(ctx)
+    assert not RANGE_HINT.search(text), f"{path}:\n{text}"
+
+
+def test_the_range_words() -> None:
+    assert "[default: 20; 1 to 500]" in help_of("jobs")
+    assert "[default: 20; 1 to 500]" in help_of("scaling")
+    submit = " ".join(help_of("submit").split())  # the help's lines joined
+    assert "[default: reporun.toml's, else the server's; at least 1]" in submit

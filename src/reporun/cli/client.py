@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from reporun.cli import http
+from reporun.cli.proxy import redact
 from reporun.cli.settings import ClientSettings
-from reporun.errors import ClientError
+from reporun.errors import ClientError, ConfigError
 from reporun.paths import find_admin_token
 
 
@@ -18,6 +20,11 @@ class ApiError(ClientError):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
         self.status = status
+
+
+class NotReporun(ConfigError):
+    """The server URL names a server that does not answer as reporun does (exit 2: the URL is
+    the user's to fix)."""
 
 
 async def find_token(settings: ClientSettings) -> str | None:
@@ -47,20 +54,59 @@ class ApiClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> http.Response:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The answer's JSON object."""
         try:
             response = await self.http.request(method, path, **kwargs)
         except http.TransportError as exc:
-            raise ClientError(f"cannot reach {self.http.base_url}: {exc}") from None
+            raise self._lost(exc) from None
+        self._check(response, path)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+            what = "not JSON"
+        else:
+            what = "not a JSON object"
+        if not isinstance(body, dict):
+            kind = response.headers.get("content-type", "").split(";")[0].strip()
+            shown = f"{response.status_code} {response.reason_phrase}".strip()
+            raise self._not_reporun(f"{shown}, {kind or 'no Content-Type'}, {what}")
+        return body
+
+    def _check(self, response: http.Response, path: str) -> None:
+        """An error status as ApiError; a redirect named, never followed (it would carry the
+        token to wherever it points)."""
         if response.status_code >= 400:
             raise ApiError(response.status_code, _detail(response))
-        return response
+        if response.status_code >= 300:
+            location = response.headers.get("location", "").strip()
+            if not location:
+                raise self._not_reporun(f"{response.status_code} with no Location")
+            target = urljoin(self.http.base_url + path, location)
+            parts = urlsplit(target)
+            if parts.scheme in ("http", "https") and parts.path.endswith(path):
+                base = urlunsplit((parts.scheme, parts.netloc, parts.path[: -len(path)], "", ""))
+                if base.rstrip("/") != self.http.base_url:
+                    raise NotReporun(
+                        f"{self.http.base_url} redirected to {redact(base.rstrip('/'))}; "
+                        "set REPORUN_URL to it"
+                    )
+            raise self._not_reporun(f"it redirected to {redact(target)}")
+
+    def _not_reporun(self, why: str) -> NotReporun:
+        return NotReporun(f"{self.http.base_url} did not answer as a reporun server ({why})")
+
+    def _lost(self, exc: http.TransportError) -> ClientError:
+        if exc.answered:
+            return ClientError(f"{self.http.base_url}: {exc}")
+        return ClientError(f"cannot reach {self.http.base_url}: {exc}")
 
     async def submit(self, body: dict[str, Any]) -> dict[str, Any]:
-        return dict((await self._request("POST", "/v1/jobs", json=body)).json())
+        return await self._request("POST", "/v1/jobs", json=body)
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        return dict((await self._request("GET", f"/v1/jobs/{job_id}")).json())
+        return await self._request("GET", f"/v1/jobs/{job_id}")
 
     async def jobs(self, *, status: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": limit}
@@ -68,30 +114,33 @@ class ApiClient:
             params["status"] = status
         if cursor:
             params["cursor"] = cursor
-        return dict((await self._request("GET", "/v1/jobs", params=params)).json())
+        return await self._request("GET", "/v1/jobs", params=params)
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
-        return dict((await self._request("POST", f"/v1/jobs/{job_id}/cancel")).json())
+        return await self._request("POST", f"/v1/jobs/{job_id}/cancel")
 
     async def workers(self) -> dict[str, Any]:
-        return dict((await self._request("GET", "/v1/workers")).json())
+        return await self._request("GET", "/v1/workers")
 
     async def scaling(self, *, limit: int) -> dict[str, Any]:
-        return dict((await self._request("GET", "/v1/scaling", params={"limit": limit})).json())
+        return await self._request("GET", "/v1/scaling", params={"limit": limit})
 
     async def logs(self, job_id: str, *, follow: bool) -> AsyncIterator[bytes]:
+        """The log as it comes. The connection and the answer's head within the client's
+        timeout; between two pieces of a followed log no limit (a job may be quiet for long),
+        of a plain one the client's timeout too."""
         params = {"follow": "true"} if follow else {}
+        path = f"/v1/jobs/{job_id}/logs"
+        between = None if follow else http.DEFAULT
         try:
-            async with self.http.stream(
-                "GET", f"/v1/jobs/{job_id}/logs", params=params, timeout=None
-            ) as response:
+            async with self.http.stream("GET", path, params=params, timeout=between) as response:
                 if response.status_code >= 400:
                     await response.aread()
-                    raise ApiError(response.status_code, _detail(response))
+                self._check(response, path)
                 async for chunk in response.aiter_bytes():
                     yield chunk
         except http.TransportError as exc:
-            raise ClientError(f"cannot reach {self.http.base_url}: {exc}") from None
+            raise self._lost(exc) from None
 
 
 def _detail(response: http.Response) -> str:

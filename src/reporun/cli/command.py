@@ -106,11 +106,25 @@ class Command(TyperCommand):
             shown = getattr(param, "show_default", None)
             if isinstance(shown, str):  # click puts a default given as text in parentheses
                 record = (record[0], record[1].replace(f"({shown})", shown, 1))
-            options.append(record)
+            options.append((record[0], _range_in_words(param, record[1])))
         for title, rows in (("Arguments", arguments), ("Options", options)):
             if rows:
                 with formatter.section(title):
                     formatter.write_dl(rows)
+
+
+def _range_in_words(param: Any, text: str) -> str:
+    """`[default: 20; 1 to 500]` for Typer's `[default: 20; 1<=x<=500]`."""
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    hint = getattr(param, "_get_number_range_help_str", lambda: None)()
+    if not hint or "[" not in text:
+        return text
+    if low is not None and high is not None:
+        words = f"{low} to {high}"
+    else:
+        words = f"at least {low}" if high is None else f"at most {high}"
+    head, bracket, extra = text.rpartition("[")  # the range is in the last bracket
+    return head + bracket + extra.replace(hint, words, 1)
 
 
 def _argument_name(param: Any) -> str:

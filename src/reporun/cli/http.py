@@ -26,7 +26,12 @@ CHUNK = 64 * 1024
 
 
 class TransportError(ClientError):
-    """The server could not be reached, or broke the connection."""
+    """The server could not be reached, or broke the connection; `answered` once the answer's
+    head had come (the failure was in its body)."""
+
+    def __init__(self, message: str, *, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
 
 
 class _Default:
@@ -38,6 +43,12 @@ DEFAULT = _Default()
 
 class _EarlyClose(ConnectionError):
     """The server closed the connection before answering."""
+
+
+MID_ANSWER = "the server closed the connection mid-answer"
+# A request the server may have acted on before the connection broke is sent again only if
+# sending it twice does no harm.
+IDEMPOTENT = frozenset({"GET", "HEAD"})
 
 
 def _port(parts: SplitResult) -> int:
@@ -110,16 +121,19 @@ class _Body:
         if self.complete:
             return b""
         if self.chunked:
-            size = int((await self._read(self.reader.readline())).split(b";")[0], 16)
+            size = _chunk_size(await self._line())
             if size:
-                data = await self._read(self.reader.readexactly(size + 2))
+                try:
+                    data = await self._read(self.reader.readexactly(size + 2))
+                except asyncio.IncompleteReadError:
+                    raise _EarlyClose(MID_ANSWER) from None
                 return data[:-2]
-            while (await self._read(self.reader.readline())).strip():
+            while (await self._line()).strip():
                 pass  # trailers
         elif self.left is not None:
             data = await self._read(self.reader.read(min(self.left, CHUNK)))
             if not data:
-                raise _EarlyClose("the body ended early")
+                raise _EarlyClose(MID_ANSWER)
             self.left -= len(data)
             self.complete = self.left == 0
             return data
@@ -128,9 +142,26 @@ class _Body:
         self.complete = True
         return b""
 
+    async def _line(self) -> bytes:
+        """A line of the chunked framing; a line without its end is the connection's end."""
+        line = await self._read(self.reader.readline())
+        if not line.endswith(b"\n"):
+            raise _EarlyClose(MID_ANSWER)
+        return line
+
     async def chunks(self) -> AsyncIterator[bytes]:
         while data := await self._next():
             yield data
+
+
+def _chunk_size(line: bytes) -> int:
+    text = line.split(b";")[0].strip()
+    try:
+        if text.isalnum():  # int() would take "+5", "0x5" and "5_0"
+            return int(text, 16)
+    except ValueError:
+        pass
+    raise ValueError(f"the answer's chunked body is malformed (a chunk size of {text[:20]!r})")
 
 
 class Client:
@@ -195,19 +226,24 @@ class Client:
         timeout: float | _Default | None = DEFAULT,
     ) -> AsyncIterator[Response]:
         """The answer once its headers came; the body is read from it inside the block (a body
-        left unread closes the connection). `timeout` for each read, default the client's."""
+        left unread closes the connection). The connection and the answer's head within the
+        client's timeout always; `timeout` for each read of the body (None: a followed log,
+        which may be quiet for long), default the client's."""
         limit = self.timeout if isinstance(timeout, _Default) else timeout
         body = b"" if json is None else jsonlib.dumps(json).encode()
         head = self._head(method, path, params, body if json is not None else None)
         try:
-            reader, writer, response = await self._exchange(head + body, limit)
+            reader, writer, response = await self._exchange(method, head + body, limit)
         except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
             raise TransportError(_describe(exc, self.timeout)) from None
         try:
             yield response
         except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
             writer.close()
-            raise TransportError(_describe(exc, limit)) from None
+            message = _describe(exc, limit)
+            if isinstance(exc, TimeoutError) and limit:
+                message = f"the answer stalled (nothing for {limit:g} s)"
+            raise TransportError(message, answered=True) from None
         except BaseException:
             writer.close()
             raise
@@ -239,22 +275,28 @@ class Client:
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
     async def _exchange(
-        self, request: bytes, timeout: float | None
+        self, method: str, request: bytes, body_timeout: float | None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Response]:
-        """Send and read the answer's head, on the idle connection if there is one (once more
-        on a new one when the server had closed it meanwhile, as at the end of its keep-alive:
-        it had read nothing of the request). A process's first request, a submission among
-        them, always goes on a new connection."""
-        if self._idle is not None:
-            reader, writer = self._idle
-            self._idle = None
+        """Send and read the answer's head, on the idle connection if there is one. One the
+        server closed before the request (the end of its keep-alive, seen before sending) is
+        replaced for any method. One that breaks after the request went out is tried again on
+        a new connection only for an idempotent method: the server may have read a POST and
+        acted on it before the connection broke, and a submission must not run twice."""
+        idle, self._idle = self._idle, None
+        if idle is not None and not _stale(*idle):
+            reader, writer = idle
             try:
-                return reader, writer, await self._send(reader, writer, request, timeout)
-            except (_EarlyClose, ConnectionError, asyncio.IncompleteReadError):
+                return reader, writer, await self._send(reader, writer, request, body_timeout)
+            except BaseException as exc:
                 writer.close()
+                broke = isinstance(exc, ConnectionError | asyncio.IncompleteReadError)
+                if not broke or method not in IDEMPOTENT:
+                    raise
+        elif idle is not None:
+            idle[1].close()
         reader, writer = await self._connect()
         try:
-            return reader, writer, await self._send(reader, writer, request, timeout)
+            return reader, writer, await self._send(reader, writer, request, body_timeout)
         except BaseException:
             writer.close()
             raise
@@ -264,15 +306,19 @@ class Client:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         request: bytes,
-        timeout: float | None,
+        body_timeout: float | None,
     ) -> Response:
         writer.write(request)
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(self.timeout):
             await writer.drain()
             status, reason, headers = await _read_head(reader)
-        # No body after 1xx, 204 and 304, nor after HEAD (which this client does not send).
+            # Interim answers (100 Continue, 103 Early Hints) come before the final one.
+            while 100 <= status < 200 and status != 101:
+                status, reason, headers = await _read_head(reader)
+        # No body after 101, 204 and 304, nor after HEAD (which this client does not send).
         empty = status < 200 or status in (204, 304)
-        return Response(status, reason, headers, _Body(reader, headers, timeout, empty=empty))
+        body = _Body(reader, headers, body_timeout, empty=empty)
+        return Response(status, reason, headers, body)
 
     def _tls(self) -> ssl.SSLContext:
         """The system's certificates (and SSL_CERT_FILE / SSL_CERT_DIR), loaded on first use."""
@@ -334,6 +380,11 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[int, str, dict[str, 
     return int(code), reason, headers
 
 
+def _stale(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """An idle connection the server already closed (or reset)."""
+    return reader.at_eof() or reader.exception() is not None or writer.is_closing()
+
+
 def _reusable(response: Response) -> bool:
     keep = response.headers.get("connection", "").lower() != "close"
     body = response._body
@@ -353,7 +404,9 @@ def _describe(exc: BaseException, timeout: float | None) -> str:
         return f"TLS certificate not trusted: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         return f"TLS failed: {exc.reason or exc}"
-    if isinstance(exc, EOFError | asyncio.IncompleteReadError | ConnectionResetError):
+    if isinstance(exc, EOFError | asyncio.IncompleteReadError):
+        return MID_ANSWER
+    if isinstance(exc, ConnectionResetError):
         return "the connection closed before the answer was complete"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror[:1].lower() + exc.strerror[1:]

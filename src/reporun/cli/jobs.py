@@ -249,10 +249,11 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
 ) -> None:
     """Show one job: state, repository, timings."""
+    checked = _job_id(job_id)  # before the token is looked up: a typo is the first thing to say
 
     async def show_job() -> None:
         async with _client() as client:
-            job = await client.job(_job_id(job_id))
+            job = await client.job(checked)
         if as_json:
             print(json.dumps(job, indent=2))
         else:
@@ -269,11 +270,11 @@ def logs(
     ] = False,
 ) -> None:
     """Print a job's log."""
+    job = _job_id(job_id)
 
     async def stream() -> None:
         import asyncio
 
-        job = _job_id(job_id)
         async with _client() as client:
             try:
                 async for chunk in client.logs(job, follow=follow):
@@ -293,10 +294,11 @@ def cancel(job_id: JobId) -> None:
 
     A queued job never starts; a running one is killed.
     """
+    checked = _job_id(job_id)
 
     async def request() -> None:
         async with _client() as client:
-            job = await client.cancel(_job_id(job_id))
+            job = await client.cancel(checked)
         print(_show(job))
 
     run(request())
