@@ -232,7 +232,8 @@ def jobs(
             print(f"no {status} jobs" if status else "no jobs", file=sys.stderr)
         if cursor and not every:
             print(
-                f"showing the newest {len(items)} jobs: more with --limit N, all with --all",
+                f"showing the newest {len(items)} job{'' if len(items) == 1 else 's'}: "
+                "more with --limit N, all with --all",
                 file=sys.stderr,
             )
 
