@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,7 +12,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from reporun.errors import ConfigError
 from reporun.jobs import GiB, KiB, MiB
-from reporun.paths import ADMIN_TOKEN_FILE, DATABASE_FILE, SECRET_KEY_FILE, default_data_dir
+from reporun.paths import (
+    ADMIN_TOKEN_FILE,
+    DATABASE_FILE,
+    SECRET_KEY_FILE,
+    default_data_dir,
+    is_loopback_host,
+)
 
 # Secrets that ship in examples; a server refuses to start with them.
 KNOWN_WEAK_SECRETS = frozenset({"", "changeme", "secret", "postgres", "reporun", "admin"})
@@ -214,7 +219,7 @@ class Settings(BaseSettings):
 
     def check_secure(self, *, embedded: bool) -> None:
         """Refuse insecure settings at start, with one clear line."""
-        loopback = is_loopback(self.host)
+        loopback = is_loopback_host(self.host)
         if self.auth == "local" and not embedded:
             key = self.secret_key.get_secret_value() if self.secret_key else ""
             if key in KNOWN_WEAK_SECRETS or len(key) < 32:
@@ -248,12 +253,3 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(prefix):
             return driver + url[len(prefix) :]
     return url
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

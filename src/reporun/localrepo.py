@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 from reporun.errors import RepoUnusable
+from reporun.tasks import communicate
 
 GIT_TIMEOUT = 10.0
 # Read-only questions to a repository the server does not own: no hooks, no fsmonitor command,
@@ -86,15 +87,9 @@ async def _git(
         start_new_session=True,
     )
     try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
+        out, err = await communicate(process, timeout)
     except TimeoutError:
-        process.kill()
-        await process.wait()
         raise RepoUnusable(f"repo {path}: git did not answer in {timeout:.0f} s") from None
-    except asyncio.CancelledError:
-        process.kill()
-        await process.wait()
-        raise
     text = out.decode(errors="replace").strip()
     return process.returncode or 0, text, err.decode(errors="replace")
 

@@ -44,3 +44,14 @@ async def unless(stop: asyncio.Event, work: Coroutine[object, object, T]) -> T |
     with contextlib.suppress(asyncio.CancelledError):
         await task
     return None
+
+
+async def communicate(process: asyncio.subprocess.Process, timeout: float) -> tuple[bytes, bytes]:
+    """The process's output and errors; on a timeout (TimeoutError) or a cancel it is killed
+    and reaped first, so no child outlives the wait."""
+    try:
+        return await asyncio.wait_for(process.communicate(), timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        process.kill()
+        await process.wait()
+        raise

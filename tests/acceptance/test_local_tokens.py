@@ -15,7 +15,7 @@ from tests.acceptance.conftest import ROOT
 from tests.harness.git import GitServer
 from tests.harness.ports import free_port
 from tests.harness.processes import Processes, require_tool
-from tests.harness.server import CLI_TIMEOUT, REPORUN, Server, cli_env
+from tests.harness.server import REPORUN, Server, cli_env, reporun
 
 NOT_ISSUED = "the token is not one this server issued"
 
@@ -34,15 +34,7 @@ def user_env(tmp_path: Path) -> dict[str, str]:
 
 def run_in(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """`reporun ARGS` run from `cwd`."""
-    return subprocess.run(
-        [*REPORUN, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    return reporun(*args, env=env, cwd=cwd)
 
 
 def files_under(path: Path) -> list[str]:

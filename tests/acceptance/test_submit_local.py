@@ -32,15 +32,7 @@ def committed(path: Path, files: dict[str, str], executable: tuple[str, ...] = (
 
 def reporun_in(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`reporun ARGS` run from `cwd`."""
-    return subprocess.run(
-        [*REPORUN, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    return reporun(*args, env=env, cwd=cwd)
 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:

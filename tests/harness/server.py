@@ -42,11 +42,12 @@ def cli_env(data_dir: Path, port: int, **extra: str) -> dict[str, str]:
 
 
 def reporun(
-    *args: str, env: dict[str, str], timeout: float = CLI_TIMEOUT
+    *args: str, env: dict[str, str], timeout: float = CLI_TIMEOUT, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m reporun ARGS`, to its end."""
+    """`python -m reporun ARGS`, to its end (run from `cwd`, else this directory)."""
     return subprocess.run(
         [*REPORUN, *args],
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,

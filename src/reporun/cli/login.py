@@ -58,7 +58,7 @@ def login(
     from reporun.cli.settings import ClientSettings
     from reporun.cli.signin import HTTP_TIMEOUT, CredentialCache, DeviceCode, Issuer
     from reporun.cli.signin import login as sign_in
-    from reporun.config import is_loopback
+    from reporun.paths import is_loopback_host
 
     settings = ClientSettings.from_env()
     issuer = issuer or settings.oidc_issuer
@@ -68,7 +68,7 @@ def login(
     host = urlsplit(issuer).hostname or ""
     if scheme not in ("https", "http") or not rest:
         fail(f"--issuer must be an https:// URL, not {issuer!r}")
-    if scheme == "http" and not is_loopback(host):
+    if scheme == "http" and not is_loopback_host(host):
         fail(
             "--issuer must be https:// (http:// only on a loopback address): "
             "passwords and tokens cross it"

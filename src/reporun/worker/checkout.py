@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from reporun.errors import CheckoutError, InvalidInput
+from reporun.tasks import communicate
 from reporun.urlpolicy import RepoUrl, UrlPolicy, check_resolved, parse_repo_url
 
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -85,15 +86,9 @@ class Mirrors:
             start_new_session=True,
         )
         try:
-            out, err = await asyncio.wait_for(process.communicate(), self.timeout)
+            out, err = await communicate(process, self.timeout)
         except TimeoutError:
-            process.kill()
-            await process.wait()
             raise GitFailed(f"git {args[0]} took longer than {self.timeout:.0f} s") from None
-        except asyncio.CancelledError:
-            process.kill()
-            await process.wait()
-            raise
         if process.returncode != 0:
             raise GitFailed(_last_lines(err.decode(errors="replace")) or f"git {args[0]} failed")
         return out.decode(errors="replace").strip()
