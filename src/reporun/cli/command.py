@@ -73,18 +73,24 @@ def _lighten(params: list[Any]) -> None:
             param._runtime_param = _Plain(parameter_info=info, annotation=annotation)
 
 
-class Command(TyperCommand):
-    """A command whose help names its arguments as the usage line does (`REPO`), without
-    Typer's type placeholders (`repo <str>`), and whose plain values need no pydantic."""
+class _Light:
+    """Plain values checked without pydantic: the parameters, and the help option click adds."""
+
+    params: list[Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _lighten(self.params)
 
     def get_help_option(self, ctx: Context) -> Any:
-        option = super().get_help_option(ctx)
+        option = super().get_help_option(ctx)  # type: ignore[misc]
         _lighten([option])
         return option
+
+
+class Command(_Light, TyperCommand):
+    """A command whose help names its arguments as the usage line does (`REPO`), without
+    Typer's type placeholders (`repo <str>`), and whose plain values need no pydantic."""
 
     def collect_usage_pieces(self, ctx: Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -132,17 +138,8 @@ def _argument_name(param: Any) -> str:
     return name + ("..." if param.nargs != 1 else "")
 
 
-class Group(TyperGroup):
+class Group(_Light, TyperGroup):
     """A group of commands, its own options checked without pydantic too."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _lighten(self.params)
-
-    def get_help_option(self, ctx: Context) -> Any:
-        option = super().get_help_option(ctx)
-        _lighten([option])
-        return option
 
 
 class App(typer.Typer):
