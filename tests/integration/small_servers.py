@@ -29,6 +29,35 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def listening(handle: Handler, *, tls: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+    """`handle` for each connection to a free loopback port (yielded); at the end the server
+    closes and the handlers still running are cancelled and awaited."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await handle(reader, writer)
+        finally:
+            handlers.discard(task)
+
+    server = await asyncio.start_server(tracked, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in list(handlers):
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
 @contextlib.asynccontextmanager
 async def serving(
     answer: Answer, *, keep_open: bool = True, tls: ssl.SSLContext | None = None
@@ -36,12 +65,8 @@ async def serving(
     """A server on a free loopback port; `answer` writes each response (or nothing). With
     `keep_open` it reads the next request on the same connection, else closes after one."""
     server = Server(0)
-    handlers: set[asyncio.Task[None]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.add(task)
         server.connections += 1
         try:
             while True:
@@ -67,18 +92,10 @@ async def serving(
             pass  # stopped at the end of the test: asyncio would log a cancelled handler
         finally:
             writer.close()
-            handlers.discard(task)
 
-    listening = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
-    server.port = listening.sockets[0].getsockname()[1]
-    try:
+    async with listening(handle, tls=tls) as port:
+        server.port = port
         yield server
-    finally:
-        listening.close()
-        for task in list(handlers):
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
-        await listening.wait_closed()
 
 
 def respond(status: str, body: bytes, *headers: str) -> Answer:

@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from reporun.cli import http
 from reporun.errors import ConfigError
-from tests.integration.small_servers import respond, serving
+from tests.integration.small_servers import listening, respond, serving
 
 JSON = b'{"items": [], "next_cursor": null}'
 
@@ -239,7 +239,6 @@ async def forward_proxy(target_port: int) -> AsyncIterator[list[str]]:
     """An HTTP proxy on loopback that sends every request (absolute-form, or a CONNECT tunnel)
     to the target port on loopback, whatever host it names; the request lines it saw."""
     seen: list[str] = []
-    handlers: set[asyncio.Task[None]] = set()
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
@@ -249,9 +248,6 @@ async def forward_proxy(target_port: int) -> AsyncIterator[list[str]]:
         writer.close()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        handlers.add(task)
         head = await reader.readuntil(b"\r\n\r\n")
         first = head.split(b"\r\n", 1)[0].decode()
         seen.append(first + " | " + head.decode().split("\r\n", 1)[1].replace("\r\n", " | "))
@@ -265,17 +261,9 @@ async def forward_proxy(target_port: int) -> AsyncIterator[list[str]]:
         with contextlib.suppress(asyncio.CancelledError):  # see `serving`
             await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
-    listening = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = listening.sockets[0].getsockname()[1]
-    seen.append(f"port {port}")
-    try:
+    async with listening(handle) as port:
+        seen.append(f"port {port}")
         yield seen
-    finally:
-        listening.close()
-        for task in list(handlers):
-            task.cancel()
-        await asyncio.gather(*handlers, return_exceptions=True)
-        await listening.wait_closed()
 
 
 async def test_requests_go_through_the_proxy_the_environment_names(

@@ -63,7 +63,7 @@ async def _records(settings: Settings, *, read_only: bool = False) -> AsyncItera
 
 
 def _local(stamp: datetime | None, never: str = "never") -> str:
-    return never if stamp is None else stamp.astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return never if stamp is None else show.local_time(stamp)
 
 
 def _utc(stamp: datetime | None) -> str | None:

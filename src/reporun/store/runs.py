@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -126,9 +127,9 @@ class Runs:
         operator asked for (`attempt_used=False`: queued again as if never claimed)."""
         where = _held_by(job, worker_id)
         async with self.engine.begin() as conn:
-            if not attempt_used:
-                return await _requeue_unused(conn, job.id, reason, where)
-            return await _give_back(conn, job.id, reason, where, max_attempts)
+            return await _give_back(
+                conn, job.id, reason, where, max_attempts if attempt_used else None
+            )
 
     async def release_workers(self, worker_ids: Sequence[str], reason: str) -> list[Job]:
         """Give back, without using an attempt, every job these workers still hold: they were
@@ -146,7 +147,7 @@ class Runs:
         moved = []
         for job_id, worker in held:
             async with self.engine.begin() as conn:
-                done = await _requeue_unused(conn, job_id, reason, [jobs.c.worker == worker])
+                done = await _give_back(conn, job_id, reason, [jobs.c.worker == worker], None)
             if done is not None:
                 moved.append(done)
         return moved
@@ -186,49 +187,15 @@ class Runs:
         return moved
 
 
-async def _requeue_unused(
-    conn: AsyncConnection, job_id: uuid.UUID, reason: str, where: list[sa.ColumnElement[bool]]
-) -> Job | None:
-    """Cancelled if asked, else queued again with the claim's attempt given back."""
-    done = await transition(
-        conn,
-        job_id,
-        JobStatus.CANCELLED,
-        sources=RUNNING,
-        where=[*where, jobs.c.cancel_requested.is_(True)],
-        values={
-            "finished_at": clock(conn.engine),
-            "lease_expires_at": None,
-            "reason": f"cancelled; {reason}",
-        },
-    )
-    if done is None:
-        done = await transition(
-            conn,
-            job_id,
-            JobStatus.QUEUED,
-            sources=RUNNING,
-            where=where,
-            values={
-                "worker": None,
-                "started_at": None,
-                "lease_expires_at": None,
-                "attempts": sa.case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
-                # The observer counts its wait from now: new work it is not.
-                "requeued_at": clock(conn.engine),
-            },
-        )
-    return done
-
-
 async def _give_back(
     conn: AsyncConnection,
     job_id: uuid.UUID,
     reason: str,
     where: list[sa.ColumnElement[bool]],
-    max_attempts: int,
+    max_attempts: int | None,
 ) -> Job | None:
-    """Cancelled if asked, queued again while attempts remain, else error."""
+    """Cancelled if asked, else queued again: with the claim's attempt given back when
+    `max_attempts` is None (the operator stopped it), else while attempts remain, then error."""
     now = clock(conn.engine)
     done = await transition(
         conn,
@@ -238,20 +205,28 @@ async def _give_back(
         where=[*where, jobs.c.cancel_requested.is_(True)],
         values={"finished_at": now, "lease_expires_at": None, "reason": f"cancelled; {reason}"},
     )
-    if done is None:
-        done = await transition(
-            conn,
-            job_id,
-            JobStatus.QUEUED,
-            sources=RUNNING,
-            where=[*where, jobs.c.attempts < max_attempts],
-            values={
-                "worker": None,
-                "started_at": None,
-                "lease_expires_at": None,
-                "requeued_at": now,
-            },
+    if done is not None:
+        return done
+    # The observer counts a re-queued job's wait from now: new work it is not.
+    values: dict[str, Any] = {
+        "worker": None,
+        "started_at": None,
+        "lease_expires_at": None,
+        "requeued_at": now,
+    }
+    if max_attempts is None:
+        values["attempts"] = sa.case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0)
+        return await transition(
+            conn, job_id, JobStatus.QUEUED, sources=RUNNING, where=where, values=values
         )
+    done = await transition(
+        conn,
+        job_id,
+        JobStatus.QUEUED,
+        sources=RUNNING,
+        where=[*where, jobs.c.attempts < max_attempts],
+        values=values,
+    )
     if done is None:
         done = await transition(
             conn,
