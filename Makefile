@@ -54,7 +54,7 @@ sysdeps: $(SYSDEPS_STAMP)
 $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
+	$(BIN)/python -m pip install -q -e '.[dev,postgres,kafka]'
 	@touch $@
 
 run: $(SYSDEPS_STAMP) $(STAMP)

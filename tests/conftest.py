@@ -14,6 +14,7 @@ from reporun.store import Store
 from reporun.store.migrate import upgrade
 from tests.harness import HarnessError
 from tests.harness.git import GitServer
+from tests.harness.kafka import Broker
 from tests.harness.postgres import Postgres
 
 pytest_plugins = ["tests.oidc_provider", "tests.podman"]
@@ -109,3 +110,12 @@ async def any_store(db_url: str) -> AsyncIterator[Store]:
     await upgrade(store.engine)
     yield store
     await store.close()
+
+
+@pytest.fixture
+def kafka(tmp_path: Path) -> Iterator[Broker]:
+    """A Kafka-protocol broker (Tansu) of the test's own."""
+    broker = Broker(tmp_path / "tansu.log")
+    broker.start()
+    yield broker
+    broker.kill()

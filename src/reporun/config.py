@@ -39,10 +39,26 @@ class Settings(BaseSettings):
     # Where checkouts wait for their sandbox; must be reachable by the jobs' uids.
     work_dir: Path | None = None
     database_url: str | None = None
-    queue: Literal["sql"] = "sql"
+    queue: Literal["sql", "kafka"] = "sql"
+    # Kafka mode (on PostgreSQL): the seed's topics and the workers' consumer group.
     kafka_bootstrap: str | None = Field(
         None, validation_alias=AliasChoices("REPORUN_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP")
     )
+    kafka_jobs_topic: str = Field("jobs", min_length=1, max_length=249)
+    kafka_results_topic: str = Field("results", min_length=1, max_length=249)
+    kafka_group: str = Field("workers", min_length=1)
+    kafka_observer_group: str = Field("observer", min_length=1)
+    # Partitions of a topic created at start (default: twice the most workers, at least 2).
+    kafka_partitions: int | None = Field(None, ge=1, le=10000)
+    kafka_max_poll_interval: float = Field(300.0, gt=0)
+    kafka_session_timeout: float = Field(10.0, gt=0)
+    kafka_rebalance_timeout: float = Field(30.0, gt=0)
+    # An idle worker takes a job from PostgreSQL once it was queued this long without its
+    # message reaching a free worker (behind a busy one, or while the broker was away).
+    kafka_handoff: float = Field(1.0, ge=0)
+    # The idempotent producer; a broker that refuses it gets acks=all alone (duplicates are
+    # skipped by the claim anyway).
+    kafka_idempotence: bool = True
     # The seed's compose environment.
     postgres_host: str | None = Field(None, validation_alias="POSTGRES_HOST")
     postgres_port: int = Field(5432, validation_alias="POSTGRES_PORT")
@@ -210,6 +226,16 @@ class Settings(BaseSettings):
     @property
     def secret_key_path(self) -> Path:
         return self.data_dir / SECRET_KEY_FILE
+
+    def required_bootstrap(self) -> str:
+        """The broker REPORUN_QUEUE=kafka cannot do without, on the database it needs."""
+        if not self.kafka_bootstrap:
+            raise ConfigError("REPORUN_QUEUE=kafka needs REPORUN_KAFKA_BOOTSTRAP (host:port)")
+        if not self.db_url.startswith("postgresql"):
+            raise ConfigError(
+                "REPORUN_QUEUE=kafka needs PostgreSQL: set REPORUN_DATABASE_URL or POSTGRES_HOST"
+            )
+        return self.kafka_bootstrap
 
     def required_issuer(self) -> str:
         """The OIDC issuer, which REPORUN_AUTH=oidc cannot do without."""

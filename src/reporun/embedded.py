@@ -19,8 +19,8 @@ from reporun.observer.main import build_observer
 from reporun.observer.scalers import LocalScaler
 from reporun.paths import forget_server, record_server
 from reporun.signals import Shutdown, shutdown_signals
-from reporun.store import Store
 from reporun.store.migrate import upgrade
+from reporun.wiring import open_store
 from reporun.worker.main import sandbox_config
 from reporun.worker.sandbox import build_sandbox
 from reporun.worker.workdir import prepare_work_dir
@@ -86,7 +86,7 @@ async def _serve(settings: Settings, listener: socket.socket) -> None:
     build_sandbox(sandbox_config(settings))  # refuse to start without one, with the reason
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     prepare_work_dir(settings.job_work_dir)
-    store = Store.open(settings.db_url)
+    store = open_store(settings)
     await upgrade(store.engine)
     auth = LocalAuth(load_or_create_key(settings.secret_key_path), store.tokens)
     token_path = settings.admin_token_path

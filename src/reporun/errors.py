@@ -81,3 +81,7 @@ class SandboxError(ReporunError):
 class ClientError(ReporunError):
     """A client command could not get what it asked for: the server could not be reached, it
     answered with an error (`ApiError`), or signing in failed (`LoginError`)."""
+
+
+class BrokerError(ReporunError):
+    """The Kafka broker is not answering."""

@@ -5,6 +5,8 @@ only the parts it runs."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from reporun.config import Settings
 from reporun.errors import ConfigError
 from reporun.jobs import JobRules, LimitRange
@@ -12,7 +14,11 @@ from reporun.queue import QueueBackend, QueueConfig
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
 from reporun.store.migrate import is_current
+from reporun.store.outbox import Outbox
 from reporun.urlpolicy import UrlPolicy
+
+if TYPE_CHECKING:
+    from reporun.queue.broker import KafkaConfig
 
 
 def url_policy(settings: Settings) -> UrlPolicy:
@@ -51,7 +57,41 @@ def queue_config(settings: Settings) -> QueueConfig:
     )
 
 
+def kafka_config(settings: Settings) -> KafkaConfig:
+    from reporun.queue.broker import KafkaConfig
+
+    partitions = settings.kafka_partitions or max(2, 2 * settings.pool_bounds[1])
+    return KafkaConfig(
+        bootstrap=settings.required_bootstrap(),
+        jobs_topic=settings.kafka_jobs_topic,
+        results_topic=settings.kafka_results_topic,
+        group=settings.kafka_group,
+        observer_group=settings.kafka_observer_group,
+        partitions=partitions,
+        max_poll_interval=settings.kafka_max_poll_interval,
+        session_timeout=settings.kafka_session_timeout,
+        rebalance_timeout=settings.kafka_rebalance_timeout,
+        handoff=settings.kafka_handoff,
+        idempotence=settings.kafka_idempotence,
+    )
+
+
+def open_store(settings: Settings) -> Store:
+    """The store; in Kafka mode one that announces each queued and each ended job through the
+    outbox, whichever process changes it."""
+    outbox = None
+    if settings.queue == "kafka":
+        outbox = Outbox(settings.kafka_jobs_topic, settings.kafka_results_topic)
+    return Store.open(settings.db_url, outbox=outbox)
+
+
 def build_queue(settings: Settings, store: Store) -> QueueBackend:
+    if settings.queue == "kafka":
+        from reporun.queue.broker import aiokafka
+        from reporun.queue.kafka import KafkaQueue
+
+        aiokafka()  # the install hint, at start
+        return KafkaQueue(store, queue_config(settings), kafka_config(settings))
     return SqlQueue(store, queue_config(settings))
 
 

@@ -22,6 +22,7 @@ from prometheus_client.core import (
 )
 
 from reporun.jobs import TERMINAL
+from reporun.queue import Transport
 from reporun.store import EndedTotals, Store
 
 SETTLE_SECONDS = 300.0
@@ -83,7 +84,12 @@ class _Snapshot:
 
 
 async def exposition(
-    store: Store, ended_jobs: EndedJobs, http: HttpMetrics, *, worker_alive: float
+    store: Store,
+    ended_jobs: EndedJobs,
+    http: HttpMetrics,
+    *,
+    worker_alive: float,
+    transport: Transport | None = None,
 ) -> bytes:
     """The Prometheus text of one scrape."""
     pending = await store.figures.pending_counts()
@@ -132,7 +138,35 @@ async def exposition(
             sum_value=total,
         )
         families.append(family)
+    if transport is not None:
+        families += _transport_families(transport)
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(families))
     return generate_latest(registry) + generate_latest(http.registry)
+
+
+def _transport_families(transport: Transport) -> list[Metric]:
+    """Kafka mode: the outbox not yet published, and the messages the workers have not taken."""
+    backlog = GaugeMetricFamily(
+        "reporun_outbox_unpublished", "Outbox messages not yet acknowledged by the broker"
+    )
+    backlog.add_metric([], transport.outbox_unpublished)
+    oldest = GaugeMetricFamily(
+        "reporun_outbox_oldest_seconds", "Age of the oldest unpublished outbox message"
+    )
+    oldest.add_metric([], transport.outbox_oldest_age or 0.0)
+    families: list[Metric] = [backlog, oldest]
+    if transport.consumer_lag is not None:
+        lag = GaugeMetricFamily(
+            "reporun_kafka_consumer_lag",
+            "Messages on the jobs topic the workers' group has not committed",
+            labels=["partition"],
+        )
+        for partition, behind in sorted(transport.consumer_lag.items()):
+            lag.add_metric([str(partition)], behind)
+        families.append(lag)
+    up = GaugeMetricFamily("reporun_kafka_up", "1 when the broker answered this scrape")
+    up.add_metric([], 0 if transport.consumer_lag is None else 1)
+    families.append(up)
+    return families

@@ -78,7 +78,8 @@ class Problem(BaseModel):
 
 class NotReady(Problem):
     checks: dict[str, str] = Field(
-        description="`ok` or `down: <error>` for the database and the queue",
+        description="`ok` or `down: <error>` for the database and the queue (`kafka` in Kafka "
+        "mode, naming the broker)",
         examples=[{"database": "ok", "queue": "down: TimeoutError"}],
     )
 

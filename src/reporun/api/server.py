@@ -110,6 +110,14 @@ async def run_api(
             return False
         return True
 
+    relaying: asyncio.Task[None] | None = None
+    if settings.queue == "kafka":
+        from reporun.queue.relay import Relay
+        from reporun.wiring import kafka_config
+
+        relaying = asyncio.create_task(
+            Relay(store, kafka_config(settings)).run(stop), name="outbox-relay"
+        )
     with signals:
         serving = asyncio.create_task(serve())
         stopping = asyncio.create_task(stop.wait())
@@ -120,6 +128,9 @@ async def run_api(
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         server.should_exit = True
         stopping.cancel()
+        if relaying is not None:
+            relaying.cancel()
+            await asyncio.gather(relaying, return_exceptions=True)
         close = getattr(auth, "close", None)
         if close is not None:
             await close()

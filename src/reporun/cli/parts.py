@@ -87,15 +87,14 @@ def serve(
 def api(host: Host = None, port: Port = None) -> None:
     """Run the API alone (cluster mode)."""
     from reporun.api.server import build_auth, run_api
-    from reporun.store import Store
-    from reporun.wiring import check_schema
+    from reporun.wiring import check_schema, open_store
 
     settings = load_settings(host=host, port=port)
     _setup_logs(settings)
 
     async def main() -> None:
         settings.check_secure(embedded=False)
-        store = Store.open(settings.db_url)
+        store = open_store(settings)
         try:
             await check_schema(store)
             await run_api(settings, store, build_auth(settings, store))

@@ -25,6 +25,7 @@ from reporun.observer.policy import (
     decide,
     pick_retirees,
 )
+from reporun.observer.results import ResultsFeed
 from reporun.observer.scalers import Member, Scaler
 from reporun.queue import QueueBackend
 from reporun.retry import compute_backoff
@@ -48,6 +49,7 @@ class Observer:
         policy: PolicySettings,
         interval: float = 0.5,
         window: float = 10.0,
+        results: ResultsFeed | None = None,
     ) -> None:
         self.store = store
         self.queue = queue
@@ -55,12 +57,27 @@ class Observer:
         self.policy = policy
         self.interval = interval
         self.window = window
+        # Kafka mode: the waits come from the `results` topic, as the seed designed.
+        self.results = results
         self.state = PolicyState()
         self._logged_until: datetime | None = None
         self._logged_id: uuid.UUID | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.scaler.prepare()
+        reading = (
+            asyncio.create_task(self.results.run(stop), name="results")
+            if self.results is not None
+            else None
+        )
+        try:
+            await self._observe(stop)
+        finally:
+            if reading is not None:
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+
+    async def _observe(self, stop: asyncio.Event) -> None:
         logger.info(
             "observer started",
             extra={
@@ -93,9 +110,12 @@ class Observer:
         members = await self.scaler.members()
         rows = await self.store.list_workers()
         states = {m.handle: _state_of(m, rows, snapshot.busy_workers) for m in members}
+        waits = snapshot.waits
+        if self.results is not None and self.results.reading:
+            waits = self.results.recent(self.window)
         seen = Observation(
             now=time.monotonic(),
-            waits=snapshot.waits,
+            waits=waits,
             queued=snapshot.queued,
             running=snapshot.running,
             workers=len(members),

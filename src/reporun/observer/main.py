@@ -12,7 +12,7 @@ from reporun.observer.policy import PolicySettings
 from reporun.observer.scalers import LocalScaler, Scaler
 from reporun.signals import stop_signals
 from reporun.store import Store
-from reporun.wiring import build_queue, check_schema
+from reporun.wiring import build_queue, check_schema, kafka_config, open_store
 
 
 def policy_settings(settings: Settings) -> PolicySettings:
@@ -40,6 +40,11 @@ def build_scaler(settings: Settings, env: Mapping[str, str]) -> Scaler:
 
 
 def build_observer(settings: Settings, store: Store, scaler: Scaler) -> Observer:
+    results = None
+    if settings.queue == "kafka":
+        from reporun.observer.results import ResultsFeed
+
+        results = ResultsFeed(kafka_config(settings))
     return Observer(
         store=store,
         queue=build_queue(settings, store),
@@ -47,13 +52,14 @@ def build_observer(settings: Settings, store: Store, scaler: Scaler) -> Observer
         policy=policy_settings(settings),
         interval=settings.observe_interval,
         window=settings.observe_window,
+        results=results,
     )
 
 
 async def run_observer(settings: Settings) -> None:
     """Scale the workers until SIGTERM; local workers are drained then, containers are left
     running (the next observer takes them over)."""
-    store = Store.open(settings.db_url)
+    store = open_store(settings)
     try:
         await check_schema(store)
         scaler = build_scaler(settings, {"REPORUN_PARENT_PID": str(os.getpid())})

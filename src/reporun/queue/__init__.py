@@ -4,7 +4,8 @@ Where the line runs: the store owns the job rows and every change of their state
 checked transition); a queue backend decides what a worker gets next, hands it out under a
 lease, and wakes idle workers when work arrives. Every backend implements the whole
 `QueueBackend`, so one contract test runs them all the same way: `sql` keeps the queue in the
-jobs table (SQLite or PostgreSQL), `memory` is for unit tests.
+jobs table (SQLite or PostgreSQL), `kafka` hands out PostgreSQL's rows through Kafka (with an
+outbox and its relay), `memory` is for unit tests.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 from reporun.jobs import Job, JobSpec, Lease, Outcome
 from reporun.store import Quota
 
-__all__ = ["Lease", "Outcome", "QueueBackend", "QueueConfig"]
+__all__ = ["Lease", "Outcome", "QueueBackend", "QueueConfig", "Transport"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +30,20 @@ class QueueConfig:
     notify: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Transport:
+    """How the messages of a broker-backed queue are doing (for /metrics)."""
+
+    outbox_unpublished: int
+    outbox_oldest_age: float | None
+    # Messages the workers' group has not committed, by partition; None: the broker is away.
+    consumer_lag: dict[int, int] | None
+
+
 class QueueBackend(Protocol):
     config: QueueConfig
+    # What /readyz calls the queue's check: `queue`, or the broker it depends on (`kafka`).
+    check_name: str
 
     async def submit(self, spec: JobSpec, owner: str, *, quota: Quota | None = None) -> Job:
         """Store a queued job (within `quota`) and make it available to workers."""
@@ -73,5 +86,8 @@ class QueueBackend(Protocol):
 
     async def ping(self) -> None:
         """Raise unless the queue answers."""
+
+    async def transport(self) -> Transport | None:
+        """The outbox and the consumers' lag, for a queue with a broker; None for the rest."""
 
     async def close(self) -> None: ...

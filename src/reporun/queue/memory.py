@@ -14,6 +14,8 @@ from reporun.store import Quota, utcnow
 
 
 class MemoryQueue:
+    check_name = "queue"
+
     def __init__(self, config: QueueConfig | None = None) -> None:
         self.config = config or QueueConfig()
         self.lease = timedelta(seconds=self.config.lease_seconds)
@@ -195,6 +197,9 @@ class MemoryQueue:
         self._wakeup.clear()
 
     async def ping(self) -> None:
+        return None
+
+    async def transport(self) -> None:
         return None
 
     async def close(self) -> None:

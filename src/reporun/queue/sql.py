@@ -21,6 +21,8 @@ LISTENING_POLL = 2.0
 
 
 class SqlQueue:
+    check_name = "queue"
+
     def __init__(self, store: Store, config: QueueConfig) -> None:
         self.store = store
         self.config = config
@@ -103,6 +105,9 @@ class SqlQueue:
 
     async def ping(self) -> None:
         # The queue is the jobs table: the database's own readiness check already asked.
+        return None
+
+    async def transport(self) -> None:
         return None
 
     async def close(self) -> None:

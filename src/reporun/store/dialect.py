@@ -46,24 +46,29 @@ async def lock_owner(conn: AsyncConnection, owner: str) -> None:
 # Wake-ups: PostgreSQL tells listening workers about new jobs at once (LISTEN/NOTIFY); SQLite
 # has no such thing and its workers poll.
 CHANNEL = "reporun_jobs"
+# Kafka mode: a row was added to the outbox (the relays listen).
+OUTBOX_CHANNEL = "reporun_outbox"
 
 
 def notifies(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-async def notify(conn: AsyncConnection) -> None:
-    """Announce a job to listeners, when the transaction commits."""
+async def notify(conn: AsyncConnection, channel: str = CHANNEL) -> None:
+    """Announce a job (or an outbox row) to listeners, when the transaction commits."""
     if conn.dialect.name == "postgresql":
-        await conn.execute(sa.select(sa.func.pg_notify(CHANNEL, "")))
+        await conn.execute(sa.select(sa.func.pg_notify(channel, "")))
 
 
 class Listener:
     """One connection held open with LISTEN, calling `on_notify` for each announcement."""
 
-    def __init__(self, engine: AsyncEngine, on_notify: Callable[[], None]) -> None:
+    def __init__(
+        self, engine: AsyncEngine, on_notify: Callable[[], None], channel: str = CHANNEL
+    ) -> None:
         self.engine = engine
         self.on_notify = on_notify
+        self.channel = channel
         self._conn: AsyncConnection | None = None
         self._driver: Any = None
 
@@ -77,7 +82,7 @@ class Listener:
         try:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection  # asyncpg.Connection
-            await driver.add_listener(CHANNEL, self._callback)
+            await driver.add_listener(self.channel, self._callback)
         except BaseException:
             await conn.invalidate()
             await conn.close()

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy import Connection
 
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 
 logger = logging.getLogger("reporun.store")
 

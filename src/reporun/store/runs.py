@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -16,6 +16,9 @@ from reporun.jobs import Job, JobStatus, Lease, Outcome
 from reporun.store.dialect import clock
 from reporun.store.moves import job_of, transition
 from reporun.store.tables import jobs
+
+if TYPE_CHECKING:
+    from reporun.store.outbox import Outbox
 
 RUNNING = [JobStatus.RUNNING]
 
@@ -26,8 +29,9 @@ def _held_by(job: Job, worker_id: str) -> list[sa.ColumnElement[bool]]:
 
 
 class Runs:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, outbox: Outbox | None = None) -> None:
         self.engine = engine
+        self.outbox = outbox
 
     async def any_queued(self) -> bool:
         """A plain read: idle polls then cost no write lock (SQLite) or row locks (PostgreSQL)."""
@@ -37,21 +41,38 @@ class Runs:
             )
             return waiting.first() is not None
 
-    async def claim(self, worker_id: str, *, lease: timedelta) -> Job | None:
-        """Take the head of the queue (fair tag, then age) under a lease."""
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        lease: timedelta,
+        job_id: uuid.UUID | None = None,
+        queued_for: float | None = None,
+    ) -> Job | None:
+        """Take the head of the queue (fair tag, then age) under a lease: of the jobs queued
+        at least `queued_for` seconds, with `queued_for`; that one job, with `job_id` (None
+        when it is no longer queued: running, ended or cancelled)."""
         now = clock(self.engine)
-        head = (
-            sa.select(jobs.c.id)
-            .where(jobs.c.status == JobStatus.QUEUED.value)
-            .order_by(jobs.c.fair_tag, jobs.c.created_at, jobs.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
+        target: uuid.UUID | sa.ScalarSelect[Any]
+        if job_id is not None:
+            target = job_id
+        else:
+            waiting = [jobs.c.status == JobStatus.QUEUED.value]
+            if queued_for is not None:
+                since = sa.func.coalesce(jobs.c.requeued_at, jobs.c.created_at)
+                waiting.append(since <= now - timedelta(seconds=queued_for))
+            target = (
+                sa.select(jobs.c.id)
+                .where(*waiting)
+                .order_by(jobs.c.fair_tag, jobs.c.created_at, jobs.c.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
         async with self.engine.begin() as conn:
             return await transition(
                 conn,
-                head,
+                target,
                 JobStatus.RUNNING,
                 sources=[JobStatus.QUEUED],
                 values={
@@ -118,6 +139,7 @@ class Runs:
                     "finished_at": clock(self.engine),
                     "lease_expires_at": None,
                 },
+                outbox=self.outbox,
             )
 
     async def release(
@@ -128,7 +150,7 @@ class Runs:
         where = _held_by(job, worker_id)
         async with self.engine.begin() as conn:
             return await _give_back(
-                conn, job.id, reason, where, max_attempts if attempt_used else None
+                conn, job.id, reason, where, max_attempts if attempt_used else None, self.outbox
             )
 
     async def release_workers(self, worker_ids: Sequence[str], reason: str) -> list[Job]:
@@ -147,7 +169,9 @@ class Runs:
         moved = []
         for job_id, worker in held:
             async with self.engine.begin() as conn:
-                done = await _give_back(conn, job_id, reason, [jobs.c.worker == worker], None)
+                done = await _give_back(
+                    conn, job_id, reason, [jobs.c.worker == worker], None, self.outbox
+                )
             if done is not None:
                 moved.append(done)
         return moved
@@ -180,7 +204,7 @@ class Runs:
             guard = [jobs.c.worker == worker, jobs.c.lease_expires_at < now]
             async with self.engine.begin() as conn:
                 done = await _give_back(
-                    conn, job_id, f"worker {worker} was lost", guard, max_attempts
+                    conn, job_id, f"worker {worker} was lost", guard, max_attempts, self.outbox
                 )
             if done is not None:
                 moved.append(done)
@@ -193,6 +217,7 @@ async def _give_back(
     reason: str,
     where: list[sa.ColumnElement[bool]],
     max_attempts: int | None,
+    outbox: Outbox | None,
 ) -> Job | None:
     """Cancelled if asked, else queued again: with the claim's attempt given back when
     `max_attempts` is None (the operator stopped it), else while attempts remain, then error."""
@@ -204,6 +229,7 @@ async def _give_back(
         sources=RUNNING,
         where=[*where, jobs.c.cancel_requested.is_(True)],
         values={"finished_at": now, "lease_expires_at": None, "reason": f"cancelled; {reason}"},
+        outbox=outbox,
     )
     if done is not None:
         return done
@@ -217,7 +243,13 @@ async def _give_back(
     if max_attempts is None:
         values["attempts"] = sa.case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0)
         return await transition(
-            conn, job_id, JobStatus.QUEUED, sources=RUNNING, where=where, values=values
+            conn,
+            job_id,
+            JobStatus.QUEUED,
+            sources=RUNNING,
+            where=where,
+            values=values,
+            outbox=outbox,
         )
     done = await transition(
         conn,
@@ -226,6 +258,7 @@ async def _give_back(
         sources=RUNNING,
         where=[*where, jobs.c.attempts < max_attempts],
         values=values,
+        outbox=outbox,
     )
     if done is None:
         done = await transition(
@@ -239,5 +272,6 @@ async def _give_back(
                 "lease_expires_at": None,
                 "reason": f"{reason}; gave up after {max_attempts} attempts",
             },
+            outbox=outbox,
         )
     return done

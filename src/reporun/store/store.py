@@ -21,6 +21,7 @@ from reporun.store.dialect import clock, lock_owner, read_clock
 from reporun.store.engine import create_engine
 from reporun.store.figures import Figures
 from reporun.store.moves import job_of, transition
+from reporun.store.outbox import Outbox, OutboxRecords
 from reporun.store.runs import Runs
 from reporun.store.scaling import ScalingRecords
 from reporun.store.tables import job_logs, jobs, workers
@@ -124,16 +125,19 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 class Store:
     """Jobs, their logs, the workers and the local tokens, on SQLite or PostgreSQL."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, outbox: Outbox | None = None) -> None:
         self.engine = engine
-        self.runs = Runs(engine)
+        # Kafka mode: every job queued and every end is announced through the outbox.
+        self.outbox = outbox
+        self.outbox_rows = OutboxRecords(engine)
+        self.runs = Runs(engine, outbox)
         self.figures = Figures(engine)
         self.scaling = ScalingRecords(engine)
         self.tokens = TokenRecords(engine)
 
     @classmethod
-    def open(cls, url: str, *, read_only: bool = False) -> Store:
-        return cls(create_engine(url, read_only=read_only))
+    def open(cls, url: str, *, read_only: bool = False, outbox: Outbox | None = None) -> Store:
+        return cls(create_engine(url, read_only=read_only), outbox)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -185,6 +189,8 @@ class Store:
             row = (
                 await conn.execute(sa.insert(jobs).from_select(columns, source).returning(*jobs.c))
             ).first()
+            if row is not None and self.outbox is not None:
+                await self.outbox.record(conn, job_of(row))
         if row is None:
             assert quota is not None
             raise await self._over_quota(quota, owner)
@@ -272,6 +278,7 @@ class Store:
                 JobStatus.CANCELLED,
                 sources=[JobStatus.QUEUED],
                 values={"finished_at": clock(self.engine), "reason": "cancelled before it started"},
+                outbox=self.outbox,
             )
         return await self.get_job(job_id)
 

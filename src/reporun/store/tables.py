@@ -118,3 +118,21 @@ tokens = sa.Table(
     sa.Column("expires_at", UTCDateTime),
     sa.Column("revoked_at", UTCDateTime),
 )
+
+# Messages for Kafka (REPORUN_QUEUE=kafka), written in the transaction that changed the job and
+# published by the API's relay (reporun.queue.relay); published rows are pruned after a while.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column(
+        "id",
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("topic", sa.String(255), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("published_at", UTCDateTime),
+    sa.Index("ix_outbox_published", "published_at", "id"),
+)

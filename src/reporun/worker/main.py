@@ -11,8 +11,7 @@ import signal
 
 from reporun.config import Settings
 from reporun.signals import Shutdown, shutdown_signals, signal_sets
-from reporun.store import Store
-from reporun.wiring import build_queue, check_schema, url_policy
+from reporun.wiring import build_queue, check_schema, open_store, url_policy
 from reporun.worker.loop import Worker, WorkerConfig
 from reporun.worker.sandbox import SandboxConfig, build_sandbox
 
@@ -57,7 +56,7 @@ async def _stop_when_orphaned(parent: int | None, shutdown: Shutdown) -> None:
 
 
 async def run_worker(settings: Settings) -> None:
-    store = Store.open(settings.db_url)
+    store = open_store(settings)
     try:
         await check_schema(store)
         queue = build_queue(settings, store)

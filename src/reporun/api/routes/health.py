@@ -12,6 +12,7 @@ from reporun.api.deps import ServicesDep, admin_user, authenticated, bearer
 from reporun.api.metrics import exposition
 from reporun.api.problems import NotReady, answer, problem, responses
 from reporun.api.schemas import PrometheusText, Ready
+from reporun.errors import BrokerError, ReporunError
 
 router = APIRouter(tags=["health"])
 
@@ -26,20 +27,29 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     response_model=Ready,
-    summary="200 when the database and queue answer, else 503",
-    responses={503: answer(503, "The database or the queue is not answering.", model=NotReady)},
+    summary="200 when the database and the queue (or its Kafka broker) answer, else 503",
+    responses={
+        503: answer(503, "The database, the queue or the broker is not answering.", model=NotReady)
+    },
 )
 async def readyz(services: ServicesDep) -> Response:
     checks: dict[str, str] = {}
-    for name, probe in (("database", services.store.ping), ("queue", services.queue.ping)):
+    queue = services.queue
+    for name, probe in (("database", services.store.ping), (queue.check_name, queue.ping)):
         try:
             await asyncio.wait_for(probe(), READY_TIMEOUT)
             checks[name] = "ok"
+        except BrokerError as exc:
+            # Jobs are still accepted (into the outbox) and run (workers take them from the
+            # database): this replica stays in service.
+            checks[name] = f"degraded: {exc.message}; jobs wait in the outbox"
+        except ReporunError as exc:  # names what is down, e.g. the broker's address
+            checks[name] = f"down: {exc.message}"
         except Exception as exc:
             checks[name] = f"down: {type(exc).__name__}"
-    if all(v == "ok" for v in checks.values()):
+    if not any(v.startswith("down") for v in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})
-    down = ", ".join(k for k, v in checks.items() if v != "ok")
+    down = ", ".join(k for k, v in checks.items() if v.startswith("down"))
     return problem(503, f"not ready: {down}", checks=checks)
 
 
@@ -59,5 +69,6 @@ async def metrics(request: Request, services: ServicesDep) -> Response:
         state.ended_jobs,
         state.http_metrics,
         worker_alive=services.config.worker_alive,
+        transport=await services.queue.transport(),
     )
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,200 @@
+"""Talking to Kafka (REPORUN_QUEUE=kafka): the small config every Kafka part gets, aiokafka
+imported only here and only when used, the topics made sure of at start, and the clients built
+the way reporun needs them (acks=all, manual commits, no keys)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from reporun.errors import BrokerError, ConfigError
+
+logger = logging.getLogger("reporun.kafka")
+
+# What a topic-creating call may see and still go on: the topic is there.
+TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaConfig:
+    bootstrap: str
+    jobs_topic: str = "jobs"
+    results_topic: str = "results"
+    group: str = "workers"
+    observer_group: str = "observer"
+    partitions: int = 4
+    max_poll_interval: float = 300.0
+    session_timeout: float = 10.0
+    rebalance_timeout: float = 30.0
+    handoff: float = 1.0
+    idempotence: bool = True
+    request_timeout: float = 10.0
+
+
+def aiokafka() -> ModuleType:
+    """The aiokafka package, or one line saying how to install it."""
+    try:
+        import aiokafka as module
+    except ImportError:
+        raise ConfigError(
+            "REPORUN_QUEUE=kafka needs aiokafka: pip install 'reporun[kafka]'"
+        ) from None
+    found: ModuleType = module
+    return found
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+async def ensure_topics(config: KafkaConfig) -> list[str]:
+    """Create the jobs and results topics when missing (as the seed does); the names created.
+    A topic that exists keeps its partitions (fewer than asked for is logged)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=config.bootstrap, request_timeout_ms=_ms(config.request_timeout)
+    )
+    try:
+        async with asyncio.timeout(config.request_timeout):
+            await admin.start()
+            wanted = [config.jobs_topic, config.results_topic]
+            present = set(await admin.list_topics())
+            missing = [name for name in wanted if name not in present]
+            if missing:
+                response = await admin.create_topics(
+                    [NewTopic(name, config.partitions, 1) for name in missing]
+                )
+                for name, code, message in response.topic_errors:
+                    if code not in (0, TOPIC_ALREADY_EXISTS):
+                        raise BrokerError(f"cannot create topic {name}: {message or code}")
+                logger.info(
+                    "topics created",
+                    extra={"action": "topics", "topics": missing, "partitions": config.partitions},
+                )
+            for found in await admin.describe_topics([config.jobs_topic]):
+                count = len(found.get("partitions") or [])
+                if 0 < count < config.partitions:
+                    logger.warning(
+                        "the jobs topic has fewer partitions than asked for",
+                        extra={
+                            "action": "topics",
+                            "partitions": count,
+                            "wanted": config.partitions,
+                        },
+                    )
+            return missing
+    except (TimeoutError, OSError) as exc:
+        raise BrokerError(f"Kafka at {config.bootstrap} is not answering") from exc
+    except BrokerError:
+        raise
+    except Exception as exc:
+        if type(exc).__module__.startswith("aiokafka"):
+            raise BrokerError(f"Kafka at {config.bootstrap}: {type(exc).__name__}") from exc
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+async def start_producer(config: KafkaConfig) -> Any:
+    """A started producer: acks=all and, where the broker grants it, idempotent."""
+    module = aiokafka()
+
+    def build(idempotent: bool) -> Any:
+        return module.AIOKafkaProducer(
+            bootstrap_servers=config.bootstrap,
+            acks="all",
+            enable_idempotence=idempotent,
+            linger_ms=0,
+            request_timeout_ms=_ms(config.request_timeout),
+            metadata_max_age_ms=_ms(min(30.0, config.session_timeout)),
+            client_id="reporun-relay",
+        )
+
+    producer = build(config.idempotence)
+    try:
+        await producer.start()
+        return producer
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await producer.stop()
+        if not config.idempotence or type(exc).__name__ in ("KafkaConnectionError",):
+            raise
+        # Some Kafka-protocol brokers answer aiokafka's InitProducerId v0 with an error.
+        logger.warning(
+            "the broker refused an idempotent producer; publishing with acks=all alone "
+            "(a duplicate message is skipped by the claim)",
+            extra={"action": "producer", "reason": type(exc).__name__},
+        )
+    producer = build(False)
+    await producer.start()
+    return producer
+
+
+def consumer(config: KafkaConfig, topic: str, group: str, **options: Any) -> Any:
+    """A consumer of `topic` in `group` that commits by hand, not started yet."""
+    module = aiokafka()
+    return module.AIOKafkaConsumer(
+        bootstrap_servers=config.bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_interval_ms=_ms(config.max_poll_interval),
+        session_timeout_ms=_ms(config.session_timeout),
+        heartbeat_interval_ms=_ms(config.session_timeout / 4),
+        rebalance_timeout_ms=_ms(config.rebalance_timeout),
+        request_timeout_ms=_ms(max(config.request_timeout, config.session_timeout + 1)),
+        fetch_max_wait_ms=100,
+        # A topic re-created after the broker lost it is found again soon.
+        metadata_max_age_ms=_ms(min(30.0, config.session_timeout)),
+        retry_backoff_ms=200,
+        **options,
+    )
+
+
+async def ping(config: KafkaConfig, *, timeout: float = 1.5) -> None:
+    """Raise BrokerError unless the broker answers a metadata request within `timeout`."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap, request_timeout_ms=_ms(timeout))
+    try:
+        async with asyncio.timeout(timeout):
+            await admin.start()
+            await admin.list_topics()
+    except Exception as exc:
+        raise BrokerError(f"Kafka at {config.bootstrap} is not answering") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+async def group_lag(config: KafkaConfig) -> dict[int, int]:
+    """Messages on the jobs topic that the workers' group has not committed, by partition."""
+    module = aiokafka()
+    probe = module.AIOKafkaConsumer(
+        bootstrap_servers=config.bootstrap,
+        group_id=config.group,
+        enable_auto_commit=False,
+        request_timeout_ms=_ms(config.request_timeout),
+    )
+    try:
+        async with asyncio.timeout(config.request_timeout):
+            await probe.start()
+            parts = probe.partitions_for_topic(config.jobs_topic) or set()
+            tps = [module.TopicPartition(config.jobs_topic, p) for p in sorted(parts)]
+            ends = await probe.end_offsets(tps) if tps else {}
+            lag = {}
+            for tp in tps:
+                committed = await probe.committed(tp)
+                lag[tp.partition] = max(0, ends[tp] - (committed or 0))
+            return lag
+    except Exception as exc:
+        raise BrokerError(f"Kafka at {config.bootstrap} is not answering") from exc
+    finally:
+        with contextlib.suppress(Exception):
+            await probe.stop()
