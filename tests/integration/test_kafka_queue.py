@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
@@ -120,3 +119,110 @@ async def test_a_job_goes_through_the_outbox_to_a_worker_and_its_end_to_results(
 async def _all_published(parts: Parts) -> bool:
     rows = await parts.published()
     return bool(rows) and all(r["published_at"] is not None for r in rows)
+
+
+async def test_a_message_published_twice_runs_the_job_once(parts: Parts) -> None:
+    relay = Relay(parts.store, parts.kafka)
+    relaying = asyncio.create_task(relay.run(parts.stop))
+    queue = parts.queue()
+    submitted = await queue.submit(SPEC, "alice")
+    await until(lambda: _all_published(parts))
+    # The same message again, as a producer retry (or a second relay) would send it.
+    async with parts.store.engine.begin() as conn:
+        await conn.execute(sa.update(outbox).values(published_at=None))
+    await until(lambda: _all_published(parts))
+    producer = AIOKafkaProducer(bootstrap_servers=parts.kafka.bootstrap)
+    await producer.start()
+    await producer.send_and_wait("jobs", json.dumps({"jobId": str(submitted.id)}).encode())
+    await producer.send_and_wait("jobs", b"not one of ours")
+    await producer.stop()
+    first = await claim_soon(queue, "w1")
+    assert first.id == submitted.id
+    other = parts.queue()
+    # Every further delivery of the message is skipped: no second claim, by anyone.
+    for _ in range(40):
+        for q, w in ((queue, "w1"), (other, "w2")):
+            assert await q.claim(w) is None
+            await q.wait(0.05)
+    job = await queue.get(submitted.id)
+    assert (job.status, job.attempts, job.worker) == (JobStatus.RUNNING, 1, "w1")
+    parts.stop.set()
+    await relaying
+
+
+async def test_the_api_killed_before_publishing_the_job_still_runs_once(parts: Parts) -> None:
+    # Submitted with no relay running: the row and its outbox message are committed, the
+    # message never reached the broker.
+    queue = parts.queue(handoff=0.3)
+    submitted = await queue.submit(SPEC, "alice")
+    assert [r["published_at"] for r in await parts.published()] == [None]
+    job = await claim_soon(queue, "w1")
+    assert job.id == submitted.id and job.attempts == 1
+    # A relay starting later publishes it; the worker that reads the message skips it.
+    relaying = asyncio.create_task(Relay(parts.store, parts.kafka).run(parts.stop))
+    await until(lambda: _all_published(parts))
+    done = await queue.finish(job, "w1", Outcome(JobStatus.SUCCEEDED, exit_code=0))
+    assert done is not None
+    for _ in range(30):
+        assert await queue.claim("w1") is None
+        await queue.wait(0.1)
+    assert (await queue.get(submitted.id)).attempts == 1
+    parts.stop.set()
+    await relaying
+
+
+async def test_the_api_accepts_jobs_while_the_broker_is_away(parts: Parts, kafka: Broker) -> None:
+    kafka.kill()
+    queue = parts.queue()
+    relaying = asyncio.create_task(Relay(parts.store, parts.kafka).run(parts.stop))
+    ids = {(await queue.submit(SPEC, f"user{n}")).id for n in range(3)}
+    await asyncio.sleep(1)
+    assert [r["published_at"] for r in await parts.published()] == [None] * 3
+    kafka.start()
+    await until(lambda: _all_published(parts), timeout=30)
+    claimed = set()
+    while claimed != ids:
+        job = await claim_soon(queue, "w1")
+        claimed.add(job.id)
+        await queue.finish(job, "w1", Outcome(JobStatus.SUCCEEDED, exit_code=0))
+    parts.stop.set()
+    await relaying
+
+
+async def test_a_busy_worker_stays_in_its_group_past_max_poll_interval(parts: Parts) -> None:
+    relaying = asyncio.create_task(Relay(parts.store, parts.kafka).run(parts.stop))
+    queue = parts.queue(max_poll_interval=2)
+    await queue.submit(SPEC, "alice")
+    job = await claim_soon(queue, "w1")
+    consumer = queue.consumer
+    member = consumer._coordinator.member_id
+    assert consumer.paused() == consumer.assignment() != set()
+    # A second worker joins while the job runs: the partitions it leaves us stay paused, and
+    # the job it might read again is not queued.
+    other = parts.queue(max_poll_interval=2)
+    second = await queue.submit(SPEC, "bob")
+    taken = await claim_soon(other, "w2")
+    assert taken.id == second.id
+    await asyncio.sleep(4)  # twice max_poll_interval, the worker busy all along
+    assert consumer._coordinator.member_id == member
+    assert consumer.paused() == consumer.assignment()
+    assert (await queue.get(job.id)).status is JobStatus.RUNNING
+    await queue.finish(job, "w1", Outcome(JobStatus.SUCCEEDED, exit_code=0))
+    # Idle again: its partitions are read again.
+    assert await queue.claim("w1") is None
+    assert consumer.paused() == set()
+    parts.stop.set()
+    await relaying
+
+
+async def test_topics_are_created_with_the_partitions_asked_for(parts: Parts) -> None:
+    assert sorted(await ensure_topics(parts.kafka)) == ["jobs", "results"]
+    assert await ensure_topics(parts.kafka) == []
+    probe = AIOKafkaConsumer(bootstrap_servers=parts.kafka.bootstrap)
+    await probe.start()
+    try:
+        topics = await probe.topics()
+        assert {"jobs", "results"} <= topics
+        assert probe.partitions_for_topic("jobs") == {0, 1, 2, 3}
+    finally:
+        await probe.stop()
