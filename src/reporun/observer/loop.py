@@ -110,9 +110,9 @@ class Observer:
         members = await self.scaler.members()
         rows = await self.store.list_workers()
         states = {m.handle: _state_of(m, rows, snapshot.busy_workers) for m in members}
-        waits = snapshot.waits
+        waits, source = snapshot.waits, "database"
         if self.results is not None and self.results.reading:
-            waits = self.results.recent(self.window)
+            waits, source = self.results.recent(self.window), "results"
         seen = Observation(
             now=time.monotonic(),
             waits=waits,
@@ -125,7 +125,7 @@ class Observer:
         decision = decide(seen, self.policy, self.state)
         self.state = decision.state
         if decision.direction != "hold" and await self._apply(decision, members, states):
-            await self._record(decision, seen)
+            await self._record(decision, seen, source)
         await self._log_finished(snapshot.at)
         return decision
 
@@ -144,9 +144,10 @@ class Observer:
         await self.scaler.retire(retirees)
         return len(retirees)
 
-    async def _record(self, decision: Decision, seen: Observation) -> None:
+    async def _record(self, decision: Decision, seen: Observation, source: str) -> None:
         inputs = {
             "waits": len(seen.waits),
+            "source": source,  # where the waits came from: the database or Kafka's results
             "p95": _round(decision.p95),
             "signal": _round(decision.signal),
             "oldest_queued_age": _round(seen.oldest_queued_age),

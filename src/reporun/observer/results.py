@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import time
+from typing import Any
 
 from reporun.queue.broker import KafkaConfig, consumer, ensure_topics
 from reporun.retry import compute_backoff
@@ -53,15 +54,16 @@ class ResultsFeed:
     async def run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
-            # Only results from now on: a wait from before the observer started says nothing
-            # about the queue now.
-            reader = consumer(
-                self.config,
-                self.config.results_topic,
-                self.config.observer_group,
-                auto_offset_reset="latest",
-            )
+            reader: Any = None
             try:
+                # Only results from now on: a wait from before the observer started says
+                # nothing about the queue now.
+                reader = consumer(
+                    self.config,
+                    self.config.results_topic,
+                    self.config.observer_group,
+                    auto_offset_reset="latest",
+                )
                 await ensure_topics(self.config)
                 await reader.start()
                 reader.subscribe([self.config.results_topic])
@@ -93,5 +95,6 @@ class ResultsFeed:
                     )
             finally:
                 self.reading = False
-                with contextlib.suppress(Exception):
-                    await reader.stop()
+                if reader is not None:
+                    with contextlib.suppress(Exception):
+                        await reader.stop()

@@ -139,11 +139,11 @@ async def start_producer(config: KafkaConfig) -> Any:
 def consumer(config: KafkaConfig, topic: str, group: str, **options: Any) -> Any:
     """A consumer of `topic` in `group` that commits by hand, not started yet."""
     module = aiokafka()
+    settings: dict[str, Any] = {"auto_offset_reset": "earliest", **options}
     return module.AIOKafkaConsumer(
         bootstrap_servers=config.bootstrap,
         group_id=group,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
         max_poll_interval_ms=_ms(config.max_poll_interval),
         session_timeout_ms=_ms(config.session_timeout),
         heartbeat_interval_ms=_ms(config.session_timeout / 4),
@@ -153,7 +153,7 @@ def consumer(config: KafkaConfig, topic: str, group: str, **options: Any) -> Any
         # A topic re-created after the broker lost it is found again soon.
         metadata_max_age_ms=_ms(min(30.0, config.session_timeout)),
         retry_backoff_ms=200,
-        **options,
+        **settings,
     )
 
 
