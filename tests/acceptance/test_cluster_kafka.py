@@ -267,6 +267,11 @@ def test_the_observer_scales_out_on_waits_read_from_results_and_back_in(
         return len(kafka_cluster.http.get("/v1/workers").json()["items"])
 
     kafka_cluster.until("one worker", lambda: workers() == 1, 30)
+    kafka_cluster.until(
+        "the observer reads results",
+        lambda: '"reading results"' in observer.log.read_text(errors="replace"),
+        30,
+    )
     quick = git_server.make_repo({"run.sh": "#!/bin/sh\necho quick\n"})
     # A few jobs first: their results are in the observer's window when the burst comes.
     kafka_cluster.all_ended([kafka_cluster.submit(quick) for _ in range(3)], 30)

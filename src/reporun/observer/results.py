@@ -69,8 +69,15 @@ class ResultsFeed:
                 reader.subscribe([self.config.results_topic])
                 failures = 0
                 self.reading = True
+                assigned = False
                 while not stop.is_set():
                     batches = await reader.getmany(timeout_ms=500)
+                    if not assigned and reader.assignment():
+                        assigned = True
+                        logger.info(
+                            "reading results",
+                            extra={"action": "results", "group": self.config.observer_group},
+                        )
                     for records in batches.values():
                         for record in records:
                             self.received += 1
