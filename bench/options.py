@@ -14,7 +14,8 @@ PARALLELISM = (1, 2)
 LATENCY_WORKERS = 2
 PG_WORKERS = (1, 2, 4)
 PG_LOAD_WORKERS = 4
-PG_MEASURES = ("dispatch", "throughput", "load", "listing", "lease")
+PG_MEASURES = ("dispatch", "throughput", "load", "listing", "lease", "kafka")
+KAFKA_WORKERS = (1, 2)
 SECTIONS = ("embedded", "elastic", "postgres", "cli")
 # This checkout's reporun: the one next to the interpreter running the bench (.venv/bin).
 CLI_EXE = Path(sys.executable).parent / "reporun"
@@ -90,6 +91,12 @@ def parse_args(argv: list[str], description: str) -> Options:
     parser.add_argument("--pg-rows", type=int, help="jobs in the listing table (default 1000000)")
     parser.add_argument("--pg-requests", type=int, help="requests per listing case (default 200)")
     parser.add_argument(
+        "--kafka",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the Kafka queue against the SQL queue (a PostgreSQL measurement; Tansu as broker)",
+    )
+    parser.add_argument(
         "--cli",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -120,6 +127,10 @@ def parse_args(argv: list[str], description: str) -> Options:
     measures = tuple(m.strip() for m in (args.pg_only or ",".join(PG_MEASURES)).split(","))
     if unknown := set(measures) - set(PG_MEASURES):
         parser.error(f"--pg-only: unknown {sorted(unknown)}; choose from {','.join(PG_MEASURES)}")
+    if not args.kafka:
+        measures = tuple(m for m in measures if m != "kafka")
+    if args.postgres and not measures:
+        parser.error("--no-kafka leaves no PostgreSQL measurement: add --no-postgres")
     options = Options(
         jobs=args.jobs or (10 if quick else 60),
         latency_jobs=args.latency_jobs or (6 if quick else 30),

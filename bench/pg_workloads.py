@@ -5,6 +5,8 @@ stores them.
   dispatch   created_at -> started_at of jobs submitted one at a time to 2 idle workers, with
              LISTEN/NOTIFY and with polling only (REPORUN_NOTIFY=false)
   throughput jobs/s end to end (first POST -> last finished_at) with 1, 2 and 4 workers
+  (pg_kafka.py runs these two again with the Kafka queue, through their `env`, `ready` and
+  `inspect`: settings for every process, a wait before warming up, figures of their own)
   load       many trivial jobs from 4 concurrent submitters (own user tokens) on 4 workers;
              every job must end exactly once
   listing    (pg_listing.py) GET /v1/jobs latency over a table of a million jobs
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,11 @@ from reporun.observer.policy import percentile
 
 COMMAND = "true"
 SUBMITTERS = 4
+
+# Awaited once the cluster's workers registered, before the warm-up (e.g. Kafka's group joined).
+Ready = Callable[[Cluster], Awaitable[None]]
+# Figures of a measurement's own, from its cluster and its job ids, before the cluster goes.
+Inspect = Callable[[Cluster, list[str]], Awaitable[dict[str, Any]]]
 
 
 # Talking to reporun -------------------------------------------------------------------------
@@ -107,14 +114,28 @@ def require_ok(records: list[dict[str, Any]], expected: int) -> None:
 
 
 # 1. Dispatch latency ------------------------------------------------------------------------
-async def dispatch(server: Postgres, root: Path, repo: str, jobs: int, notify: bool) -> dict:
+async def dispatch(
+    server: Postgres,
+    root: Path,
+    repo: str,
+    jobs: int,
+    notify: bool,
+    *,
+    workers: int = 2,
+    env: Mapping[str, str] | None = None,
+    ready: Ready | None = None,
+    inspect: Inspect | None = None,
+) -> dict:
     mode = "notify" if notify else "poll"
-    env = {"REPORUN_NOTIFY": "true" if notify else "false"}
+    settings = {"REPORUN_NOTIFY": "true" if notify else "false", **(env or {})}
     waits: list[float] = []
+    ids: list[str] = []
     async with (
-        cluster(server, root, f"dispatch-{mode}", workers=2, env=env) as c,
+        cluster(server, root, f"dispatch-{mode}", workers=workers, env=settings) as c,
         c.api.client() as client,
     ):
+        if ready is not None:
+            await ready(c)
         await warm_up(c, client, repo)
         for _ in range(jobs):
             await asyncio.sleep(random.uniform(0.1, 0.4))
@@ -122,12 +143,25 @@ async def dispatch(server: Postgres, root: Path, repo: str, jobs: int, notify: b
             record = await client.wait(job["id"], timeout=None)
             await require_succeeded(client, [record])
             waits.append(float(record["wait_seconds"]))
-    return {"mode": mode, "workers": 2, "jobs": jobs, **spread(waits)}
+            ids.append(job["id"])
+        own = await inspect(c, ids) if inspect is not None else {}
+    return {"mode": mode, "workers": workers, "jobs": jobs, **spread(waits), **own}
 
 
 # 2. Throughput ------------------------------------------------------------------------------
-async def throughput(server: Postgres, root: Path, repo: str, workers: int, jobs: int) -> dict:
-    async with cluster(server, root, f"throughput-{workers}", workers=workers) as c:
+async def throughput(
+    server: Postgres,
+    root: Path,
+    repo: str,
+    workers: int,
+    jobs: int,
+    *,
+    env: Mapping[str, str] | None = None,
+    ready: Ready | None = None,
+) -> dict:
+    async with cluster(server, root, f"throughput-{workers}", workers=workers, env=env) as c:
+        if ready is not None:
+            await ready(c)
         async with c.api.client() as client:
             await warm_up(c, client, repo)
         clients = [c.api.client() for _ in range(SUBMITTERS)]

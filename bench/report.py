@@ -108,6 +108,41 @@ def postgres_table(pg: dict[str, Any]) -> list[str]:
             f"{'' if row['lease_set'] else ' (default)'}: running again after"
             f" {row['running_again_seconds']:.1f} s, ended after {row['ended_seconds']:.1f} s"
         )
+    if kafka := pg.get("kafka"):
+        lines += kafka_table(kafka)
+    return lines
+
+
+def kafka_table(kafka: dict[str, Any]) -> list[str]:
+    lines = ["Kafka queue (Tansu) against the SQL queue (LISTEN/NOTIFY), same run:"]
+    if rows := kafka["dispatch"]:
+        lines.append(
+            f"dispatch latency, idle workers, {rows[0]['sql']['jobs']} jobs one at a time:"
+        )
+        for row in rows:
+            for queue in ("sql", "kafka"):
+                cell = row[queue]
+                lines.append(
+                    f"  {row['workers']} worker(s) {queue:<6} p50 {cell['p50']:.3f} s"
+                    f"  p95 {cell['p95']:.3f} s  max {cell['max']:.3f} s"
+                )
+            cell, outbox = row["kafka"], row["kafka"]["outbox"]
+            lines.append(
+                f"  {row['workers']} worker(s) kafka/sql: p50 x{row['ratio_p50']:.1f},"
+                f" p95 x{row['ratio_p95']:.1f}; {cell['by_message']} by message,"
+                f" {cell['by_handoff']} by the hand-off; outbox created -> published"
+                f" p50 {_ms(outbox['p50'])} ms, p95 {_ms(outbox['p95'])} ms"
+            )
+    if rows := kafka["throughput"]:
+        lines.append(f"throughput, {rows[0]['jobs']} jobs from 4 clients (first POST -> last end):")
+        for row in rows:
+            sql, cell = row["sql"], row["kafka"]
+            lines.append(
+                f"  {row['workers']} worker(s)  sql {sql['jobs_per_second']:7.2f} jobs/s"
+                f"  kafka {cell['jobs_per_second']:7.2f} jobs/s  kafka/sql {row['ratio']:.2f}"
+                f"  (run_s p50 sql {sql['run_seconds_p50']:.3f},"
+                f" kafka {cell['run_seconds_p50']:.3f})"
+            )
     return lines
 
 
@@ -202,6 +237,32 @@ def postgres_summary(pg: dict[str, Any]) -> list[str]:
             f"summary: pg_dead_worker lease={row['lease_seconds']:g} s"
             f" running_again={row['running_again_seconds']:.1f} s"
             f" ended={row['ended_seconds']:.1f} s"
+        )
+    return lines + kafka_summary(pg.get("kafka"))
+
+
+def kafka_summary(kafka: dict[str, Any] | None) -> list[str]:
+    lines: list[str] = []
+    for row in (kafka or {}).get("dispatch", []):
+        sql, cell = row["sql"], row["kafka"]
+        lines.append(
+            f"summary: pg_kafka_dispatch_latency workers={row['workers']}"
+            f" sql p50={sql['p50']:.3f} s p95={sql['p95']:.3f} s"
+            f" kafka p50={cell['p50']:.3f} s p95={cell['p95']:.3f} s"
+            f" ratio_p50={row['ratio_p50']:.1f} ratio_p95={row['ratio_p95']:.1f}"
+            f" by_message={cell['by_message']} by_handoff={cell['by_handoff']}"
+        )
+        outbox = cell["outbox"]
+        lines.append(
+            f"summary: pg_kafka_outbox_publish workers={row['workers']} jobs={outbox['rows']}"
+            f" p50={_ms(outbox['p50'])} ms p95={_ms(outbox['p95'])} ms"
+            f" unpublished={outbox['unpublished']}"
+        )
+    for row in (kafka or {}).get("throughput", []):
+        lines.append(
+            f"summary: pg_kafka_throughput workers={row['workers']} jobs={row['jobs']}"
+            f" sql={row['sql']['jobs_per_second']:.2f} jobs/s"
+            f" kafka={row['kafka']['jobs_per_second']:.2f} jobs/s ratio={row['ratio']:.2f}"
         )
     return lines
 

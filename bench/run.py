@@ -57,12 +57,19 @@ or a throwaway cluster when none answers), dropped after each measurement.
   pg lease       one worker runs `sleep 5`, is SIGKILLed mid-job, another starts at once:
                  seconds from the kill until the job runs again (attempt 2) and until it
                  ends, with the default 30 s lease and with REPORUN_LEASE_SECONDS=5.
+  pg kafka       (`--no-kafka` skips it; see bench/pg_kafka.py) the Kafka queue
+                 (REPORUN_QUEUE=kafka, a fresh Tansu broker each) against the SQL queue with
+                 LISTEN/NOTIFY, 1 and 2 workers, in the same run: pg dispatch's latency
+                 (--latency-jobs) and, for Kafka, how many jobs came by message and how many
+                 by the database hand-off, and the outbox relay's created -> published; pg
+                 throughput's jobs/s (--pg-jobs); the ratios kafka/sql.
 CLI start-up (`--no-cli` skips it; see bench/cli_start.py): `reporun --help`, `reporun jobs`
 and `reporun status ID` against `reporun serve`, each a fresh process, median of --cli-rounds
 (default 15); `--cli-baseline PATH` times another reporun executable beside this checkout's
 (`--cli-exe`), alternating, with the ratio baseline/this. Target: `jobs` under 0.3 s.
 `--only cli` (or any of embedded,elastic,postgres,cli) runs just those sections.
-`--quick` runs each small (50 000 rows, 300 load jobs, 1 and 2 workers, only a 2 s lease).
+`--quick` runs each small (50 000 rows, 300 load jobs, 1 and 2 workers, only a 2 s lease;
+for Kafka 6 dispatch and 20 throughput jobs).
 
 The results are printed as a table, as one `summary:` line per figure, and written to
 bench/results/latest.json. Exit status 1 when a job fails or a step times out.
@@ -87,12 +94,20 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import cli_start
 import elastic
+import pg_kafka
 import pg_listing
 import pg_workloads
 import pgcluster
 from base import BenchError, git_repository, progress, serve, traversable_dir
 from hand import hand_throughput
-from options import LATENCY_WORKERS, PARALLELISM, PG_LOAD_WORKERS, Options, parse_args
+from options import (
+    KAFKA_WORKERS,
+    LATENCY_WORKERS,
+    PARALLELISM,
+    PG_LOAD_WORKERS,
+    Options,
+    parse_args,
+)
 from report import environment, summary, table, write_json
 from tests.harness import HarnessError
 from tests.harness.postgres import Postgres
@@ -220,12 +235,56 @@ async def measure_pg_lease(options: Options, server: Postgres, root: Path, repo:
     return rows
 
 
+async def measure_pg_kafka(options: Options, server: Postgres, root: Path, repo: str) -> Any:
+    """Per worker count, the SQL queue then Kafka, each on a database (and broker) of its own."""
+    root = traversable_dir(traversable_dir(root) / "kafka")
+    return {
+        "dispatch": [await kafka_dispatch(options, server, root, repo, n) for n in KAFKA_WORKERS],
+        "throughput": [
+            await kafka_throughput(options, server, root, repo, n) for n in KAFKA_WORKERS
+        ],
+    }
+
+
+async def kafka_dispatch(
+    options: Options, server: Postgres, root: Path, repo: str, workers: int
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"workers": workers}
+    for queue in pg_kafka.QUEUES:
+        progress(
+            f"pg kafka: dispatch latency ({queue}), {options.latency_jobs} jobs one at a time,"
+            f" {workers} worker(s)"
+        )
+        async with bounded(f"pg kafka dispatch ({queue}, {workers} worker(s))", options.timeout):
+            row[queue] = await pg_kafka.dispatch(
+                server, root, repo, options.latency_jobs, workers, queue
+            )
+    for figure in ("p50", "p95"):
+        row[f"ratio_{figure}"] = row["kafka"][figure] / max(row["sql"][figure], 1e-6)
+    return row
+
+
+async def kafka_throughput(
+    options: Options, server: Postgres, root: Path, repo: str, workers: int
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"workers": workers, "jobs": options.pg_jobs}
+    for queue in pg_kafka.QUEUES:
+        progress(f"pg kafka: throughput ({queue}), {options.pg_jobs} jobs, {workers} worker(s)")
+        async with bounded(f"pg kafka throughput ({queue}, {workers} worker(s))", options.timeout):
+            row[queue] = await pg_kafka.throughput(
+                server, root, repo, workers, options.pg_jobs, queue
+            )
+    row["ratio"] = row["kafka"]["jobs_per_second"] / row["sql"]["jobs_per_second"]
+    return row
+
+
 PG_STEPS: dict[str, Callable[[Options, Postgres, Path, str], Awaitable[Any]]] = {
     "dispatch": measure_pg_dispatch,
     "throughput": measure_pg_throughput,
     "load": measure_pg_load,
     "listing": measure_pg_listing,
     "lease": measure_pg_lease,
+    "kafka": measure_pg_kafka,
 }
 
 

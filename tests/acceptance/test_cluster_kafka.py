@@ -225,7 +225,14 @@ def test_a_broker_restart_while_jobs_flow_loses_and_doubles_nothing(
     kafka_cluster.worker("worker-a")
     kafka_cluster.worker("worker-b")
     ids = [kafka_cluster.submit(repo) for _ in range(10)]
-    kafka_cluster.broker.restart()  # back empty: no topics, no offsets
+    kafka_cluster.broker.kill()
+    # The API stays in service and accepts jobs; they wait in the outbox (and run anyway).
+    ready = kafka_cluster.http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["kafka"].startswith("degraded: Kafka at"), ready.text
+    ids += [kafka_cluster.submit(repo) for _ in range(5)]
+    time.sleep(1)
+    kafka_cluster.broker.start()  # back empty: no topics, no offsets
     ids += [kafka_cluster.submit(repo) for _ in range(10)]
     time.sleep(2)
     ids += [kafka_cluster.submit(repo) for _ in range(10)]
@@ -242,6 +249,10 @@ def test_a_broker_restart_while_jobs_flow_loses_and_doubles_nothing(
     )
     after = kafka_cluster.submit(repo)
     assert kafka_cluster.all_ended([after], 30)[0]["status"] == "succeeded"
+    # With the broker gone for good, a worker still stops when told to.
+    kafka_cluster.broker.kill()
+    time.sleep(1)
+    assert kafka_cluster.workers["worker-a"].stop(signal.SIGTERM, timeout=20) == 0
 
 
 def test_the_observer_scales_out_on_waits_read_from_results_and_back_in(

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from reporun.queue.broker import KafkaConfig, consumer, ensure_topics
+from reporun.queue.broker import KafkaConfig, consumer, ensure_topics, stop_client
 from reporun.retry import compute_backoff
 
 logger = logging.getLogger("reporun.observer")
@@ -103,5 +103,4 @@ class ResultsFeed:
             finally:
                 self.reading = False
                 if reader is not None:
-                    with contextlib.suppress(Exception):
-                        await reader.stop()
+                    await stop_client(reader)

@@ -121,8 +121,7 @@ async def start_producer(config: KafkaConfig) -> Any:
         await producer.start()
         return producer
     except Exception as exc:
-        with contextlib.suppress(Exception):
-            await producer.stop()
+        await stop_client(producer)
         if not config.idempotence or type(exc).__name__ in ("KafkaConnectionError",):
             raise
         # Some Kafka-protocol brokers answer aiokafka's InitProducerId v0 with an error.
@@ -196,5 +195,21 @@ async def group_lag(config: KafkaConfig) -> dict[int, int]:
     except Exception as exc:
         raise BrokerError(f"Kafka at {config.bootstrap} is not answering") from exc
     finally:
-        with contextlib.suppress(Exception):
-            await probe.stop()
+        await stop_client(probe)
+
+
+async def stop_client(client: Any, *, timeout: float = 5.0) -> None:
+    """Stop an aiokafka client, whatever state the broker is in: within `timeout`, and never
+    letting the CancelledError that aiokafka's own fetcher can raise from `stop()` (with the
+    broker gone) pass for a cancel of the caller."""
+    task = asyncio.ensure_future(client.stop())
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+        logger.warning("a Kafka client did not stop in time", extra={"action": "close"})
+    elif not task.cancelled() and task.exception() is not None:
+        logger.info(
+            "a Kafka client stopped with an error",
+            extra={"action": "close", "reason": type(task.exception()).__name__},
+        )

@@ -31,7 +31,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from reporun.errors import BrokerError, ConfigError
 from reporun.jobs import Job, JobSpec, Lease, Outcome
 from reporun.queue import QueueConfig, Transport
-from reporun.queue.broker import KafkaConfig, consumer, ensure_topics, group_lag, ping
+from reporun.queue.broker import KafkaConfig, consumer, ensure_topics, group_lag, ping, stop_client
 from reporun.queue.sql import SqlQueue
 from reporun.retry import compute_backoff
 from reporun.store import Quota, Store
@@ -176,8 +176,7 @@ class KafkaQueue:
         await self._stop_keepalive()
         consumer, self.consumer = self.consumer, None
         if consumer is not None:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+            await stop_client(consumer)
         await self.sql.close()
 
     # The consumer ----------------------------------------------------------------------------
@@ -194,8 +193,7 @@ class KafkaQueue:
             await candidate.start()
             candidate.subscribe([self.kafka.jobs_topic], listener=_Rebalance(self))
         except Exception as exc:
-            with contextlib.suppress(Exception):
-                await candidate.stop()
+            await stop_client(candidate)
             self._connect_failures += 1
             self._next_connect = time.monotonic() + compute_backoff(
                 self._connect_failures, base=0.5, cap=10.0

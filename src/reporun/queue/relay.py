@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from reporun.queue.broker import KafkaConfig, ensure_topics, start_producer
+from reporun.queue.broker import KafkaConfig, ensure_topics, start_producer, stop_client
 from reporun.retry import compute_backoff
 from reporun.store import Store
 from reporun.store.dialect import OUTBOX_CHANNEL, Listener
@@ -109,5 +109,4 @@ class Relay:
     async def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            await stop_client(producer)
