@@ -191,6 +191,15 @@ def test_reporun_api_refuses_weak_settings_and_serves_with_minted_tokens(
         "api", "--host", "0.0.0.0", "--port", str(port), env={**env, "REPORUN_SANDBOX": "none"}
     )
     assert off_loopback.returncode == 2 and "loopback" in off_loopback.stderr
+    # Kafka mode needs a broker, and PostgreSQL: one line each, from every part.
+    for part in ("api", "worker", "observer"):
+        kafka = reporun(part, env={**env, "REPORUN_QUEUE": "kafka"})
+        assert kafka.returncode == 2 and "REPORUN_KAFKA_BOOTSTRAP" in kafka.stderr, kafka.stderr
+        assert len(kafka.stderr.strip().splitlines()) == 1, kafka.stderr
+        on_sqlite = reporun(
+            part, env={**env, "REPORUN_QUEUE": "kafka", "REPORUN_KAFKA_BOOTSTRAP": "k:9092"}
+        )
+        assert on_sqlite.returncode == 2 and "needs PostgreSQL" in on_sqlite.stderr
     server = processes.start(
         [*_python(), "-m", "reporun", "api", "--port", str(port)], env, tmp_path / "api.log"
     )
