@@ -226,3 +226,24 @@ async def test_topics_are_created_with_the_partitions_asked_for(parts: Parts) ->
         assert probe.partitions_for_topic("jobs") == {0, 1, 2, 3}
     finally:
         await probe.stop()
+
+
+async def test_the_outbox_backlog_and_the_consumer_lag_are_told(parts: Parts) -> None:
+    queue = parts.queue()
+    for owner in ("alice", "bob"):
+        await queue.submit(SPEC, owner)
+    before = await queue.transport()
+    assert before.outbox_unpublished == 2 and before.outbox_oldest_age is not None
+    relaying = asyncio.create_task(Relay(parts.store, parts.kafka).run(parts.stop))
+    await until(lambda: _all_published(parts))
+    published = await queue.transport()
+    assert (published.outbox_unpublished, published.outbox_oldest_age) == (0, None)
+    # (Tansu numbers offsets across a topic's partitions: only "some" and "none" are sure.)
+    assert published.consumer_lag is not None and sum(published.consumer_lag.values()) >= 1
+    assert set(published.consumer_lag) == {0, 1, 2, 3}
+    await claim_soon(queue, "w1")
+    await claim_soon(queue, "w2")
+    taken = await queue.transport()
+    assert taken.consumer_lag is not None and sum(taken.consumer_lag.values()) == 0
+    parts.stop.set()
+    await relaying

@@ -172,17 +172,18 @@ async def ping(config: KafkaConfig, *, timeout: float = 1.5) -> None:
             await admin.close()
 
 
-async def group_lag(config: KafkaConfig) -> dict[int, int]:
-    """Messages on the jobs topic that the workers' group has not committed, by partition."""
+async def group_lag(config: KafkaConfig, *, timeout: float = 2.0) -> dict[int, int]:
+    """Messages on the jobs topic that the workers' group has not committed, by partition
+    (BrokerError when the broker does not tell within `timeout`: a scrape never waits long)."""
     module = aiokafka()
     probe = module.AIOKafkaConsumer(
         bootstrap_servers=config.bootstrap,
         group_id=config.group,
         enable_auto_commit=False,
-        request_timeout_ms=_ms(config.request_timeout),
+        request_timeout_ms=_ms(timeout),
     )
     try:
-        async with asyncio.timeout(config.request_timeout):
+        async with asyncio.timeout(timeout):
             await probe.start()
             parts = probe.partitions_for_topic(config.jobs_topic) or set()
             tps = [module.TopicPartition(config.jobs_topic, p) for p in sorted(parts)]
