@@ -44,12 +44,14 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         None, validation_alias=AliasChoices("REPORUN_KAFKA_BOOTSTRAP", "KAFKA_BOOTSTRAP")
     )
-    kafka_jobs_topic: str = Field("jobs", min_length=1, max_length=249)
-    kafka_results_topic: str = Field("results", min_length=1, max_length=249)
+    kafka_jobs_topic: str = Field("jobs", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    kafka_results_topic: str = Field("results", pattern=r"^[A-Za-z0-9._-]{1,249}$")
     kafka_group: str = Field("workers", min_length=1)
     kafka_observer_group: str = Field("observer", min_length=1)
     # Partitions of a topic created at start (default: twice the most workers, at least 2).
     kafka_partitions: int | None = Field(None, ge=1, le=10000)
+    # Replicas of a topic reporun creates (default: 3, or fewer on a smaller cluster).
+    kafka_replication: int | None = Field(None, ge=1, le=32)
     kafka_max_poll_interval: float = Field(300.0, gt=0)
     kafka_session_timeout: float = Field(10.0, gt=0)
     kafka_rebalance_timeout: float = Field(30.0, gt=0)

@@ -18,6 +18,12 @@ def compute_backoff(attempt: int, *, base: float = 0.1, cap: float = 10.0) -> fl
     return random.uniform(0, min(cap, base * (2 ** min(attempt, 30))))
 
 
+def worth_logging(failures: int) -> bool:
+    """Whether the `failures`-th failure in a row of a loop that retries for ever is logged:
+    the first, the tenth, then every hundredth (an outage is told, not repeated each try)."""
+    return failures in (1, 10) or failures % 100 == 0
+
+
 async def retry_until(
     action: Callable[[], Awaitable[T]],
     *,

@@ -68,6 +68,7 @@ def kafka_config(settings: Settings) -> KafkaConfig:
         group=settings.kafka_group,
         observer_group=settings.kafka_observer_group,
         partitions=partitions,
+        replication=settings.kafka_replication,
         max_poll_interval=settings.kafka_max_poll_interval,
         session_timeout=settings.kafka_session_timeout,
         rebalance_timeout=settings.kafka_rebalance_timeout,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from reporun.config import Settings
 from reporun.errors import ConfigError
 from reporun.jobs import Job, JobStatus, Limits
-from reporun.observer.results import ResultsFeed, wait_of
+from reporun.observer.results import Result, ResultsFeed, result_of
 from reporun.queue.broker import KafkaConfig
 from reporun.queue.kafka import job_id_of
 from reporun.store.outbox import job_message, result_message
@@ -116,7 +117,12 @@ def test_messages_carry_the_seeds_fields_and_no_repository_url() -> None:
     assert (result["status"], result["code"], result["exitCode"]) == ("failed", "Failed", 3)
     assert (result["timeWaited"], result["timeExecution"]) == (2000, 1500)
     assert "token" not in json.dumps(result) + json.dumps(message)
-    assert wait_of(json.dumps(result).encode()) == 2.0
+    parsed = result_of(json.dumps(result).encode())
+    assert parsed is not None and (parsed.key, parsed.wait) == ((str(ended.id), 1), 2.0)
+    assert parsed.finished == ended.finished_at.timestamp()
+    # Retried: the wait is that of the run that ended, from when the job went back.
+    requeued = queued.created_at + timedelta(seconds=1.5)
+    assert result_message(ended, requeued)["timeWaited"] == 500
 
 
 @pytest.mark.parametrize(
@@ -127,14 +133,26 @@ def test_a_message_that_is_not_ours_names_no_job(value: bytes | None) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [b"", b"[1]", b'{"timeWaited": null}', b'{"timeWaited": -1}', b'{"timeWaited": true}']
+    "value",
+    [
+        b"",
+        b"[1]",
+        b'{"jobId": "j", "timeFinished": 5, "timeWaited": null}',
+        b'{"jobId": "j", "timeFinished": 5, "timeWaited": -1}',
+        b'{"jobId": "j", "timeFinished": 5, "timeWaited": true}',
+        b'{"timeFinished": 5, "timeWaited": 1}',
+    ],
 )
 def test_a_result_without_a_wait_adds_none(value: bytes) -> None:
-    assert wait_of(value) is None
+    assert result_of(value) is None
 
 
-def test_the_results_window_keeps_recent_waits() -> None:
+def test_the_results_window_counts_by_when_jobs_ended_and_each_once() -> None:
     feed = ResultsFeed(KafkaConfig(bootstrap="k:9092"))
-    feed.add(5.0, at=0.0)
-    feed.add(1.0)
-    assert feed.recent(60) == [1.0]
+    now = time.time()
+    feed.add(Result(("old", 1), now - 120, 600.0))  # read late: ended two minutes ago
+    feed.add(Result(("new", 1), now - 1, 1.0))
+    feed.add(Result(("new", 1), now - 1, 1.0))  # the same message again
+    feed.add(Result(("new", 2), now, 3.0))  # its next attempt's end is another
+    assert feed.recent(60) == [1.0, 3.0]
+    assert feed.recent(300) == [600.0, 1.0, 3.0]

@@ -5,7 +5,6 @@ the way reporun needs them (acks=all, manual commits, no keys)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from types import ModuleType
@@ -32,6 +31,8 @@ class KafkaConfig:
     rebalance_timeout: float = 30.0
     handoff: float = 1.0
     idempotence: bool = True
+    # Replicas of a topic reporun creates; None: 3, or as many as the cluster has brokers.
+    replication: int | None = None
     request_timeout: float = 10.0
 
 
@@ -66,8 +67,9 @@ async def ensure_topics(config: KafkaConfig) -> list[str]:
             present = set(await admin.list_topics())
             missing = [name for name in wanted if name not in present]
             if missing:
+                replicas = config.replication or await _default_replication(admin)
                 response = await admin.create_topics(
-                    [NewTopic(name, config.partitions, 1) for name in missing]
+                    [NewTopic(name, config.partitions, replicas) for name in missing]
                 )
                 for name, code, message in response.topic_errors:
                     if code not in (0, TOPIC_ALREADY_EXISTS):
@@ -97,16 +99,20 @@ async def ensure_topics(config: KafkaConfig) -> list[str]:
             raise BrokerError(f"Kafka at {config.bootstrap}: {type(exc).__name__}") from exc
         raise
     finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
+        await stop_client(admin, method="close")
+
+
+# What a broker answers aiokafka's InitProducerId v0 with when it will not make the producer
+# idempotent (Tansu, for one): publish with acks=all alone.
+REFUSED_IDEMPOTENCE = frozenset({"UnknownError", "UnsupportedVersionError"})
 
 
 async def start_producer(config: KafkaConfig) -> Any:
     """A started producer: acks=all and, where the broker grants it, idempotent."""
     module = aiokafka()
 
-    def build(idempotent: bool) -> Any:
-        return module.AIOKafkaProducer(
+    async def started(idempotent: bool) -> Any:
+        producer = module.AIOKafkaProducer(
             bootstrap_servers=config.bootstrap,
             acks="all",
             enable_idempotence=idempotent,
@@ -115,28 +121,28 @@ async def start_producer(config: KafkaConfig) -> Any:
             metadata_max_age_ms=_ms(min(30.0, config.session_timeout)),
             client_id="reporun-relay",
         )
-
-    producer = build(config.idempotence)
-    try:
-        await producer.start()
-        return producer
-    except Exception as exc:
-        await stop_client(producer)
-        if not config.idempotence or type(exc).__name__ in ("KafkaConnectionError",):
+        try:
+            await producer.start()
+        except BaseException:
+            await stop_client(producer)
             raise
-        # Some Kafka-protocol brokers answer aiokafka's InitProducerId v0 with an error.
+        return producer
+
+    try:
+        return await started(config.idempotence)
+    except Exception as exc:
+        if not config.idempotence or type(exc).__name__ not in REFUSED_IDEMPOTENCE:
+            raise
         logger.warning(
             "the broker refused an idempotent producer; publishing with acks=all alone "
             "(a duplicate message is skipped by the claim)",
             extra={"action": "producer", "reason": type(exc).__name__},
         )
-    producer = build(False)
-    await producer.start()
-    return producer
+    return await started(False)
 
 
-def consumer(config: KafkaConfig, topic: str, group: str, **options: Any) -> Any:
-    """A consumer of `topic` in `group` that commits by hand, not started yet."""
+def consumer(config: KafkaConfig, group: str, **options: Any) -> Any:
+    """A consumer in `group` that commits by hand, not started or subscribed yet."""
     module = aiokafka()
     settings: dict[str, Any] = {"auto_offset_reset": "earliest", **options}
     return module.AIOKafkaConsumer(
@@ -156,8 +162,18 @@ def consumer(config: KafkaConfig, topic: str, group: str, **options: Any) -> Any
     )
 
 
-async def ping(config: KafkaConfig, *, timeout: float = 1.5) -> None:
-    """Raise BrokerError unless the broker answers a metadata request within `timeout`."""
+async def _default_replication(admin: Any) -> int:
+    """3 replicas, or as many as there are brokers (1 where the cluster will not say)."""
+    try:
+        brokers = len((await admin.describe_cluster()).get("brokers") or [])
+    except Exception:
+        return 1
+    return min(3, max(1, brokers))
+
+
+async def ping(config: KafkaConfig, *, timeout: float = 1.0) -> None:
+    """Raise BrokerError unless the broker answers a metadata request within `timeout` (the
+    client's clean-up included: /readyz never waits on it)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap, request_timeout_ms=_ms(timeout))
@@ -168,8 +184,7 @@ async def ping(config: KafkaConfig, *, timeout: float = 1.5) -> None:
     except Exception as exc:
         raise BrokerError(f"Kafka at {config.bootstrap} is not answering") from exc
     finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
+        await stop_client(admin, timeout=0.5, method="close")
 
 
 async def group_lag(config: KafkaConfig, *, timeout: float = 2.0) -> dict[int, int]:
@@ -199,12 +214,16 @@ async def group_lag(config: KafkaConfig, *, timeout: float = 2.0) -> dict[int, i
         await stop_client(probe)
 
 
-async def stop_client(client: Any, *, timeout: float = 5.0) -> None:
-    """Stop an aiokafka client, whatever state the broker is in: within `timeout`, and never
-    letting the CancelledError that aiokafka's own fetcher can raise from `stop()` (with the
-    broker gone) pass for a cancel of the caller."""
-    task = asyncio.ensure_future(client.stop())
-    done, _ = await asyncio.wait({task}, timeout=timeout)
+async def stop_client(client: Any, *, timeout: float = 5.0, method: str = "stop") -> None:
+    """Stop (or `close`) an aiokafka client, whatever state the broker is in: within `timeout`,
+    and never letting the CancelledError that aiokafka's own fetcher can raise from `stop()`
+    (with the broker gone) pass for a cancel of the caller."""
+    task = asyncio.ensure_future(getattr(client, method)())
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()  # the caller is cancelled: do not leave the stop running behind it
+        raise
     if not done:
         task.cancel()
         await asyncio.wait({task}, timeout=1.0)

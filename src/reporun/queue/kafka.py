@@ -33,7 +33,7 @@ from reporun.jobs import Job, JobSpec, Lease, Outcome
 from reporun.queue import QueueConfig, Transport
 from reporun.queue.broker import KafkaConfig, consumer, ensure_topics, group_lag, ping, stop_client
 from reporun.queue.sql import SqlQueue
-from reporun.retry import compute_backoff
+from reporun.retry import compute_backoff, worth_logging
 from reporun.store import Quota, Store
 
 logger = logging.getLogger("reporun.queue")
@@ -42,6 +42,13 @@ logger = logging.getLogger("reporun.queue")
 FALLBACK_EVERY = 0.5
 # While a job runs: how long each keep-alive poll (of paused partitions) waits.
 KEEPALIVE_POLL_MS = 1000
+# A poll may wait this much longer than asked (a rebalance in progress, the broker away) before
+# it is given up on, so an idle worker goes on to the database's hand-off.
+FETCH_GRACE = 1.0
+# The offset commit after a claim is best effort: the claim is in the database.
+COMMIT_TIMEOUT = 1.0
+# The lag /metrics shows is probed at most this often.
+LAG_TTL = 10.0
 
 
 def job_id_of(value: bytes | None) -> uuid.UUID | None:
@@ -79,7 +86,8 @@ class KafkaQueue:
         self.store = store
         self.config = config
         self.kafka = kafka
-        # The rows' side; workers are woken by messages, not by LISTEN.
+        # The rows' side. Idle workers are woken by messages, not by LISTEN (its NOTIFYs on a
+        # release or a reap go unheard).
         self.sql = SqlQueue(store, replace(config, notify=False))
         self.consumer: Any = None
         self.busy = False
@@ -88,6 +96,9 @@ class KafkaQueue:
         self._next_fallback = 0.0
         self._next_connect = 0.0
         self._connect_failures = 0
+        self.lag_ttl = LAG_TTL
+        self._lag: tuple[float, dict[int, int] | None] | None = None
+        self._lag_lock = asyncio.Lock()
 
     # The rows: as the SQL queue -----------------------------------------------------------
     async def submit(self, spec: JobSpec, owner: str, *, quota: Quota | None = None) -> Job:
@@ -125,11 +136,20 @@ class KafkaQueue:
 
     async def transport(self) -> Transport:
         backlog = await self.store.outbox_rows.backlog()
-        try:
-            lag: dict[int, int] | None = await group_lag(self.kafka)
-        except BrokerError:
-            lag = None
-        return Transport(backlog.unpublished, backlog.oldest_age, lag)
+        return Transport(backlog.unpublished, backlog.oldest_age, await self._consumer_lag())
+
+    async def _consumer_lag(self) -> dict[int, int] | None:
+        """The workers' group's lag, probed at most every `lag_ttl` seconds (None: the broker
+        did not tell)."""
+        async with self._lag_lock:
+            now = time.monotonic()
+            if self._lag is None or now - self._lag[0] >= self.lag_ttl:
+                try:
+                    lag: dict[int, int] | None = await group_lag(self.kafka)
+                except BrokerError:
+                    lag = None
+                self._lag = (time.monotonic(), lag)
+            return self._lag[1]
 
     # Handing out -----------------------------------------------------------------------------
     async def claim(self, worker_id: str) -> Job | None:
@@ -187,7 +207,7 @@ class KafkaQueue:
             return True
         if time.monotonic() < self._next_connect:
             return False
-        candidate = consumer(self.kafka, self.kafka.jobs_topic, self.kafka.group)
+        candidate = consumer(self.kafka, self.kafka.group)
         try:
             await ensure_topics(self.kafka)
             await candidate.start()
@@ -198,7 +218,7 @@ class KafkaQueue:
             self._next_connect = time.monotonic() + compute_backoff(
                 self._connect_failures, base=0.5, cap=10.0
             )
-            if self._connect_failures in (1, 10) or self._connect_failures % 100 == 0:
+            if worth_logging(self._connect_failures):
                 logger.warning(
                     "cannot reach Kafka; taking jobs from the database meanwhile",
                     extra={"action": "connect", "reason": f"{type(exc).__name__}: {exc}"},
@@ -215,8 +235,13 @@ class KafkaQueue:
         return record
 
     async def _fetch(self, timeout: float) -> Any:
+        """One record, or None after about `timeout` seconds. Records are taken from the
+        consumer's buffer only once it has them, so a poll cut off here loses none."""
         try:
-            found = await self.consumer.getmany(timeout_ms=int(timeout * 1000), max_records=1)
+            async with asyncio.timeout(timeout + FETCH_GRACE):
+                found = await self.consumer.getmany(timeout_ms=int(timeout * 1000), max_records=1)
+        except TimeoutError:
+            return None  # a rebalance, or the broker away: the hand-off covers it
         except Exception as exc:
             logger.warning("poll failed", extra={"action": "poll", "reason": type(exc).__name__})
             return None
@@ -228,7 +253,7 @@ class KafkaQueue:
     async def _commit(self, record: Any) -> None:
         tp = TopicPartition(record.topic, record.partition)
         try:
-            await self.consumer.commit({tp: record.offset + 1})
+            await asyncio.wait_for(self.consumer.commit({tp: record.offset + 1}), COMMIT_TIMEOUT)
         except Exception as exc:
             # After a rebalance or with the broker away: the claim is in the database, and a
             # message delivered again is skipped.

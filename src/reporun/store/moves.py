@@ -48,5 +48,5 @@ async def transition(
         return None
     job = job_of(row)
     if outbox is not None:
-        await outbox.record(conn, job)
+        await outbox.record(conn, job, requeued_at=row._mapping["requeued_at"])
     return job

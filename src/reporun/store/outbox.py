@@ -36,9 +36,15 @@ def job_message(job: Job) -> dict[str, Any]:
     }
 
 
-def result_message(job: Job) -> dict[str, Any]:
+def result_message(job: Job, requeued_at: datetime | None = None) -> dict[str, Any]:
     """What the `results` topic carries: the seed's fields (`code`, `timeJobPosted`,
-    `timeExecution`, the wait), with the job's id and status. Times in milliseconds."""
+    `timeExecution`, the wait), with the job's id and status. Times in milliseconds; the wait
+    is that of the run that ended, from when the job last went back to the queue (as the SQL
+    signal counts it: a lost worker's run is no wait)."""
+    waited = None
+    if job.started_at is not None:
+        since = requeued_at if requeued_at is not None else job.created_at
+        waited = max(0.0, (job.started_at - since).total_seconds())
     return {
         "jobId": str(job.id),
         "status": job.status.value,
@@ -48,7 +54,7 @@ def result_message(job: Job) -> dict[str, Any]:
         "timeJobPosted": _millis(job.created_at),
         "timeFinished": _millis(job.finished_at),
         "timeExecution": _ms(job.run_seconds),
-        "timeWaited": _ms(job.wait_seconds),
+        "timeWaited": _ms(waited),
     }
 
 
@@ -59,13 +65,15 @@ class Outbox:
     jobs_topic: str = "jobs"
     results_topic: str = "results"
 
-    async def record(self, conn: AsyncConnection, job: Job) -> None:
+    async def record(
+        self, conn: AsyncConnection, job: Job, *, requeued_at: datetime | None = None
+    ) -> None:
         """Add the message for the state `job` is now in (none for `running`), in `conn`'s
         transaction, and wake the relays when it commits."""
         if job.status is JobStatus.QUEUED:
             topic, payload = self.jobs_topic, job_message(job)
         elif job.status.terminal:
-            topic, payload = self.results_topic, result_message(job)
+            topic, payload = self.results_topic, result_message(job, requeued_at)
         else:
             return
         await conn.execute(
@@ -105,9 +113,11 @@ class OutboxRecords:
         return [Pending(r.id, r.topic, r.payload, r.created_at) for r in rows]
 
     async def mark(self, conn: AsyncConnection, ids: Sequence[int]) -> None:
-        await conn.execute(
-            sa.update(outbox).where(outbox.c.id.in_(ids)).values(published_at=clock(conn.engine))
+        """Published, at the time of the broker's ack (not the transaction's start)."""
+        acked = (
+            sa.func.clock_timestamp() if conn.dialect.name == "postgresql" else clock(conn.engine)
         )
+        await conn.execute(sa.update(outbox).where(outbox.c.id.in_(ids)).values(published_at=acked))
 
     async def backlog(self) -> Backlog:
         async with self.engine.connect() as conn:
@@ -124,13 +134,15 @@ class OutboxRecords:
         age = None if oldest is None else max(0.0, (now - oldest).total_seconds())
         return Backlog(int(count), age)
 
-    async def prune(self, *, older_than: float) -> int:
-        """Forget rows published more than `older_than` seconds ago."""
+    async def prune(self, *, older_than: float, batch: int = 5000) -> int:
+        """Forget up to `batch` rows published more than `older_than` seconds ago."""
         cutoff = clock(self.engine) - timedelta(seconds=older_than)
+        old = (
+            sa.select(outbox.c.id)
+            .where(outbox.c.published_at.is_not(None), outbox.c.published_at < cutoff)
+            .order_by(outbox.c.published_at)
+            .limit(batch)
+        )
         async with self.engine.begin() as conn:
-            result = await conn.execute(
-                sa.delete(outbox).where(
-                    outbox.c.published_at.is_not(None), outbox.c.published_at < cutoff
-                )
-            )
+            result = await conn.execute(sa.delete(outbox).where(outbox.c.id.in_(old)))
         return int(result.rowcount or 0)

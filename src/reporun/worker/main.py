@@ -75,6 +75,6 @@ async def run_worker(settings: Settings) -> None:
                 await worker.run(shutdown.stop, retire, now=shutdown.now)
             finally:
                 watch.cancel()
-        await queue.close()
+                await queue.close()  # leaves a Kafka group at once, whatever ended the run
     finally:
         await store.close()
