@@ -44,6 +44,7 @@ class Options:
     pg_requests: int = 200
     pg_leases: tuple[float | None, ...] = (None, 5.0)
     pg_workers: tuple[int, ...] = PG_WORKERS
+    kafka_workers: tuple[int, ...] = KAFKA_WORKERS
     cli: bool = True
     cli_rounds: int = 15
     cli_exe: Path = CLI_EXE
@@ -97,6 +98,11 @@ def parse_args(argv: list[str], description: str) -> Options:
         help="the Kafka queue against the SQL queue (a PostgreSQL measurement; Tansu as broker)",
     )
     parser.add_argument(
+        "--kafka-workers",
+        metavar="COUNTS",
+        help="comma-separated worker counts of the Kafka comparison (default 1,2)",
+    )
+    parser.add_argument(
         "--cli",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -131,6 +137,12 @@ def parse_args(argv: list[str], description: str) -> Options:
         measures = tuple(m for m in measures if m != "kafka")
     if args.postgres and not measures:
         parser.error("--no-kafka leaves no PostgreSQL measurement: add --no-postgres")
+    try:
+        kafka_workers = tuple(
+            int(n) for n in (args.kafka_workers or ",".join(map(str, KAFKA_WORKERS))).split(",")
+        )
+    except ValueError:
+        parser.error(f"--kafka-workers: not a list of numbers: {args.kafka_workers}")
     options = Options(
         jobs=args.jobs or (10 if quick else 60),
         latency_jobs=args.latency_jobs or (6 if quick else 30),
@@ -153,6 +165,7 @@ def parse_args(argv: list[str], description: str) -> Options:
         pg_requests=args.pg_requests or (40 if quick else 200),
         pg_leases=(2.0,) if quick else (None, 5.0),
         pg_workers=(1, 2) if quick else PG_WORKERS,
+        kafka_workers=kafka_workers,
         cli=bool(args.cli),
         cli_rounds=args.cli_rounds or (3 if quick else 15),
         cli_exe=args.cli_exe,
@@ -167,12 +180,13 @@ def parse_args(argv: list[str], description: str) -> Options:
             options.pg_requests,
             options.burst_jobs,
             options.cli_rounds,
+            *options.kafka_workers,
         )
         < 1
     ):
         parser.error(
-            "--jobs, --latency-jobs, --posts, --clients, --repeat, --pg-* and --cli-rounds"
-            " must be >= 1"
+            "--jobs, --latency-jobs, --posts, --clients, --repeat, --pg-*, --kafka-workers and"
+            " --cli-rounds must be >= 1"
         )
     if options.pg_rows < 2 * pg_listing.CURSOR_DEPTH * pg_listing.LISTING_PAGE:
         parser.error("--pg-rows must be at least 2000 (20 pages deep for the light user too)")

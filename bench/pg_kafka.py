@@ -8,10 +8,10 @@ killed after it. Every process of both kinds logs JSON at INFO, so only the queu
              jobs a worker claimed by their message ("claim") and how many from the database by
              the hand-off ("handoff": queued REPORUN_KAFKA_HANDOFF seconds, 1 by default,
              without the message reaching a free worker), which should rarely happen here.
-  relay      for each Kafka dispatch job, its outbox row (topic `jobs`): created_at ->
-             published_at. Both are PostgreSQL's now(), the start of a transaction: the job's
-             insert, and the relay's batch, which takes the row before it sends it, so this is
-             how long the row waited for the relay, not for the broker's ack.
+  relay      for each Kafka dispatch job, its outbox row (topic `jobs`): created_at (the start
+             of the API's transaction: the job and its row, committed with a NOTIFY) ->
+             published_at (clock_timestamp() once the broker acked the relay's batch): the
+             relay's wake-up, its send and the broker's ack, a part of the dispatch latency.
   throughput jobs/s (first POST -> last finished_at) of trivial jobs from 4 concurrent clients
              with 1 and 2 workers (pg_workloads.throughput).
 

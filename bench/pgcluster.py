@@ -182,10 +182,14 @@ async def cluster(
             await asyncio.to_thread(running.api.upgrade)
             if before_api is not None:
                 await before_api(running)
-            await running.start_api()
-            running.api.token = await running.token("bench-admin", "admin")
+            # The workers and the admin token need only the database: all three start at once.
             for _ in range(workers):
                 running.start_worker()
+            api = asyncio.ensure_future(running.start_api())
+            try:
+                running.api.token = await running.token("bench-admin", "admin")
+            finally:
+                await api
             if workers:
                 await running.wait_workers(workers)
             yield running

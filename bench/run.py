@@ -58,11 +58,11 @@ or a throwaway cluster when none answers), dropped after each measurement.
                  seconds from the kill until the job runs again (attempt 2) and until it
                  ends, with the default 30 s lease and with REPORUN_LEASE_SECONDS=5.
   pg kafka       (`--no-kafka` skips it; see bench/pg_kafka.py) the Kafka queue
-                 (REPORUN_QUEUE=kafka, a fresh Tansu broker each) against the SQL queue with
-                 LISTEN/NOTIFY, 1 and 2 workers, in the same run: pg dispatch's latency
-                 (--latency-jobs) and, for Kafka, how many jobs came by message and how many
-                 by the database hand-off, and the outbox relay's created -> published; pg
-                 throughput's jobs/s (--pg-jobs); the ratios kafka/sql.
+                 (REPORUN_QUEUE=kafka, a fresh Tansu broker each time) against the SQL queue
+                 with LISTEN/NOTIFY, 1 and 2 workers (--kafka-workers), in the same run: pg
+                 dispatch's latency (--latency-jobs jobs) and, for Kafka, how many jobs came by
+                 message and how many by the database hand-off, and the outbox relay's
+                 created -> published; pg throughput's jobs/s (--pg-jobs jobs); kafka/sql.
 CLI start-up (`--no-cli` skips it; see bench/cli_start.py): `reporun --help`, `reporun jobs`
 and `reporun status ID` against `reporun serve`, each a fresh process, median of --cli-rounds
 (default 15); `--cli-baseline PATH` times another reporun executable beside this checkout's
@@ -100,14 +100,7 @@ import pg_workloads
 import pgcluster
 from base import BenchError, git_repository, progress, serve, traversable_dir
 from hand import hand_throughput
-from options import (
-    KAFKA_WORKERS,
-    LATENCY_WORKERS,
-    PARALLELISM,
-    PG_LOAD_WORKERS,
-    Options,
-    parse_args,
-)
+from options import LATENCY_WORKERS, PARALLELISM, PG_LOAD_WORKERS, Options, parse_args
 from report import environment, summary, table, write_json
 from tests.harness import HarnessError
 from tests.harness.postgres import Postgres
@@ -238,11 +231,10 @@ async def measure_pg_lease(options: Options, server: Postgres, root: Path, repo:
 async def measure_pg_kafka(options: Options, server: Postgres, root: Path, repo: str) -> Any:
     """Per worker count, the SQL queue then Kafka, each on a database (and broker) of its own."""
     root = traversable_dir(traversable_dir(root) / "kafka")
+    counts = options.kafka_workers
     return {
-        "dispatch": [await kafka_dispatch(options, server, root, repo, n) for n in KAFKA_WORKERS],
-        "throughput": [
-            await kafka_throughput(options, server, root, repo, n) for n in KAFKA_WORKERS
-        ],
+        "dispatch": [await kafka_dispatch(options, server, root, repo, n) for n in counts],
+        "throughput": [await kafka_throughput(options, server, root, repo, n) for n in counts],
     }
 
 

@@ -115,7 +115,10 @@ async def test_logs_append_in_order_and_reset(any_store: Store) -> None:
     assert [s for s, _ in await any_store.read_log(job.id, after=0)] == [1]
     shown = await any_store.get_job(job.id)
     assert (shown.log_bytes, shown.log_truncated) == (7, True)
-    await any_store.reset_log(job.id)
+    # A run that does not hold the job (another worker's, an earlier attempt) resets nothing.
+    assert not await any_store.reset_log(job.id, worker="w-lost", attempt=1)
+    assert (await any_store.get_job(job.id)).log_bytes == 7
+    assert await any_store.reset_log(job.id)
     assert await any_store.read_log(job.id) == []
     assert (await any_store.get_job(job.id)).log_bytes == 0
 

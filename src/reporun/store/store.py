@@ -311,12 +311,24 @@ class Store:
                 await conn.execute(sa.insert(job_logs).values(job_id=job_id, seq=seq, data=data))
         return True
 
-    async def reset_log(self, job_id: uuid.UUID) -> None:
+    async def reset_log(
+        self, job_id: uuid.UUID, *, worker: str | None = None, attempt: int | None = None
+    ) -> bool:
+        """Forget what earlier runs wrote; with `worker` and `attempt`, only while that run
+        still holds the job (a run that lost it leaves its successor's log alone)."""
+        guard: list[sa.ColumnElement[bool]] = [jobs.c.id == job_id]
+        if worker is not None:
+            guard += [jobs.c.worker == worker, jobs.c.status == JobStatus.RUNNING.value]
+        if attempt is not None:
+            guard.append(jobs.c.attempts == attempt)
         async with self.engine.begin() as conn:
-            await conn.execute(sa.delete(job_logs).where(job_logs.c.job_id == job_id))
-            await conn.execute(
-                sa.update(jobs).where(jobs.c.id == job_id).values(log_bytes=0, log_truncated=False)
+            held = await conn.execute(
+                sa.update(jobs).where(*guard).values(log_bytes=0, log_truncated=False)
             )
+            if held.rowcount == 0:
+                return False
+            await conn.execute(sa.delete(job_logs).where(job_logs.c.job_id == job_id))
+        return True
 
     async def read_log(self, job_id: uuid.UUID, *, after: int = -1) -> list[tuple[int, bytes]]:
         stmt = (
