@@ -119,3 +119,11 @@ def kafka(tmp_path: Path) -> Iterator[Broker]:
     broker.start()
     yield broker
     broker.kill()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files with slow tests first (their order kept, and each file's own): the processes
+    sharing the run take whole files in this order, and a long file taken last would keep the
+    run waiting on it alone."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

@@ -12,6 +12,9 @@ import pytest
 
 from tests.acceptance.bench_run import quick_bench
 
+# Among the longest files: started first, so the run does not end waiting on it.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.timeout(240)
 def test_bench_quick_run_completes(tmp_path: Path) -> None:

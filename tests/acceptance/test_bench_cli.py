@@ -11,6 +11,9 @@ import pytest
 
 from tests.acceptance.bench_run import quick_bench
 
+# Among the longest files: started first, so the run does not end waiting on it.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.timeout(240)
 def test_bench_cli_start_up_reports_each_command(tmp_path: Path) -> None:

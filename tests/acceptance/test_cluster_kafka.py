@@ -24,6 +24,9 @@ from tests.harness.kafka import Broker
 from tests.harness.processes import Process, Processes, require_tool
 from tests.harness.server import Server
 
+# Among the longest files: started first, so the run does not end waiting on it.
+pytestmark = pytest.mark.slow
+
 # Tansu makes a group's join wait for the rebalance timeout: keep it short.
 KAFKA_ENV = {
     "REPORUN_QUEUE": "kafka",

@@ -16,6 +16,9 @@ from tests.harness.postgres import Postgres
 from tests.harness.processes import Process, Processes, require_tool
 from tests.harness.server import Server
 
+# Among the longest files: started first, so the run does not end waiting on it.
+pytestmark = pytest.mark.slow
+
 
 class PgCluster:
     def __init__(self, tmp_path: Path, processes: Processes, database_url: str) -> None:

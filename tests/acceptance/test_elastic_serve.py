@@ -17,6 +17,9 @@ from tests.harness.git import GitServer
 from tests.harness.processes import Processes, require_tool
 from tests.harness.server import Server, reporun
 
+# Among the longest files: started first, so the run does not end waiting on it.
+pytestmark = pytest.mark.slow
+
 # Fast enough to test: a 1 s target, 3 s of calm before scaling in, a 3 s wait window.
 ELASTIC_ENV = {
     "REPORUN_TARGET_WAIT": "1",

@@ -18,6 +18,9 @@ from tests.harness.git import GitServer
 from tests.harness.processes import Process, Processes, require_tool
 from tests.harness.server import Server, reporun
 
+# Among the longest files: started first, so the run does not end waiting on it.
+pytestmark = pytest.mark.slow
+
 # Long enough that only a second signal (never the grace) ends an interrupted run.
 GRACE = "30"
 WAITING = f"waiting up to {GRACE} s for job {{}} to finish ("

@@ -28,6 +28,9 @@ from reporun.queue import Outcome, QueueBackend
 from reporun.store import Store
 from tests.harness.ports import free_port
 
+# Among the longest files: started first, so the run does not end waiting on it.
+pytestmark = pytest.mark.slow
+
 # Checks that cannot apply to one operation as they stand are narrowed for it alone (each list is
 # schemathesis' default plus one status), with the reason beside it. Everything else runs as
 # schemathesis runs by default.
