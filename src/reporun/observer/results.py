@@ -136,5 +136,6 @@ class ResultsFeed:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(reader.commit(), 2.0)
             if time.monotonic() - checked > CHECK_EVERY:
-                await ensure_topics(self.config)  # raises while the broker is away
+                # Raises while the broker is away.
+                await ensure_topics(self.config, check_partitions=False)
                 checked = time.monotonic()

@@ -52,9 +52,11 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-async def ensure_topics(config: KafkaConfig) -> list[str]:
+async def ensure_topics(config: KafkaConfig, *, check_partitions: bool = True) -> list[str]:
     """Create the jobs and results topics when missing (as the seed does); the names created.
-    A topic that exists keeps its partitions (fewer than asked for is logged)."""
+    A topic that exists keeps its partitions: fewer than asked for is logged, with
+    `check_partitions` (a part's first call, not the periodic checks that the topics are still
+    there, which would repeat the warning and its round trip every time)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(
@@ -78,7 +80,8 @@ async def ensure_topics(config: KafkaConfig) -> list[str]:
                     "topics created",
                     extra={"action": "topics", "topics": missing, "partitions": config.partitions},
                 )
-            for found in await admin.describe_topics([config.jobs_topic]):
+            described = await admin.describe_topics([config.jobs_topic]) if check_partitions else []
+            for found in described:
                 count = len(found.get("partitions") or [])
                 if 0 < count < config.partitions:
                     logger.warning(

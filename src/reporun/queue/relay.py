@@ -81,7 +81,7 @@ class Relay:
             with contextlib.suppress(Exception):  # polling covers for it meanwhile
                 await self._listener.start()
         if self._producer is None or time.monotonic() - self._checked > TOPIC_CHECK:
-            await ensure_topics(self.config)
+            await ensure_topics(self.config, check_partitions=self._producer is None)
             self._checked = time.monotonic()
         if self._producer is None:
             self._producer = await start_producer(self.config)
