@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     auth: Literal["local", "oidc"] = "local"
     secret_key: SecretStr | None = None
     oidc_issuer: str | None = None
+    # Where the API reads the issuer's discovery document when the issuer's public address is
+    # not reachable from it (inside a compose network: http://keycloak:8080/realms/reporun);
+    # the document must still name REPORUN_OIDC_ISSUER as its issuer.
+    oidc_discovery_url: str | None = Field(None, pattern=r"^https?://[^\s]+$")
     oidc_audience: str | None = None
     oidc_roles_claim: str = "realm_access.roles"
     # Keycloak often issues `aud: account` with the client in `azp`: require that instead.
@@ -142,7 +146,9 @@ class Settings(BaseSettings):
     observe_interval: float = Field(0.5, gt=0, le=60)
     # Waits of the jobs that started this long ago at most make the p95.
     observe_window: float = Field(10.0, gt=0)
-    scaler: Literal["local", "docker"] = "local"
+    # none: start nothing, only record how many workers there should be (Kubernetes, where a
+    # Deployment's replicas or the cluster's autoscaler follow reporun_workers_desired).
+    scaler: Literal["local", "docker", "none"] = "local"
     # The docker scaler: the Compose project and service whose containers are the workers.
     docker_project: str | None = None
     docker_service: str = "worker"
@@ -156,6 +162,11 @@ class Settings(BaseSettings):
         "unix:///var/run/docker.sock",
         validation_alias=AliasChoices("REPORUN_DOCKER_HOST", "DOCKER_HOST"),
     )
+
+    # A worker's or an observer's probes (/healthz, /readyz) for a container healthcheck or
+    # Kubernetes; off unless set (the API serves its own).
+    health_port: int | None = Field(None, ge=0, le=65535)
+    health_host: str = "0.0.0.0"
 
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"

@@ -18,6 +18,7 @@ from reporun.store.outbox import Outbox
 from reporun.urlpolicy import UrlPolicy
 
 if TYPE_CHECKING:
+    from reporun.health import HealthServer
     from reporun.queue.broker import KafkaConfig
 
 
@@ -99,3 +100,16 @@ def build_queue(settings: Settings, store: Store) -> QueueBackend:
 async def check_schema(store: Store) -> None:
     if not await is_current(store.engine):
         raise ConfigError("the database schema is not current: run `reporun db upgrade`")
+
+
+def health_server(
+    settings: Settings, part: str, store: Store, queue: QueueBackend
+) -> HealthServer | None:
+    """The probe server of a worker or an observer, when REPORUN_HEALTH_PORT asks for one: it
+    checks the database and the queue."""
+    if settings.health_port is None:
+        return None
+    from reporun.health import HealthServer
+
+    probes = (("database", store.ping), (queue.check_name, queue.ping))
+    return HealthServer(part, settings.health_host, settings.health_port, probes)

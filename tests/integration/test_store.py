@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from reporun.jobs import JobSpec, JobStatus, Limits
 from reporun.store import Store
 from reporun.store.migrate import SCHEMA_HEAD, is_current, migration_heads, upgrade
 from reporun.store.tables import jobs, metadata
+from tests.harness.postgres import Postgres
 
 LIMITS = Limits(timeout=60, memory=1 << 30, processes=64, log=1 << 20, disk=1 << 30)
 
@@ -53,6 +55,20 @@ async def test_upgrading_from_empty_gives_the_schema_the_code_expects(empty_db_u
             assert await conn.run_sync(diff) == []
     finally:
         await store.close()
+
+
+async def test_migrations_started_at_once_run_one_after_the_other(postgres: Postgres) -> None:
+    """Three upgrades at once on an empty PostgreSQL database (an init container in each API
+    replica): the advisory lock lets one migrate while the others wait, then find it current."""
+    name = postgres.create_database(migrated=False)
+    stores = [Store.open(postgres.url(name)) for _ in range(3)]
+    try:
+        await asyncio.gather(*(upgrade(store.engine) for store in stores))
+        assert all([await is_current(store.engine) for store in stores])
+    finally:
+        for store in stores:
+            await store.close()
+        postgres.drop_database(name)
 
 
 async def test_a_job_queued_before_local_sources_is_not_allowed_them(empty_db_url: str) -> None:

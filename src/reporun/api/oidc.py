@@ -41,6 +41,7 @@ class OidcAuth:
         *,
         issuer: str,
         audience: str | None,
+        discovery_url: str | None = None,
         azp: str | None,
         roles_claim: str,
         algorithms: Sequence[str],
@@ -54,6 +55,8 @@ class OidcAuth:
         if not audience and not azp:
             raise ConfigError("REPORUN_AUTH=oidc needs REPORUN_OIDC_AUDIENCE or REPORUN_OIDC_AZP")
         self.issuer = issuer.rstrip("/")
+        # The issuer as this process reaches it (Keycloak's backchannel), else the issuer.
+        self.discovery_base = (discovery_url or issuer).rstrip("/")
         self.audience = audience
         self.azp = azp
         self.roles_claim = roles_claim
@@ -141,7 +144,9 @@ class OidcAuth:
     async def _refresh(self) -> None:
         try:
             if self._jwks_uri is None:
-                discovery = await self._get_json(f"{self.issuer}/.well-known/openid-configuration")
+                discovery = await self._get_json(
+                    f"{self.discovery_base}/.well-known/openid-configuration"
+                )
                 if discovery.get("issuer", "").rstrip("/") != self.issuer:
                     raise IssuerUnavailable("the issuer's discovery names another issuer")
                 self._jwks_uri = str(discovery["jwks_uri"])

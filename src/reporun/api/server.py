@@ -54,6 +54,7 @@ def build_auth(settings: Settings, store: Store, *, key: str | None = None) -> A
         return OidcAuth(
             issuer=settings.required_issuer(),
             audience=settings.oidc_audience,
+            discovery_url=settings.oidc_discovery_url,
             azp=settings.oidc_azp,
             roles_claim=settings.oidc_roles_claim,
             algorithms=settings.oidc_algorithms,

@@ -95,6 +95,7 @@ def docker_transport(docker_host: str) -> tuple[httpx.AsyncHTTPTransport, str]:
 
 class DockerScaler:
     name = "docker"
+    advisory = False
 
     def __init__(
         self,

@@ -62,6 +62,7 @@ class Observer:
         self.state = PolicyState()
         self._logged_until: datetime | None = None
         self._logged_id: uuid.UUID | None = None
+        self._advised: int | None = None  # the count an advisory scaler's last decision named
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.scaler.prepare()
@@ -132,7 +133,12 @@ class Observer:
     async def _apply(
         self, decision: Decision, members: Sequence[Member], states: Mapping[str, str | None]
     ) -> int:
-        """Make the scaler follow; how many workers it started or retired."""
+        """Make the scaler follow; how many workers it started or retired (an advisory
+        scaler: 1 when the count asked for changed, so that the decision is recorded)."""
+        if self.scaler.advisory:
+            changed = decision.desired != self._advised
+            self._advised = decision.desired
+            return int(changed)
         current = len(members)
         if decision.desired > current:
             # Retiring workers may still run a job: together they stay within the maximum.

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Mapping
 
 from reporun.config import Settings
 from reporun.observer.loop import Observer
 from reporun.observer.policy import PolicySettings
-from reporun.observer.scalers import LocalScaler, Scaler
+from reporun.observer.scalers import AdvisoryScaler, LocalScaler, Scaler
 from reporun.signals import stop_signals
 from reporun.store import Store
-from reporun.wiring import build_queue, check_schema, kafka_config, open_store
+from reporun.wiring import build_queue, check_schema, health_server, kafka_config, open_store
 
 
 def policy_settings(settings: Settings) -> PolicySettings:
@@ -25,8 +26,10 @@ def policy_settings(settings: Settings) -> PolicySettings:
     )
 
 
-def build_scaler(settings: Settings, env: Mapping[str, str]) -> Scaler:
+def build_scaler(settings: Settings, env: Mapping[str, str], store: Store) -> Scaler:
     """The scaler the settings ask for; local workers get `env` (what `reporun worker` reads)."""
+    if settings.scaler == "none":
+        return AdvisoryScaler(store, alive_within=settings.lease_seconds)
     if settings.scaler == "docker":
         from reporun.observer.docker import DockerScaler
 
@@ -62,12 +65,14 @@ async def run_observer(settings: Settings) -> None:
     store = open_store(settings)
     try:
         await check_schema(store)
-        scaler = build_scaler(settings, {"REPORUN_PARENT_PID": str(os.getpid())})
+        scaler = build_scaler(settings, {"REPORUN_PARENT_PID": str(os.getpid())}, store)
         observer = build_observer(settings, store, scaler)
         stop = asyncio.Event()
+        probes = health_server(settings, "observer", store, observer.queue)
         try:
             with stop_signals(stop):
-                await observer.run(stop)
+                async with probes or contextlib.nullcontext():
+                    await observer.run(stop)
         finally:
             await scaler.close()
             await observer.queue.close()

@@ -20,10 +20,13 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reporun.observer.proctree import kill_tree, wait_gone
 from reporun.retry import compute_backoff
+
+if TYPE_CHECKING:
+    from reporun.store import Store
 
 logger = logging.getLogger("reporun.observer")
 
@@ -51,6 +54,9 @@ class Member:
 
 class Scaler(Protocol):
     name: str
+    # An advisory scaler starts and retires nothing: the observer records its decisions (when
+    # the count it asks for changes) for someone else to follow.
+    advisory: bool
 
     async def prepare(self) -> None:
         """Check the scaler can work here; ConfigError with one line when it cannot."""
@@ -77,6 +83,7 @@ class LocalScaler:
     with a worker id given here (`worker_ids`), so their jobs can be found once they are gone."""
 
     name = "local"
+    advisory = False
 
     def __init__(self, env: Mapping[str, str], *, drain_grace: float) -> None:
         self.env = dict(env)
@@ -228,3 +235,35 @@ def _signal(processes: Sequence[asyncio.subprocess.Process], sig: signal.Signals
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(sig)
+
+
+class AdvisoryScaler:
+    """`REPORUN_SCALER=none`: the workers are whoever sends heartbeats (a Kubernetes
+    Deployment's pods, a fixed pool), started and stopped by something else. The observer's
+    decisions are recommendations (`reporun_workers_desired`) for that something to follow."""
+
+    name = "none"
+    advisory = True
+
+    def __init__(self, store: Store, *, alive_within: float) -> None:
+        self.store = store
+        self.alive_within = alive_within
+
+    async def prepare(self) -> None:
+        return None
+
+    async def members(self) -> list[Member]:
+        rows = await self.store.list_workers(alive_within=self.alive_within)
+        return [Member(row.id, row.host, row.pid) for row in rows if row.state != "draining"]
+
+    async def add(self, count: int) -> int:
+        return 0
+
+    async def retire(self, handles: Sequence[str]) -> None:
+        return None
+
+    def retiring_count(self) -> int:
+        return 0
+
+    async def close(self) -> None:
+        return None

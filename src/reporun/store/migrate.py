@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection
 
 SCHEMA_HEAD = "0009"
+# The advisory lock `upgrade` holds on PostgreSQL, so that migrations started at once (an init
+# container in each API replica, two operators) run one after the other: the first migrates,
+# the others find the schema current.
+MIGRATION_LOCK = 0x7265706F72756E  # "reporun"
 
 logger = logging.getLogger("reporun.store")
 
@@ -59,6 +63,10 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         command.upgrade(config, revision)
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+            )
         await conn.run_sync(run)
 
 

@@ -5,13 +5,14 @@ without using an attempt) or SIGUSR1 (retire after this job)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 
 from reporun.config import Settings
 from reporun.signals import Shutdown, shutdown_signals, signal_sets
-from reporun.wiring import build_queue, check_schema, open_store, url_policy
+from reporun.wiring import build_queue, check_schema, health_server, open_store, url_policy
 from reporun.worker.loop import Worker, WorkerConfig
 from reporun.worker.sandbox import SandboxConfig, build_sandbox
 
@@ -67,12 +68,14 @@ async def run_worker(settings: Settings) -> None:
             sandbox=build_sandbox(sandbox_config(settings)),
         )
         shutdown, retire = Shutdown(), asyncio.Event()
+        probes = health_server(settings, "worker", store, queue)
         with shutdown_signals(shutdown), signal_sets(retire, signal.SIGUSR1):
             watch = asyncio.create_task(
                 _stop_when_orphaned(settings.parent_pid, shutdown), name="orphan-watch"
             )
             try:
-                await worker.run(shutdown.stop, retire, now=shutdown.now)
+                async with probes or contextlib.nullcontext():
+                    await worker.run(shutdown.stop, retire, now=shutdown.now)
             finally:
                 watch.cancel()
                 await queue.close()  # leaves a Kafka group at once, whatever ended the run

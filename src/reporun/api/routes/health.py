@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -12,11 +10,9 @@ from reporun.api.deps import ServicesDep, admin_user, authenticated, bearer
 from reporun.api.metrics import exposition
 from reporun.api.problems import NotReady, answer, problem, responses
 from reporun.api.schemas import PrometheusText, Ready
-from reporun.errors import BrokerError, ReporunError
+from reporun.health import down_of, readiness
 
 router = APIRouter(tags=["health"])
-
-READY_TIMEOUT = 2.0
 
 
 @router.get("/healthz", summary="200 while the process lives")
@@ -33,24 +29,11 @@ async def healthz() -> dict[str, str]:
     },
 )
 async def readyz(services: ServicesDep) -> Response:
-    checks: dict[str, str] = {}
     queue = services.queue
-    for name, probe in (("database", services.store.ping), (queue.check_name, queue.ping)):
-        try:
-            await asyncio.wait_for(probe(), READY_TIMEOUT)
-            checks[name] = "ok"
-        except BrokerError as exc:
-            # Jobs are still accepted (into the outbox) and run (workers take them from the
-            # database): this replica stays in service.
-            checks[name] = f"degraded: {exc.message}; jobs wait in the outbox"
-        except ReporunError as exc:  # names what is down, e.g. the broker's address
-            checks[name] = f"down: {exc.message}"
-        except Exception as exc:
-            checks[name] = f"down: {type(exc).__name__}"
-    if not any(v.startswith("down") for v in checks.values()):
-        return JSONResponse({"status": "ready", "checks": checks})
-    down = ", ".join(k for k, v in checks.items() if v.startswith("down"))
-    return problem(503, f"not ready: {down}", checks=checks)
+    checks = await readiness((("database", services.store.ping), (queue.check_name, queue.ping)))
+    if down := down_of(checks):
+        return problem(503, f"not ready: {', '.join(down)}", checks=checks)
+    return JSONResponse({"status": "ready", "checks": checks})
 
 
 @router.get(
