@@ -195,17 +195,23 @@ def _cas_digest() -> str:
 class Compose:
     """One docker-compose project (Debian's 1.29, through the podman socket)."""
 
-    def __init__(self, podman: Podman, file: Path, project: str) -> None:
+    def __init__(
+        self, podman: Podman, file: Path, project: str, env_file: Path | None = None
+    ) -> None:
         self.podman = podman
         self.file = Path(file)
         self.project = project
+        self.env_file = env_file
 
     def run(
         self, *args: str, check: bool = True, timeout: float = COMMAND_TIMEOUT
     ) -> subprocess.CompletedProcess[str]:
         """`docker-compose -p PROJECT -f FILE ARGS...`; a non-zero exit fails the test."""
         compose = self.podman.compose_bin
-        argv = [compose, "--ansi", "never", "-p", self.project, "-f", str(self.file), *args]
+        argv = [compose, "--ansi", "never", "-p", self.project, "-f", str(self.file)]
+        if self.env_file is not None:
+            argv += ["--env-file", str(self.env_file)]
+        argv += args
         return _run(
             argv,
             "docker-compose",
@@ -224,23 +230,44 @@ class Compose:
         self.pin_bridge_mac()
 
     def pin_bridge_mac(self) -> None:
-        """Give the project network's bridge a fixed MAC address, as netavark 1.9 and later do
+        """Give each of the project's bridges a fixed MAC address, as netavark 1.9 and later do
         themselves (containers/netavark#833). Before, a bridge takes the lowest MAC of its
         ports, so removing a container can change it, and the other containers lose the host
         (the gateway) until their ARP entry expires, up to ~100 s; Debian 12 has netavark 1.4."""
+        for network in self.networks():
+            result = self.podman.cli(
+                "network", "inspect", network, "--format", "{{.NetworkInterface}}", check=False
+            )
+            bridge = result.stdout.strip()
+            if result.returncode != 0 or not bridge:
+                continue
+            address = Path(f"/sys/class/net/{bridge}/address").read_text().strip()
+            subprocess.run(["ip", "link", "set", "dev", bridge, "address", address], check=True)
+
+    def networks(self) -> list[str]:
+        """The names of the project's networks."""
         result = self.podman.cli(
             "network",
-            "inspect",
-            f"{self.project}_default",
+            "ls",
+            "--filter",
+            f"label=com.docker.compose.project={self.project}",
             "--format",
-            "{{.NetworkInterface}}",
+            "{{.Name}}",
             check=False,
         )
-        bridge = result.stdout.strip()
-        if result.returncode != 0 or not bridge:
-            return
-        address = Path(f"/sys/class/net/{bridge}/address").read_text().strip()
-        subprocess.run(["ip", "link", "set", "dev", bridge, "address", address], check=True)
+        return result.stdout.split()
+
+    def volumes(self) -> list[str]:
+        result = self.podman.cli(
+            "volume",
+            "ls",
+            "--filter",
+            f"label=com.docker.compose.project={self.project}",
+            "--format",
+            "{{.Name}}",
+            check=False,
+        )
+        return result.stdout.split()
 
     def scale(self, service: str, count: int) -> None:
         self.up(service, scale={service: count})
@@ -543,10 +570,12 @@ class Podman:
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def compose(self, file: Path, project: str | None = None) -> Compose:
+    def compose(
+        self, file: Path, project: str | None = None, *, env_file: Path | None = None
+    ) -> Compose:
         """A compose project of `file`, taken down (with what a scaler added) at `stop`."""
         project = project or f"reporuntest{secrets.token_hex(4)}"
-        compose = Compose(self, file, project)
+        compose = Compose(self, file, project, env_file)
         self.projects.append(compose)
         return compose
 

@@ -1,7 +1,14 @@
 // A Keycloak-shaped OpenID Connect provider for reporun's tests, built on `oidc-provider` (v9).
 //
 //   node server.js --port N [--realm reporun] [--issuer-host 127.0.0.1] [--audience reporun-api]
-//                  [--access-token-ttl 300]
+//                  [--access-token-ttl 300] [--host 127.0.0.1] [--issuer-url URL]
+//                  [--realm-file realm.json] [--health-port M]
+//
+// As Keycloak's stand-in in a container (the compose test): --host 0.0.0.0, --issuer-url the
+// public address (KC_HOSTNAME), --realm-file the realm Keycloak would import (its realm, roles,
+// clients with their secrets, users with their passwords and service accounts, `${VAR}` and
+// `${VAR:default}` placeholders resolved from the environment as Keycloak does), and
+// --health-port serving Keycloak's /health/ready and /health/live.
 //
 // Serves on 127.0.0.1:N, mounted at /realms/<realm> with Keycloak's routes:
 //   issuer      http://<issuer-host>:N/realms/<realm>
@@ -27,6 +34,7 @@
 // Prints "ready <port>" on stdout once listening; exits on SIGTERM/SIGINT.
 
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
 import { parseArgs } from 'node:util';
 
@@ -39,6 +47,10 @@ const { values: args } = parseArgs({
     'issuer-host': { type: 'string', default: '127.0.0.1' },
     audience: { type: 'string', default: 'reporun-api' },
     'access-token-ttl': { type: 'string', default: '300' },
+    host: { type: 'string', default: '127.0.0.1' },
+    'issuer-url': { type: 'string' },
+    'realm-file': { type: 'string' },
+    'health-port': { type: 'string' },
   },
   strict: true,
 });
@@ -48,9 +60,13 @@ if (!args.port || !/^\d+$/.test(args.port)) {
   process.exit(2);
 }
 const PORT = Number(args.port);
-const REALM = args.realm;
+const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+const IMPORTED = args['realm-file'] ? importRealm(args['realm-file']) : undefined;
+const REALM = IMPORTED ? IMPORTED.realm : args.realm;
 const PREFIX = `/realms/${REALM}`;
-const ISSUER = `http://${args['issuer-host']}:${PORT}${PREFIX}`;
+const ISSUER = args['issuer-url']
+  ? `${args['issuer-url'].replace(/\/+$/, '')}${PREFIX}`
+  : `http://${args['issuer-host']}:${PORT}${PREFIX}`;
 const DEFAULT_AUDIENCE = args.audience;
 const ACCESS_TOKEN_TTL = Number(args['access-token-ttl']);
 const AUDIENCE_URN = 'urn:audience:';
@@ -58,7 +74,7 @@ const API_CLIENT = 'reporun-api'; // the client whose client roles go into resou
 
 // Keycloak-style users: `sub` is a UUID, roles are realm roles (and the same as client roles of
 // reporun-api), `account` client roles as Keycloak grants every user by default.
-const USERS = {
+let USERS = {
   user: {
     sub: '6f4c2a4e-8c1d-4a55-9a0e-2a1b7c3d9e01',
     password: 'user-password',
@@ -81,13 +97,10 @@ const USERS = {
     name: 'No Body',
   },
 };
-const USERS_BY_SUB = Object.fromEntries(
-  Object.entries(USERS).map(([username, user]) => [user.sub, { username, ...user }]),
-);
 
 // Service accounts of confidential clients with client_credentials (Keycloak: "service accounts
 // enabled"); their tokens name the service account.
-const SERVICE_ACCOUNTS = {
+let SERVICE_ACCOUNTS = {
   'reporun-service': {
     sub: '3a2b1c0d-9e8f-4a7b-6c5d-4e3f2a1b0c04',
     username: 'reporun-service',
@@ -95,9 +108,7 @@ const SERVICE_ACCOUNTS = {
   },
 };
 
-const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
-
-const CLIENTS = [
+let CLIENTS = [
   {
     client_id: 'reporun-cli',
     client_secret: 'cli-secret',
@@ -123,6 +134,80 @@ const CLIENTS = [
     token_endpoint_auth_method: 'client_secret_basic',
   },
 ];
+
+if (IMPORTED) ({ USERS, SERVICE_ACCOUNTS, CLIENTS } = IMPORTED);
+const USERS_BY_SUB = Object.fromEntries(
+  Object.entries(USERS).map(([username, user]) => [user.sub, { username, ...user }]),
+);
+
+// ---------------------------------------------------------------------------------------------
+// a Keycloak realm file
+
+function importRealm(path) {
+  // Keycloak resolves ${VAR} and ${VAR:default} from its environment when it imports a realm.
+  const text = fs.readFileSync(path, 'utf8').replace(/\$\{([A-Za-z_][A-Za-z0-9_.]*)(?::([^}]*))?\}/g,
+    (whole, name, fallback) => {
+      const value = process.env[name] ?? fallback;
+      if (value === undefined) throw new Error(`${path}: ${name} is not set`);
+      return JSON.stringify(value).slice(1, -1);
+    });
+  const realm = JSON.parse(text);
+  const composites = Object.fromEntries(
+    (realm.roles?.realm || []).map((r) => [r.name, r.composites?.realm || []]),
+  );
+  const expand = (roles) => {
+    const seen = new Set();
+    const visit = (name) => {
+      if (seen.has(name)) return;
+      seen.add(name);
+      (composites[name] || []).forEach(visit);
+    };
+    roles.forEach(visit);
+    return [...seen];
+  };
+  const users = {};
+  const services = {};
+  for (const user of realm.users || []) {
+    const roles = expand(user.realmRoles || []);
+    if (user.serviceAccountClientId) {
+      services[user.serviceAccountClientId] = {
+        sub: crypto.randomUUID(), username: user.username, roles,
+      };
+      continue;
+    }
+    const password = (user.credentials || []).find((c) => c.type === 'password')?.value;
+    if (!user.enabled || !password) continue;
+    users[user.username] = {
+      sub: crypto.randomUUID(),
+      password,
+      roles,
+      email: user.email,
+      name: [user.firstName, user.lastName].filter(Boolean).join(' ') || user.username,
+    };
+  }
+  const clients = [];
+  for (const client of realm.clients || []) {
+    if (!client.enabled || client.bearerOnly) continue;
+    const grants = [];
+    if (client.directAccessGrantsEnabled) grants.push('password', 'refresh_token');
+    if (client.attributes?.['oauth2.device.authorization.grant.enabled'] === 'true') {
+      grants.push(DEVICE_GRANT);
+      if (!grants.includes('refresh_token')) grants.push('refresh_token');
+    }
+    if (client.serviceAccountsEnabled) grants.push('client_credentials');
+    if (!grants.length) continue;
+    clients.push({
+      client_id: client.clientId,
+      ...(client.publicClient
+        ? { token_endpoint_auth_method: 'none' }
+        : { client_secret: client.secret, token_endpoint_auth_method: 'client_secret_basic' }),
+      grant_types: grants,
+      response_types: [],
+      redirect_uris: [],
+    });
+  }
+  return { realm: realm.realm, USERS: users, SERVICE_ACCOUNTS: services, CLIENTS: clients };
+}
 
 // ---------------------------------------------------------------------------------------------
 // keys
@@ -567,6 +652,18 @@ function stop() {
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
 
-server.listen(PORT, '127.0.0.1', () => {
+server.listen(PORT, args.host, () => {
   process.stdout.write(`ready ${server.address().port}\n`);
 });
+
+if (args['health-port']) {
+  // Keycloak's management port: /health/ready and /health/live.
+  http.createServer((req, res) => {
+    const { pathname } = new URL(req.url, 'http://localhost');
+    if (pathname === '/health/ready' || pathname === '/health/live' || pathname === '/health') {
+      send(res, 200, 'application/json', JSON.stringify({ status: 'UP', checks: [] }));
+    } else {
+      send(res, 404, 'application/json', JSON.stringify({ error: 'not_found' }));
+    }
+  }).listen(Number(args['health-port']), args.host);
+}

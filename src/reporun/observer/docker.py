@@ -43,6 +43,7 @@ CONFIG_KEYS = (
     "StopTimeout",
     "Tty",
     "OpenStdin",
+    "Healthcheck",  # a replica is checked as the service's own containers are
 )
 # Host configuration a new replica shares with its template.
 HOST_CONFIG_KEYS = (
@@ -281,7 +282,7 @@ class DockerScaler:
             raise
         logger.info(
             "worker container created",
-            extra={"action": "spawn", "container": created["Id"][:12], "name": name},
+            extra={"action": "spawn", "container": created["Id"][:12], "container_name": name},
         )
 
     async def retire(self, handles: Sequence[str]) -> None:
