@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,7 @@ class Stack:
         self.podman = podman
         self.env_file = env_file
         self.project = project
+        self.closing: list[Callable[[], None]] = []  # what the test opened, closed at the end
         self.settings = dict(
             line.split("=", 1)
             for line in env_file.read_text().splitlines()
@@ -215,10 +216,13 @@ def stack(podman: Podman, directory: Path, settings: dict[str, str]) -> Iterator
             if name != "KEYCLOAK_URL":
                 out.write(f"{name}={value}\n")
     project = podman.compose(COMPOSE_FILE, env_file=env_file)
+    deployed = Stack(podman, env_file, project)
     try:
         with HealthDriver(podman, project.project):
-            yield Stack(podman, env_file, project)
+            yield deployed
     finally:
+        for close in deployed.closing:
+            close()
         project.run("down", "--remove-orphans", "--volumes", "-t", "5", check=False)
 
 

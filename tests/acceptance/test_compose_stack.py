@@ -79,6 +79,9 @@ class Client:
         self.user = {"Authorization": f"Bearer {stack.token()}"}
         self.admin = {"Authorization": f"Bearer {stack.token(service=True)}"}
 
+    def close(self) -> None:
+        self.http.close()
+
     def submit(self, url: str) -> str:
         response = self.http.post("/v1/jobs", json={"repo": url}, headers=self.user)
         assert response.status_code == 202, response.text
@@ -139,6 +142,7 @@ def test_the_stack_comes_up_runs_jobs_scales_and_recovers(
         )
         healthy = time.monotonic() - began
         client = Client(deployed)
+        deployed.closing.append(client.close)
         # Ready for users: the API checks a token against the identity provider.
         wait_for(
             "the API takes a token",
