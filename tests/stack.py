@@ -127,7 +127,7 @@ class HealthDriver:
         transport = httpx.HTTPTransport(uds=str(self.podman.socket))
         with httpx.Client(transport=transport, base_url="http://podman/v4.0.0", timeout=60) as http:
             while not self._stop.is_set():
-                with contextlib.suppress(httpx.HTTPError, ValueError):
+                with contextlib.suppress(Exception):  # the next round tries again
                     filters = json.dumps({"label": [f"{PROJECT}={self.project}"]})
                     listed = http.get("/libpod/containers/json", params={"filters": filters})
                     for container in listed.json() or []:

@@ -17,34 +17,41 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from reporun.errors import BrokerError, ReporunError
+from reporun.errors import BrokerError, ConfigError, ReporunError
 
 logger = logging.getLogger("reporun.health")
 
 READY_TIMEOUT = 2.0
 REQUEST_TIMEOUT = 5.0
 MAX_REQUEST = 8192
+# Probes answered at once; more connections are closed unanswered. A flood of probes must not
+# take the database connections the part's own work needs.
+MAX_CONNECTIONS = 8
+# One readiness check serves every probe that arrives within this long.
+READY_CACHE = 1.0
 
 Probe = tuple[str, Callable[[], Awaitable[None]]]
 
 
 async def readiness(probes: Sequence[Probe], timeout: float = READY_TIMEOUT) -> dict[str, str]:
-    """Each probe's state: `ok`, `degraded: ...` (a Kafka broker away: jobs wait in the outbox
-    and still run) or `down: ...`."""
-    checks: dict[str, str] = {}
-    for name, probe in probes:
+    """Each probe's state, all asked at once: `ok`, `degraded: ...` (a Kafka broker away: jobs
+    wait in the outbox and still run) or `down: ...`."""
+
+    async def check(probe: Callable[[], Awaitable[None]]) -> str:
         try:
             await asyncio.wait_for(probe(), timeout)
-            checks[name] = "ok"
+            return "ok"
         except BrokerError as exc:
-            checks[name] = f"degraded: {exc.message}; jobs wait in the outbox"
+            return f"degraded: {exc.message}; jobs wait in the outbox"
         except ReporunError as exc:  # names what is down, e.g. the broker's address
-            checks[name] = f"down: {exc.message}"
+            return f"down: {exc.message}"
         except TimeoutError:
-            checks[name] = f"down: no answer within {timeout:g} s"
+            return f"down: no answer within {timeout:g} s"
         except Exception as exc:
-            checks[name] = f"down: {type(exc).__name__}"
-    return checks
+            return f"down: {type(exc).__name__}"
+
+    states = await asyncio.gather(*(check(probe) for _, probe in probes))
+    return {name: state for (name, _), state in zip(probes, states, strict=True)}
 
 
 def down_of(checks: dict[str, str]) -> list[str]:
@@ -60,9 +67,18 @@ class HealthServer:
         self.port = port
         self.probes = list(probes)
         self._server: asyncio.Server | None = None
+        self._active = 0
+        self._checked: tuple[float, dict[str, str]] | None = None
+        self._checking: asyncio.Task[dict[str, str]] | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        except OSError as exc:
+            raise ConfigError(
+                f"REPORUN_HEALTH_PORT: cannot listen on {self.host}:{self.port} "
+                f"({exc.strerror or exc})"
+            ) from None
         self.port = self._server.sockets[0].getsockname()[1]
         logger.info(
             f"health probes on {self.host}:{self.port} (/healthz, /readyz)",
@@ -70,6 +86,8 @@ class HealthServer:
         )
 
     async def close(self) -> None:
+        if self._checking is not None:
+            self._checking.cancel()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -84,13 +102,26 @@ class HealthServer:
         await self.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._active >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self._active += 1
+        try:
+            await self._exchange(reader, writer)
+        finally:
+            self._active -= 1
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = b""
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
             status, body = await self._answer(head)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             status, body = 400, {"status": "bad request"}
         except ConnectionError:
-            writer.close()
             return
         payload = json.dumps(body).encode()
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
@@ -99,13 +130,10 @@ class HealthServer:
             f"HTTP/1.1 {status} {reason[status]}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\nCache-Control: no-store\r\n"
             "Connection: close\r\n\r\n".encode()
-            + payload
+            + (b"" if head.startswith(b"HEAD ") else payload)
         )
         with contextlib.suppress(ConnectionError):
             await writer.drain()
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
 
     async def _answer(self, head: bytes) -> tuple[int, dict[str, object]]:
         line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
@@ -118,8 +146,24 @@ class HealthServer:
             return 405, {"status": "method not allowed"}
         if target == "/healthz":
             return 200, {"status": "ok", "part": self.part}
-        checks = await readiness(self.probes)
+        checks = await self._readiness()
         down = down_of(checks)
         if down:
             return 503, {"status": f"not ready: {', '.join(down)}", "checks": checks}
         return 200, {"status": "ready", "checks": checks}
+
+    async def _readiness(self) -> dict[str, str]:
+        """One check for the probes that arrive together, its answer kept a moment."""
+        now = asyncio.get_running_loop().time()
+        if self._checked is not None and now - self._checked[0] < READY_CACHE:
+            return self._checked[1]
+        if self._checking is None:
+            self._checking = asyncio.create_task(readiness(self.probes))
+        task = self._checking
+        try:
+            checks = await asyncio.shield(task)
+        finally:
+            if task.done() and self._checking is task:
+                self._checking = None
+        self._checked = (asyncio.get_running_loop().time(), checks)
+        return checks

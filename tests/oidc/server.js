@@ -8,7 +8,9 @@
 // public address (KC_HOSTNAME), --realm-file the realm Keycloak would import (its realm, roles,
 // clients with their secrets, users with their passwords and service accounts, `${VAR}` and
 // `${VAR:default}` placeholders resolved from the environment as Keycloak does), and
-// --health-port serving Keycloak's /health/ready and /health/live.
+// --health-port serving Keycloak's /health/ready and /health/live. With --issuer-url, the
+// addresses of the discovery document are the issuer's own, unless --backchannel-dynamic
+// (Keycloak's KC_HOSTNAME_BACKCHANNEL_DYNAMIC) makes them follow the request's host.
 //
 // Serves on 127.0.0.1:N, mounted at /realms/<realm> with Keycloak's routes:
 //   issuer      http://<issuer-host>:N/realms/<realm>
@@ -51,6 +53,7 @@ const { values: args } = parseArgs({
     'issuer-url': { type: 'string' },
     'realm-file': { type: 'string' },
     'health-port': { type: 'string' },
+    'backchannel-dynamic': { type: 'boolean', default: false },
   },
   strict: true,
 });
@@ -628,6 +631,10 @@ const server = http.createServer(async (req, res) => {
     }
 
     if (pathname === PREFIX || pathname.startsWith(`${PREFIX}/`)) {
+      if (args['issuer-url'] && !args['backchannel-dynamic']) {
+        // Keycloak with a fixed hostname: every address it hands out is the public one.
+        req.headers.host = new URL(ISSUER).host;
+      }
       // Mounted as express would: the provider sees the path below the prefix.
       req.originalUrl = req.url;
       req.url = req.url.slice(PREFIX.length) || '/';

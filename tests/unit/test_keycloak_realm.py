@@ -61,7 +61,7 @@ def test_no_secret_is_written_in_the_file() -> None:
     assert user("user")["credentials"][0]["value"] == "${REPORUN_USER_PASSWORD}"
     assert user("admin")["credentials"][0]["value"] == "${REPORUN_ADMIN_PASSWORD}"
     text = (ROOT / "deploy" / "keycloak" / "realm-reporun.json").read_text()
-    assert "password\"" not in text.replace('"type": "password"', "")
+    assert 'password"' not in text.replace('"type": "password"', "")
     assert ":" not in "".join(part.split("}")[0] for part in text.split("${")[1:])
 
 

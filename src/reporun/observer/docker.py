@@ -271,10 +271,16 @@ class DockerScaler:
         if not isinstance(config.get("StopSignal"), str):  # podman shows it as a number
             config.pop("StopSignal", None)
         config["HostConfig"] = _host_config(template.get("HostConfig") or {}, self.security_opt)
-        config["NetworkingConfig"] = {"EndpointsConfig": _endpoints(template, self.service)}
+        # Created on one network and connected to the others: Docker before 25 (API 1.44)
+        # refuses a container created on several at once.
+        endpoints = list(_endpoints(template, self.service).items())
+        config["NetworkingConfig"] = {"EndpointsConfig": dict(endpoints[:1])}
         name = f"{await self._project()}_{self.service}_{number}"
         created = await self._call("POST", "/containers/create", params={"name": name}, json=config)
         try:
+            for network, endpoint in endpoints[1:]:
+                body = {"Container": created["Id"], "EndpointConfig": endpoint}
+                await self._call("POST", f"/networks/{network}/connect", json=body)
             await self._call("POST", f"/containers/{created['Id']}/start")
         except DockerError:
             with contextlib.suppress(DockerError):

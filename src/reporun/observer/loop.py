@@ -125,7 +125,10 @@ class Observer:
         )
         decision = decide(seen, self.policy, self.state)
         self.state = decision.state
-        if decision.direction != "hold" and await self._apply(decision, members, states):
+        # An advisory scaler's count is someone else's to follow: a hold that changes it (the
+        # load went away before the pods came) is recorded too.
+        acts = decision.direction != "hold" or self.scaler.advisory
+        if acts and await self._apply(decision, members, states):
             await self._record(decision, seen, source)
         await self._log_finished(snapshot.at)
         return decision

@@ -37,6 +37,8 @@ QUICK_EXIT = 10.0
 DRAIN_MARGIN = 5.0
 # After `stop_now`, how long a worker has to stop its job, give it back and exit.
 STOP_NOW_GRACE = 5.0
+# Settings of this process that its worker children must not share.
+NOT_INHERITED = frozenset({"REPORUN_HEALTH_PORT", "REPORUN_HEALTH_HOST"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,8 @@ class LocalScaler:
     async def add(self, count: int) -> int:
         if time.monotonic() < self._hold_until:
             return 0
+        # The probes' port is this process's own: a child bound to it would fail to start.
+        inherited = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
         for _ in range(count):
             worker_id = f"{self._prefix}-{len(self._ids) + 1}"
             process = await asyncio.create_subprocess_exec(
@@ -151,7 +155,7 @@ class LocalScaler:
                 "-m",
                 "reporun",
                 "worker",
-                env={**os.environ, **self.env, "REPORUN_WORKER_ID": worker_id},
+                env={**inherited, **self.env, "REPORUN_WORKER_ID": worker_id},
                 stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )
