@@ -17,7 +17,7 @@ from tests.harness.git import GitServer
 from tests.harness.kafka import Broker
 from tests.harness.postgres import Postgres
 
-pytest_plugins = ["tests.oidc_provider", "tests.podman"]
+pytest_plugins = ["tests.oidc_provider", "tests.podman", "tests.runtime_image"]
 
 
 def processes_with(marker: str) -> list[str]:

@@ -311,12 +311,16 @@ class Podman:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start_cli(self) -> None:
+        """The podman command alone, without the API service: enough to build images."""
         found = {name: _tool(name, package) for name, package in REQUIRED}
         self.podman_bin = found["podman"]
         self.compose_bin = found["docker-compose"]
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.containers_conf.write_text(CONTAINERS_CONF)
+
+    def start(self) -> None:
+        self.start_cli()
         log = (self.state_dir / "service.log").open("wb")
         self.process = subprocess.Popen(
             [self.podman_bin, "system", "service", "--time=0", self.docker_host],

@@ -19,6 +19,7 @@ from reporun.paths import (
     default_data_dir,
     is_loopback_host,
 )
+from reporun.runtimes import Catalog, parse_runtimes
 
 # Secrets that ship in examples; a server refuses to start with them.
 KNOWN_WEAK_SECRETS = frozenset({"", "changeme", "secret", "postgres", "reporun", "admin"})
@@ -121,6 +122,14 @@ class Settings(BaseSettings):
     allow_local_repos: bool = False
 
     sandbox: Literal["bwrap", "none"] = "bwrap"
+    # Runtimes besides `host` (the worker's own /usr): name=image,... where each image is an
+    # OCI reference skopeo takes (docker://python:3.12-slim, oci-archive:/srv/node-20.tar).
+    runtimes: Annotated[dict[str, str], NoDecode] = {}
+    # The runtime of a job that names none (in its request or its reporun.toml).
+    runtime_default: str = "host"
+    # Where a worker keeps the roots it prepared (default: runtimes/ in the work dir); the
+    # jobs' uids must be able to pass through every directory above it.
+    runtimes_path: Path | None = Field(None, validation_alias="REPORUN_RUNTIMES_DIR")
     # The range of uids jobs run as when the worker is root (default: the sandbox's own).
     sandbox_uid_base: int | None = Field(None, ge=1000)
     sandbox_uid_count: int | None = Field(None, ge=1)
@@ -183,6 +192,14 @@ class Settings(BaseSettings):
     def _split_csv(cls, value: object) -> object:
         return _csv(value)
 
+    @field_validator("runtimes", mode="before")
+    @classmethod
+    def _parse_runtimes(cls, value: object) -> object:
+        try:
+            return parse_runtimes(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+
     @model_validator(mode="after")
     def _limits_within_maxima(self) -> Settings:
         for name in ("timeout", "memory", "processes", "log_limit", "disk"):
@@ -224,6 +241,17 @@ class Settings(BaseSettings):
     @property
     def mirrors_dir(self) -> Path:
         return self.data_dir / "mirrors"
+
+    @property
+    def runtimes_dir(self) -> Path:
+        """Where a worker keeps the root filesystems it prepared, one per image digest: in
+        the work dir, which the jobs' uids may pass through (the data dir is private)."""
+        return self.runtimes_path or self.job_work_dir / "runtimes"
+
+    @property
+    def catalog(self) -> Catalog:
+        """The runtimes; ConfigError (one line) when the default is not one of them."""
+        return Catalog(self.runtimes, self.runtime_default)
 
     @property
     def job_work_dir(self) -> Path:

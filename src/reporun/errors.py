@@ -30,6 +30,11 @@ class RepoUnusable(InvalidInput):
         super().__init__(message, field="repo")
 
 
+class NotOffered(InvalidInput):
+    """The request names something this server does not offer, such as a runtime (422, naming
+    the field)."""
+
+
 class ConfigError(ReporunError):
     """The configuration is not valid."""
 

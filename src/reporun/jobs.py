@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from reporun.errors import IllegalTransition, InvalidInput
+from reporun.runtimes import Catalog
 from reporun.urlpolicy import RepoUrl, UrlPolicy, parse_repo_url
 
 KiB = 1024
@@ -111,6 +112,9 @@ class JobSpec(BaseModel):
     # Whether the worker may clone it from a local path, file:// or a loopback address: only
     # an admin's job on a server that allows local sources (`Submissions.submit` sets it).
     local_sources: bool = False
+    # The runtime the request named (checked against the server's); None: reporun.toml's, else
+    # the server's default, chosen by the worker.
+    runtime: str | None = None
 
 
 class Job(BaseModel):
@@ -136,6 +140,9 @@ class Job(BaseModel):
     env: dict[str, str] = {}
     cancel_requested: bool = False
     local_sources: bool = False  # see JobSpec; a row from before the field: not allowed
+    # Asked for at submission, then (from its start) the one it runs in, with its image digest.
+    runtime: str | None = None
+    runtime_digest: str | None = None
 
     @property
     def wait_seconds(self) -> float | None:
@@ -180,6 +187,7 @@ class JobRules:
     env_max_vars: int
     env_max_bytes: int
     command_max_bytes: int
+    runtimes: Catalog = field(default_factory=lambda: Catalog({}))
 
 
 def check_ref(ref: str) -> str:
@@ -277,6 +285,7 @@ def build_spec(
     env: Mapping[str, str] | None,
     limits: Mapping[str, Any] | None,
     rules: JobRules,
+    runtime: str | None = None,
 ) -> tuple[JobSpec, RepoUrl]:
     """Check a submission against the server's rules; raise InvalidInput naming the field."""
     repo_url = parse_repo_url(repo, rules.url_policy)
@@ -286,5 +295,6 @@ def build_spec(
         command=check_command(command, rules) if command is not None else None,
         env=check_env(env or {}, rules),
         limits=resolve_limits(limits or {}, rules, timeout=timeout),
+        runtime=rules.runtimes.check(runtime) if runtime is not None else None,
     )
     return spec, repo_url

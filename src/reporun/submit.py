@@ -44,6 +44,7 @@ class Submissions:
         timeout: int | None = None,
         env: Mapping[str, str] | None = None,
         limits: Mapping[str, Any] | None = None,
+        runtime: str | None = None,
     ) -> Job:
         """Check, store and enqueue a job; InvalidInput naming the field (RepoUnusable for a
         local path that is no repository with commits), Forbidden for a local repository from a
@@ -57,6 +58,7 @@ class Submissions:
             env=env,
             limits=limits,
             rules=rules,
+            runtime=runtime,
         )
         policy = rules.url_policy
         addresses = await _addresses(url, policy)

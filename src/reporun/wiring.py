@@ -46,6 +46,7 @@ def job_rules(settings: Settings) -> JobRules:
         env_max_vars=settings.env_max_vars,
         env_max_bytes=settings.env_max_bytes,
         command_max_bytes=settings.command_max_bytes,
+        runtimes=settings.catalog,
     )
 
 

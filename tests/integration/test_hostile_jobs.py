@@ -1,4 +1,5 @@
-"""A job is hostile code: each escape a repository might try, tried for real."""
+"""A job is hostile code: each escape a repository might try, tried for real, in the host's
+system and in an image runtime (its root filesystem bound as the job's `/`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,20 @@ from reporun.config import Settings
 from tests.conftest import processes_with
 from tests.harness.git import GitServer, run_git
 from tests.integration.conftest import Api, WorkerFactory
+from tests.runtime_image import ROOTS
 
 SECRET_NAME = "REPORUN_TEST_SERVER_SECRET"
+
+
+@pytest.fixture(params=["host", "image"])
+def settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """Every test twice: on the host's system, and in an image runtime as the default."""
+    if request.param == "host":
+        return settings
+    image = request.getfixturevalue("runtime_image")
+    return settings.model_copy(
+        update={"runtimes": {"image": image}, "runtime_default": "image", "runtimes_path": ROOTS}
+    )
 
 
 @pytest.fixture
@@ -61,7 +74,11 @@ async def run_script(
 
 
 async def test_cannot_see_the_worker_environment(
-    api: Api, git_server: GitServer, start_worker: WorkerFactory, server_secret: str
+    api: Api,
+    git_server: GitServer,
+    start_worker: WorkerFactory,
+    server_secret: str,
+    settings: Settings,
 ) -> None:
     start_worker()
     job, log = await run_script(
@@ -71,6 +88,7 @@ async def test_cannot_see_the_worker_environment(
         " ps -ef 2>/dev/null || ls /proc\n",
     )
     assert job["status"] == "succeeded", (job, log)
+    assert job["runtime"] == settings.runtime_default  # this run's world: host, or the image
     assert "HOME=/work" in log
     assert server_secret not in log
     assert SECRET_NAME not in log

@@ -14,7 +14,7 @@ from reporun.api import problems
 from reporun.api.deps import Services
 from reporun.api.docs import install_docs
 from reporun.api.metrics import EndedJobs, HttpMetrics
-from reporun.api.routes import health, jobs, legacy, workers
+from reporun.api.routes import health, jobs, legacy, runtimes, workers
 
 
 class BodyLimit:
@@ -97,6 +97,7 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(legacy.router)
     app.include_router(workers.router)
+    app.include_router(runtimes.router)
     app.include_router(health.router)
     install_docs(app)
 

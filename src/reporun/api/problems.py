@@ -25,6 +25,7 @@ from reporun.errors import (
     InvalidInput,
     IssuerUnavailable,
     NotFound,
+    NotOffered,
     QuotaExceeded,
     ReporunError,
     RepoUnusable,
@@ -106,7 +107,7 @@ def problem(
 
 def _status_of(exc: ReporunError) -> int:
     match exc:
-        case RepoUnusable():
+        case RepoUnusable() | NotOffered():
             return 422
         case InvalidInput():
             return 400

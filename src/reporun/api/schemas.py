@@ -14,6 +14,7 @@ from pydantic_core import CoreSchema
 
 # The server's own checks, stated in the document (one source for both).
 from reporun.jobs import ENV_NAME_PATTERN, LIMIT_MINIMUMS, REF_PATTERN, Job, JobStatus
+from reporun.runtimes import NAME_PATTERN
 from reporun.store import WorkerRecord
 from reporun.urlpolicy import MAX_URL_LENGTH
 
@@ -101,6 +102,24 @@ class JobCreate(BaseModel):
         ),
     ] = None
     limits: LimitsIn | None = None
+    runtime: Annotated[
+        Annotated[str, Field(max_length=64), Documented(pattern=NAME_PATTERN.pattern)] | None,
+        Field(
+            description="the runtime to run in, one of GET /v1/runtimes (default: the "
+            "repository's reporun.toml `runtime`, else the server's default)",
+            examples=["host"],
+        ),
+    ] = None
+
+
+class RuntimeOut(BaseModel):
+    name: str
+    image: str | None = Field(description="the OCI image reference; null for host")
+    default: bool = Field(description="whether a job that names no runtime gets this one")
+
+
+class RuntimeList(BaseModel):
+    items: list[RuntimeOut]
 
 
 class LimitsOut(BaseModel):
@@ -134,6 +153,12 @@ class JobOut(BaseModel):
     cancel_requested: bool
     limits: LimitsOut
     env: list[str] = Field(description="names of the variables the job was given")
+    runtime: str | None = Field(
+        description="the runtime asked for; from the job's start, the one it runs in"
+    )
+    runtime_digest: str | None = Field(
+        description="the digest of the runtime's image (null for host, or before the start)"
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobOut:

@@ -117,8 +117,24 @@ class KafkaQueue:
     async def renew(self, job: Job, worker_id: str) -> Lease:
         return await self.sql.renew(job, worker_id)
 
-    async def started(self, job: Job, worker_id: str, *, commit: str, command: str) -> None:
-        await self.sql.started(job, worker_id, commit=commit, command=command)
+    async def started(
+        self,
+        job: Job,
+        worker_id: str,
+        *,
+        commit: str,
+        command: str,
+        runtime: str | None = None,
+        runtime_digest: str | None = None,
+    ) -> None:
+        await self.sql.started(
+            job,
+            worker_id,
+            commit=commit,
+            command=command,
+            runtime=runtime,
+            runtime_digest=runtime_digest,
+        )
 
     async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:
         return await self.sql.finish(job, worker_id, outcome)

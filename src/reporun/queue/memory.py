@@ -113,9 +113,21 @@ class MemoryQueue:
         self.leases[job.id] = utcnow() + self.lease
         return Lease(held=True, cancel_requested=current.cancel_requested)
 
-    async def started(self, job: Job, worker_id: str, *, commit: str, command: str) -> None:
+    async def started(
+        self,
+        job: Job,
+        worker_id: str,
+        *,
+        commit: str,
+        command: str,
+        runtime: str | None = None,
+        runtime_digest: str | None = None,
+    ) -> None:
         if (current := self._ours(job, worker_id)) is not None:
-            self.jobs[job.id] = current.model_copy(update={"commit": commit, "command": command})
+            update: dict[str, object] = {"commit": commit, "command": command}
+            if runtime is not None:
+                update |= {"runtime": runtime, "runtime_digest": runtime_digest}
+            self.jobs[job.id] = current.model_copy(update=update)
 
     async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:
         current = self._ours(job, worker_id)

@@ -62,8 +62,24 @@ class SqlQueue:
     async def renew(self, job: Job, worker_id: str) -> Lease:
         return await self.store.runs.renew(job, worker_id, lease=self.lease)
 
-    async def started(self, job: Job, worker_id: str, *, commit: str, command: str) -> None:
-        await self.store.runs.started(job, worker_id, commit=commit, command=command)
+    async def started(
+        self,
+        job: Job,
+        worker_id: str,
+        *,
+        commit: str,
+        command: str,
+        runtime: str | None = None,
+        runtime_digest: str | None = None,
+    ) -> None:
+        await self.store.runs.started(
+            job,
+            worker_id,
+            commit=commit,
+            command=command,
+            runtime=runtime,
+            runtime_digest=runtime_digest,
+        )
 
     async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:
         return await self.store.runs.finish(job, worker_id, outcome)

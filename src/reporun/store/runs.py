@@ -117,12 +117,22 @@ class Runs:
             return Lease(held=False)
         return Lease(held=True, cancel_requested=bool(row.cancel_requested))
 
-    async def started(self, job: Job, worker_id: str, *, commit: str, command: str) -> None:
+    async def started(
+        self,
+        job: Job,
+        worker_id: str,
+        *,
+        commit: str,
+        command: str,
+        runtime: str | None = None,
+        runtime_digest: str | None = None,
+    ) -> None:
+        values: dict[str, object] = {"commit": commit, "command": command}
+        if runtime is not None:
+            values |= {"runtime": runtime, "runtime_digest": runtime_digest}
         async with self.engine.begin() as conn:
             await conn.execute(
-                sa.update(jobs)
-                .where(jobs.c.id == job.id, *_held_by(job, worker_id))
-                .values(commit=commit, command=command)
+                sa.update(jobs).where(jobs.c.id == job.id, *_held_by(job, worker_id)).values(values)
             )
 
     async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:

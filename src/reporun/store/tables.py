@@ -61,6 +61,9 @@ jobs = sa.Table(
     sa.Column("log_truncated", sa.Boolean, nullable=False, server_default=sa.false()),
     # Whether its worker may clone from a local path or a loopback address (JobSpec).
     sa.Column("local_sources", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The runtime asked for (null: none named), then the one it ran in and its image digest.
+    sa.Column("runtime", sa.String(64)),
+    sa.Column("runtime_digest", sa.String(100)),
     sa.Index("ix_jobs_claim", "status", "fair_tag", "created_at"),
     sa.Index("ix_jobs_owner_created", "owner", "created_at", "id"),
     sa.Index("ix_jobs_created", "created_at", "id"),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reporun.errors import ReporunError
+from reporun.runtimes import NAME_PATTERN
 
 TOML_NAME = "reporun.toml"
 MAX_TOML_BYTES = 64 * 1024
@@ -31,6 +32,7 @@ class Entry:
     command: str
     timeout: int | None = None  # from reporun.toml
     network: bool | None = None  # from reporun.toml
+    runtime: str | None = None  # from reporun.toml
 
 
 def _regular(path: Path) -> os.stat_result | None:
@@ -67,6 +69,7 @@ def pick_entry(workspace: Path, requested: str | None) -> Entry:
     command = config.get("command")
     timeout = config.get("timeout")
     network = config.get("network")
+    runtime = config.get("runtime")
     if command is not None and (not isinstance(command, str) or not command.strip()):
         raise BadRepoConfig(f"{TOML_NAME}: command must be a non-empty string")
     if timeout is not None and (
@@ -75,6 +78,8 @@ def pick_entry(workspace: Path, requested: str | None) -> Entry:
         raise BadRepoConfig(f"{TOML_NAME}: timeout must be a positive integer of seconds")
     if network is not None and not isinstance(network, bool):
         raise BadRepoConfig(f"{TOML_NAME}: network must be true or false")
+    if runtime is not None and (not isinstance(runtime, str) or not NAME_PATTERN.match(runtime)):
+        raise BadRepoConfig(f"{TOML_NAME}: runtime must be the name of a runtime, e.g. host")
 
     run_sh = _regular(workspace / "run.sh")
     if requested:
@@ -93,4 +98,4 @@ def pick_entry(workspace: Path, requested: str | None) -> Entry:
         )
     else:
         raise NoEntryPoint()
-    return Entry(chosen, timeout, network)
+    return Entry(chosen, timeout, network, runtime)

@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reporun.errors import CheckoutError, SandboxError
+from reporun.errors import CheckoutError, NotOffered, SandboxError
 from reporun.jobs import Job, JobStatus
 from reporun.queue import Outcome, QueueBackend
 from reporun.retry import compute_backoff, retry_until
+from reporun.runtimes import Catalog
 from reporun.store import Store
 from reporun.tasks import unless, wait_any
 from reporun.urlpolicy import UrlPolicy
@@ -26,6 +27,7 @@ from reporun.worker.checkout import Mirrors
 from reporun.worker.entrypoint import BadRepoConfig, NoEntryPoint, pick_entry
 from reporun.worker.output import LogWriter
 from reporun.worker.process import RunResult
+from reporun.worker.runtimes import RootStore
 from reporun.worker.sandbox import Sandbox
 from reporun.worker.workdir import prepare_work_dir
 
@@ -57,6 +59,9 @@ class WorkerConfig:
     # What reporun.toml may ask for: a timeout up to this, a network only where allowed.
     timeout_max: int = 3600
     network_allowed: bool = False
+    # The runtimes a job may run in, and where their roots are prepared.
+    runtimes: Catalog = field(default_factory=lambda: Catalog({}))
+    runtimes_dir: Path | None = None
 
 
 @dataclass
@@ -88,6 +93,8 @@ class Worker:
             config.mirrors_dir, config.url_policy, timeout=config.checkout_timeout
         )
         self.work_dir = config.work_dir
+        self.runtimes = config.runtimes
+        self.roots = RootStore(config.runtimes_dir or config.work_dir / "runtimes")
         self.lease_seconds = queue.config.lease_seconds
         self.state = "idle"
         self.current: Job | None = None
@@ -280,7 +287,24 @@ class Worker:
                     reason="reporun.toml asks for a network; this server gives none",
                 )
             limits = limits.model_copy(update={"network": True})
-        await self.queue.started(job, self.id, commit=commit, command=entry.command)
+        # The request's runtime, else reporun.toml's, else the server's default.
+        name = job.runtime or entry.runtime or self.runtimes.default
+        try:
+            runtime = self.runtimes.get(self.runtimes.check(name))
+        except NotOffered as exc:
+            asked = "the request: " if job.runtime else "reporun.toml: " if entry.runtime else ""
+            return Outcome(JobStatus.FAILED, reason=asked + exc.message)
+        root = await unless(watch.stop, self.roots.prepare(runtime))
+        if watch.stop.is_set():
+            return self._outcome(None, watch, limits.timeout)
+        await self.queue.started(
+            job,
+            self.id,
+            commit=commit,
+            command=entry.command,
+            runtime=runtime.name,
+            runtime_digest=root.digest if root is not None else None,
+        )
         if watch.stop.is_set():
             return self._outcome(None, watch, limits.timeout)
         result = await self.sandbox.run(
@@ -290,6 +314,7 @@ class Worker:
             limits=limits,
             on_output=log.write,
             stop=watch.stop,
+            root=root,
         )
         await log.close(truncated=result.truncated)
         logger.info(

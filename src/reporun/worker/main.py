@@ -41,6 +41,8 @@ def worker_config(settings: Settings) -> WorkerConfig:
         drain_grace=settings.drain_grace,
         timeout_max=settings.timeout_max,
         network_allowed=settings.network_allowed,
+        runtimes=settings.catalog,
+        runtimes_dir=settings.runtimes_dir,
     )
 
 

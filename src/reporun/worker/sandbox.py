@@ -1,6 +1,7 @@
 """Run a job's command in bubblewrap, with limits, and bring back its output and exit code.
 
-The job gets: a read-only system (/usr and a few files of /etc), its own copy of the checkout
+The job gets: a read-only system (the host's /usr and a few files of /etc, or an image
+runtime's whole root filesystem), its own copy of the checkout
 in a size-capped tmpfs at /work, a size-capped /tmp, new PID/IPC/UTS/network/user namespaces,
 rlimits on address space, processes, file size and open files, and an environment holding only
 what the job asked for. When the worker is root, each job also runs as its own unprivileged uid,
@@ -22,6 +23,7 @@ from typing import Literal, Protocol
 from reporun.errors import ConfigError, SandboxError
 from reporun.jobs import Limits
 from reporun.worker.process import OutputSink, RunResult, run_process
+from reporun.worker.runtimes import Root
 from reporun.worker.uids import DEFAULT_UID_BASE, DEFAULT_UID_COUNT, UidPool, sweep_uid
 
 logger = logging.getLogger("reporun.worker")
@@ -76,13 +78,21 @@ class Sandbox(Protocol):
         limits: Limits,
         on_output: OutputSink,
         stop: asyncio.Event,
+        root: Root | None = None,
     ) -> RunResult:
-        """Run `command` on a copy of `workspace`; `stop` kills it (cancel, lost lease)."""
+        """Run `command` on a copy of `workspace` (in `root`, an image runtime's, or on the
+        host's system); `stop` kills it (cancel, lost lease)."""
 
 
-def job_environment(env: Mapping[str, str]) -> dict[str, str]:
+def job_environment(
+    env: Mapping[str, str], image_env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """What a job's processes see: the image's `Env` (its PATH first of all), then reporun's
+    own, then the job's variables."""
+    image_env = dict(image_env or {})
     return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        **image_env,
+        "PATH": image_env.get("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"),
         "HOME": JOB_HOME,
         "TMPDIR": "/tmp",
         "LANG": "C.UTF-8",
@@ -108,6 +118,25 @@ def _system_binds() -> list[str]:
     return args
 
 
+# What reporun mounts itself: an image's own entries of these names are not bound.
+MOUNTED = frozenset({"proc", "dev", "sys", "tmp", "run", "src", "work", JOB_DISK.lstrip("/")})
+
+
+def _image_binds(root: Path) -> list[str]:
+    """An image runtime's root filesystem, read-only, entry by entry (its /etc whole: the
+    image's, holding nothing of the host's)."""
+    args: list[str] = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name in MOUNTED:
+            continue
+        target = f"/{entry.name}"
+        if entry.is_symlink():
+            args += ["--symlink", os.readlink(entry.path), target]
+        elif entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
+            args += ["--ro-bind", entry.path, target]
+    return args
+
+
 def bwrap_argv(
     *,
     workspace: Path,
@@ -117,6 +146,7 @@ def bwrap_argv(
     uid: int | None,
     nproc: int,
     status_fd: int | None = None,
+    root: Root | None = None,
 ) -> list[str]:
     """The whole command line: drop to the job's uid, set rlimits, enter bubblewrap."""
     argv: list[str] = []
@@ -141,9 +171,9 @@ def bwrap_argv(
     ]
     if status_fd is not None:
         argv += ["--json-status-fd", str(status_fd)]
-    for name, value in job_environment(env).items():
+    for name, value in job_environment(env, root.env if root else None).items():
         argv += ["--setenv", name, value]
-    argv += _system_binds()
+    argv += _image_binds(root.path) if root is not None else _system_binds()
     argv += [
         "--proc",
         "/proc",
@@ -228,6 +258,7 @@ class Bubblewrap:
         limits: Limits,
         on_output: OutputSink,
         stop: asyncio.Event,
+        root: Root | None = None,
     ) -> RunResult:
         with contextlib.ExitStack() as stack:
             if self.root:
@@ -247,6 +278,7 @@ class Bubblewrap:
                 uid=uid,
                 nproc=nproc,
                 status_fd=status_write,
+                root=root,
             )
             try:
                 result = await run_process(
@@ -275,7 +307,10 @@ class Unsandboxed:
         limits: Limits,
         on_output: OutputSink,
         stop: asyncio.Event,
+        root: Root | None = None,
     ) -> RunResult:
+        if root is not None:
+            raise SandboxError("image runtimes need the sandbox (REPORUN_SANDBOX=bwrap)")
         environment = {**job_environment(env), "HOME": str(workspace)}
         argv = ["/bin/sh", "-c", command]
         return await run_process(

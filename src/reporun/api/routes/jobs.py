@@ -25,8 +25,9 @@ REFUSED = (
     "`field` names it."
 )
 UNUSABLE = (
-    "The request does not match this document, or a local repository (`reporun serve`) is no "
-    "directory, no git repository or has no commits; `errors` lists every invalid field."
+    "The request does not match this document, names a runtime this server does not offer, "
+    "or a local repository (`reporun serve`) is no directory, no git repository or has no "
+    "commits; `errors` lists every invalid field."
 )
 
 LOCAL_REFUSED = (
@@ -57,6 +58,7 @@ async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> J
         timeout=body.timeout,
         env=body.env,
         limits=body.limits.model_dump(exclude_none=True) if body.limits else None,
+        runtime=body.runtime,
     )
     return JobOut.of(job)
 
