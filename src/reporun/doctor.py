@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from reporun.config import Settings
@@ -13,6 +14,7 @@ from reporun.store import Store
 from reporun.store.engine import sqlite_file
 from reporun.store.migrate import is_current
 from reporun.worker.main import sandbox_config
+from reporun.worker.runtimes import RootStore, RuntimeUnavailable
 from reporun.worker.sandbox import Bubblewrap
 from reporun.worker.uids import UidPool
 
@@ -63,6 +65,29 @@ def sandbox_hint(problem: str) -> str:
     )
 
 
+async def _runtimes(settings: Settings, report: Callable[[str, str | None, str], None]) -> None:
+    """Each image runtime: whether its image can be looked up, and whether this host has its
+    root prepared (the first job that needs it prepares it)."""
+    catalog = settings.catalog
+    print(f"-     runtimes: {', '.join(catalog.names())} (default {catalog.default})")
+    if not catalog.images:
+        return
+    missing = [tool for tool in ("skopeo", "umoci") if shutil.which(tool) is None]
+    if missing:
+        report("runtimes", f"{' and '.join(missing)} not installed", "apt-get install skopeo umoci")
+        return
+    roots = RootStore(settings.runtimes_dir)
+    for name in sorted(catalog.images):
+        runtime = catalog.get(name)
+        try:
+            digest, ready = await roots.status(runtime)
+        except RuntimeUnavailable as exc:
+            report(f"runtime {name}", exc.message, f"check {runtime.image}")
+            continue
+        state = "prepared" if ready else "not prepared yet (the first job that needs it does)"
+        report(f"runtime {name} ({digest[:19]}): {state}", None, "")
+
+
 async def diagnose(settings: Settings) -> bool:
     ok = True
 
@@ -80,6 +105,7 @@ async def diagnose(settings: Settings) -> bool:
     else:
         problem = await _sandbox_works(settings)
         report("sandbox (bubblewrap)", problem, sandbox_hint(problem or ""))
+    await _runtimes(settings, report)
     path = sqlite_file(settings.db_url)
     if path is not None and not path.is_file():
         # Nothing to check, and nothing is created here: `serve` makes the database.

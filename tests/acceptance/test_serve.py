@@ -219,7 +219,7 @@ def test_sigterm_drains_a_worker(cluster: Cluster, git_server: GitServer) -> Non
     worker = cluster.worker("w")
     cluster.api.wait(first, {"running"})
     assert worker.stop(signal.SIGTERM, timeout=30) == 0, worker.log.read_text()
-    assert cluster.api.job(first)["status"] == "succeeded"
+    assert cluster.api.job(first)["status"] == "succeeded", cluster.api.job(first)
     assert cluster.api.job(second)["status"] == "queued"  # a draining worker takes nothing new
 
 

@@ -12,6 +12,8 @@ import pytest
 from reporun.config import Settings
 from reporun.runtimes import Catalog
 from tests.harness.git import GitServer
+from tests.harness.ports import free_port
+from tests.harness.server import cli_env, reporun
 from tests.integration.conftest import Api, WorkerFactory
 from tests.runtime_image import ROOTS, RUNTIME_MARK
 
@@ -95,6 +97,11 @@ async def test_the_runtimes_are_listed_and_an_unknown_one_is_refused(api: Api) -
     items = listed.json()["items"]
     assert [(i["name"], i["default"]) for i in items] == [("host", True), ("debian-py", False)]
     assert items[0]["image"] is None and items[1]["image"].startswith("oci-archive:")
+    document = (await api.client.get("/openapi.json")).json()
+    runtime = document["components"]["schemas"]["JobCreate"]["properties"]["runtime"]
+    assert {"type": "string"} | {"enum": ["host", "debian-py"]} in [
+        {k: v for k, v in b.items() if k in ("type", "enum")} for b in runtime["anyOf"]
+    ]
     refused = await api.client.post(
         "/v1/jobs",
         json={"repo": "https://example.org/a.git", "runtime": "cobol-85"},
@@ -143,3 +150,21 @@ def test_settings_take_runtimes_from_the_environment(
     settings = Settings(data_dir=tmp_path)
     assert settings.catalog.names() == ["host", "py"]
     assert settings.catalog.get(None).image == "docker://python:3.12-slim"
+
+
+def test_doctor_reports_each_runtime(runtime_image: str, tmp_path: Path) -> None:
+    """`reporun doctor` looks each image up and says whether its root is prepared here, and
+    fails for an image that cannot be had; it prepares nothing."""
+    env = cli_env(
+        tmp_path / "data",
+        free_port(),
+        REPORUN_RUNTIMES=f"debian-py={runtime_image},gone=oci-archive:{tmp_path}/none.tar",
+        REPORUN_RUNTIMES_DIR=str(tmp_path / "roots"),
+    )
+    result = reporun("doctor", env=env)
+    assert "-     runtimes: host, debian-py, gone (default host)" in result.stdout, result.stdout
+    assert "ok    runtime debian-py (sha256:" in result.stdout
+    assert "not prepared yet" in result.stdout
+    assert "FAIL  runtime gone: skopeo inspect failed" in result.stdout
+    assert result.returncode == 1
+    assert not (tmp_path / "roots").exists()

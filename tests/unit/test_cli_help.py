@@ -118,7 +118,12 @@ def test_the_server_defaults_shown_are_the_settings_own() -> None:
 
 def test_metavars_name_what_to_give() -> None:
     submit = help_of("submit")
-    for shown in ("Usage: reporun submit [OPTIONS] REPO", "--env NAME=VALUE", "--timeout SECONDS"):
+    for shown in (
+        "Usage: reporun submit [OPTIONS] REPO",
+        "--env NAME=VALUE",
+        "--timeout SECONDS",
+        "--runtime NAME",
+    ):
         assert shown in submit, submit
     assert "Usage: reporun status [OPTIONS] ID" in help_of("status")
     assert "--limit N" in help_of("jobs")

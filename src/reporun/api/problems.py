@@ -268,6 +268,12 @@ def document(app: FastAPI) -> None:
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(definitions["$defs"])
+            # The runtimes this server offers: any other name is refused (422).
+            names = app.state.services.submissions.config.rules.runtimes.names()
+            runtime = components["JobCreate"]["properties"]["runtime"]
+            for branch in runtime.get("anyOf", [runtime]):
+                if branch.get("type") == "string":
+                    branch["enum"] = names
             if app.state.services.config.metrics_public:
                 # This server serves /metrics without a token (REPORUN_METRICS_PUBLIC).
                 metrics = schema["paths"]["/metrics"]["get"]

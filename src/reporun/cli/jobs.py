@@ -135,6 +135,14 @@ def submit(
             metavar="NAME=VALUE", help="A variable for the job (repeatable).", show_default=False
         ),
     ] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="The runtime to run in (GET /v1/runtimes lists them).",
+            show_default="reporun.toml's, else the server's",
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for the end; exit 1 unless it succeeded.")
     ] = False,
@@ -151,7 +159,12 @@ def submit(
 
     local = absolute(repo) if is_local(repo) else None
     body: dict[str, Any] = {"repo": str(local) if local is not None else repo}
-    for key, value in (("ref", ref), ("command", command), ("timeout", timeout)):
+    for key, value in (
+        ("ref", ref),
+        ("command", command),
+        ("timeout", timeout),
+        ("runtime", runtime),
+    ):
         if value is not None:
             body[key] = value
     if env:

@@ -119,6 +119,13 @@ class RootStore:
                 workdir=config.get("WorkingDir") or None,
             )
 
+    async def status(self, runtime: Runtime) -> tuple[str, bool]:
+        """The image's digest now, and whether its root is prepared; nothing is created
+        (`reporun doctor`). RuntimeUnavailable when the image cannot be looked up."""
+        assert runtime.image is not None
+        digest = await self._digest(runtime.image)
+        return digest, (self.directory / digest.replace(":", "-") / READY).is_file()
+
     async def _digest(self, image: str) -> str:
         known = self._digests.get(image)
         if known is not None and time.monotonic() - known[0] < self.refresh:
