@@ -16,7 +16,7 @@ PG_WORKERS = (1, 2, 4)
 PG_LOAD_WORKERS = 4
 PG_MEASURES = ("dispatch", "throughput", "load", "listing", "lease", "kafka")
 KAFKA_WORKERS = (1, 2)
-SECTIONS = ("embedded", "elastic", "postgres", "cli")
+SECTIONS = ("embedded", "elastic", "postgres", "cli", "runtimes")
 # This checkout's reporun: the one next to the interpreter running the bench (.venv/bin).
 CLI_EXE = Path(sys.executable).parent / "reporun"
 
@@ -49,6 +49,8 @@ class Options:
     cli_rounds: int = 15
     cli_exe: Path = CLI_EXE
     cli_baseline: Path | None = None
+    runtimes: bool = True
+    runtime_rounds: int = 20
 
 
 def parse_args(argv: list[str], description: str) -> Options:
@@ -118,6 +120,13 @@ def parse_args(argv: list[str], description: str) -> Options:
         help="another reporun executable (e.g. the code before a change) timed beside it",
     )
     parser.add_argument(
+        "--runtimes",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a trivial job on the host's system against one in an image runtime",
+    )
+    parser.add_argument("--runtime-rounds", type=int, help="runs of each (default 20)")
+    parser.add_argument(
         "--only",
         metavar="SECTIONS",
         help=f"comma-separated sections to run, the others skipped: {','.join(SECTIONS)}",
@@ -170,6 +179,8 @@ def parse_args(argv: list[str], description: str) -> Options:
         cli_rounds=args.cli_rounds or (3 if quick else 15),
         cli_exe=args.cli_exe,
         cli_baseline=args.cli_baseline,
+        runtimes=bool(args.runtimes),
+        runtime_rounds=args.runtime_rounds or (3 if quick else 20),
     )
     counts = (options.jobs, options.latency_jobs, options.posts, options.clients, options.rounds)
     if (
@@ -190,6 +201,10 @@ def parse_args(argv: list[str], description: str) -> Options:
         )
     if options.pg_rows < 2 * pg_listing.CURSOR_DEPTH * pg_listing.LISTING_PAGE:
         parser.error("--pg-rows must be at least 2000 (20 pages deep for the light user too)")
-    if not (options.embedded or options.postgres or options.elastic or options.cli):
-        parser.error("--no-embedded, --no-elastic, --no-postgres and --no-cli leave nothing")
+    if not (
+        options.embedded or options.postgres or options.elastic or options.cli or options.runtimes
+    ):
+        parser.error(
+            "--no-embedded, --no-elastic, --no-postgres, --no-cli and --no-runtimes leave nothing"
+        )
     return options

@@ -14,6 +14,7 @@ from typing import Any
 
 import cli_start
 import elastic
+import runtimes
 from options import LATENCY_WORKERS, Options
 
 LISTING_TARGET = 0.020  # p95 of GET /v1/jobs, seconds
@@ -27,6 +28,8 @@ def table(results: dict[str, Any]) -> str:
         lines += postgres_table(results["postgres"])
     if "cli_start" in results:
         lines += cli_start.table(results["cli_start"])
+    if "runtimes" in results:
+        lines += runtimes.table(results["runtimes"])
     return "\n".join(lines)
 
 
@@ -197,6 +200,7 @@ def summary(results: dict[str, Any]) -> str:
     lines += elastic.summary(results.get("elastic", {}))
     lines += postgres_summary(results.get("postgres", {}))
     lines += cli_start.summary(results.get("cli_start"))
+    lines += runtimes.summary(results.get("runtimes"))
     return "\n".join(lines)
 
 

@@ -67,7 +67,11 @@ CLI start-up (`--no-cli` skips it; see bench/cli_start.py): `reporun --help`, `r
 and `reporun status ID` against `reporun serve`, each a fresh process, median of --cli-rounds
 (default 15); `--cli-baseline PATH` times another reporun executable beside this checkout's
 (`--cli-exe`), alternating, with the ratio baseline/this. Target: `jobs` under 0.3 s.
-`--only cli` (or any of embedded,elastic,postgres,cli) runs just those sections.
+Runtimes (`--no-runtimes` skips it; see bench/runtimes.py): a trivial job's sandbox run on the
+host's system and in an image runtime, alternating, median of --runtime-rounds (default 20),
+with the ratio image/host; the image's root prepared from nothing, against a look-up of the
+prepared root.
+`--only cli` (or any of embedded,elastic,postgres,cli,runtimes) runs just those sections.
 `--quick` runs each small (50 000 rows, 300 load jobs, 1 and 2 workers, only a 2 s lease;
 for Kafka 6 dispatch and 20 throughput jobs).
 
@@ -98,6 +102,7 @@ import pg_kafka
 import pg_listing
 import pg_workloads
 import pgcluster
+import runtimes
 from base import BenchError, git_repository, progress, serve, traversable_dir
 from hand import hand_throughput
 from options import LATENCY_WORKERS, PARALLELISM, PG_LOAD_WORKERS, Options, parse_args
@@ -137,6 +142,11 @@ async def measure(options: Options, root: Path) -> dict[str, Any]:
             results["postgres"] = await measure_postgres(options, root / "pg", repo)
         if options.cli:
             results["cli_start"] = await measure_cli(options, root, repo)
+    if options.runtimes:
+        async with bounded("runtimes", options.timeout + 5 * options.runtime_rounds):
+            results["runtimes"] = await runtimes.measure(
+                traversable_dir(root / "runtimes"), options.runtime_rounds
+            )
     return results
 
 

@@ -40,6 +40,11 @@ ROOTS = CACHE / "roots"
 
 @pytest.fixture(scope="session")
 def runtime_image() -> Iterator[str]:
+    yield runtime_archive()
+
+
+def runtime_archive() -> str:
+    """`oci-archive:PATH` of the image, built when this tree's version of it is missing."""
     engine = Podman()
     try:
         engine.start_cli()
@@ -52,7 +57,7 @@ def runtime_image() -> Iterator[str]:
                 if not archive.is_file():
                     _build(engine, BASE_IMAGE, digest, archive)
         CACHE.chmod(0o755)
-        yield f"oci-archive:{archive}"
+        return f"oci-archive:{archive}"
     finally:
         shutil.rmtree(engine.state_dir, ignore_errors=True)
 
