@@ -87,6 +87,16 @@ class Catalog:
             )
         return name
 
+    def choose(self, requested: str | None, configured: str | None) -> Runtime:
+        """A job's runtime: the request's, else its reporun.toml's, else the default;
+        NotOffered saying where an unknown name came from."""
+        name = requested or configured or self.default
+        try:
+            return self.get(self.check(name))
+        except NotOffered as exc:
+            where = "the request: " if requested else "reporun.toml: " if configured else ""
+            raise NotOffered(where + exc.message, field="runtime") from None
+
     def get(self, name: str | None) -> Runtime:
         """The runtime of that name (None: the default); KeyError when there is none."""
         chosen = name or self.default

@@ -287,13 +287,10 @@ class Worker:
                     reason="reporun.toml asks for a network; this server gives none",
                 )
             limits = limits.model_copy(update={"network": True})
-        # The request's runtime, else reporun.toml's, else the server's default.
-        name = job.runtime or entry.runtime or self.runtimes.default
         try:
-            runtime = self.runtimes.get(self.runtimes.check(name))
+            runtime = self.runtimes.choose(job.runtime, entry.runtime)
         except NotOffered as exc:
-            asked = "the request: " if job.runtime else "reporun.toml: " if entry.runtime else ""
-            return Outcome(JobStatus.FAILED, reason=asked + exc.message)
+            return Outcome(JobStatus.FAILED, reason=exc.message)
         root = await unless(watch.stop, self.roots.prepare(runtime))
         if watch.stop.is_set():
             return self._outcome(None, watch, limits.timeout)
