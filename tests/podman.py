@@ -40,6 +40,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.harness.git import GitServer
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 BASE_IMAGE = "localhost/debian:bookworm"
@@ -246,28 +248,16 @@ class Compose:
 
     def networks(self) -> list[str]:
         """The names of the project's networks."""
-        result = self.podman.cli(
-            "network",
-            "ls",
-            "--filter",
-            f"label=com.docker.compose.project={self.project}",
-            "--format",
-            "{{.Name}}",
-            check=False,
-        )
-        return result.stdout.split()
+        return self._labelled("network")
 
     def volumes(self) -> list[str]:
-        result = self.podman.cli(
-            "volume",
-            "ls",
-            "--filter",
-            f"label=com.docker.compose.project={self.project}",
-            "--format",
-            "{{.Name}}",
-            check=False,
-        )
-        return result.stdout.split()
+        return self._labelled("volume")
+
+    def _labelled(self, kind: str) -> list[str]:
+        """The names of the project's objects of `kind` (network, volume)."""
+        label = f"label=com.docker.compose.project={self.project}"
+        found = self.podman.cli(kind, "ls", "--filter", label, "--format", "{{.Name}}", check=False)
+        return found.stdout.split()
 
     def scale(self, service: str, count: int) -> None:
         self.up(service, scale={service: count})
@@ -612,3 +602,15 @@ def podman() -> Iterator[Podman]:
         yield engine
     finally:
         engine.stop()
+
+
+@pytest.fixture(scope="module")
+def host_git(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+    """A git daemon on every address of the host: containers clone from it at HOST_ADDRESS
+    (the URLs it gives name 0.0.0.0; replace that with HOST_ADDRESS)."""
+    server = GitServer(
+        tmp_path_factory.mktemp("git-base"), tmp_path_factory.mktemp("git-work"), host="0.0.0.0"
+    )
+    server.start()
+    yield server
+    server.stop()

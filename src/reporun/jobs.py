@@ -117,6 +117,24 @@ class JobSpec(BaseModel):
     runtime: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Start:
+    """What a running job resolved to: the commit, the command that runs, and the runtime it
+    runs in with its image's digest (None: leave the runtime as it is)."""
+
+    commit: str
+    command: str
+    runtime: str | None = None
+    runtime_digest: str | None = None
+
+    def values(self) -> dict[str, object]:
+        """The job's fields this start sets."""
+        values: dict[str, object] = {"commit": self.commit, "command": self.command}
+        if self.runtime is not None:
+            values |= {"runtime": self.runtime, "runtime_digest": self.runtime_digest}
+        return values
+
+
 class Job(BaseModel):
     """A job as stored and shown (`GET /v1/jobs/{id}`)."""
 

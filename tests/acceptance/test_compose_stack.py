@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -49,16 +48,6 @@ def test_docker_compose_config_validates_the_file(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert refused.returncode != 0 and "make-env.sh" in refused.stderr
-
-
-@pytest.fixture(scope="module")
-def host_git(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
-    server = GitServer(
-        tmp_path_factory.mktemp("git-base"), tmp_path_factory.mktemp("git-work"), host="0.0.0.0"
-    )
-    server.start()
-    yield server
-    server.stop()
 
 
 def repo(git: GitServer, script: str) -> str:

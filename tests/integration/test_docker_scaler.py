@@ -42,16 +42,6 @@ def host_postgres() -> Iterator[Postgres]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def host_git(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
-    server = GitServer(
-        tmp_path_factory.mktemp("git-base"), tmp_path_factory.mktemp("git-work"), host="0.0.0.0"
-    )
-    server.start()
-    yield server
-    server.stop()
-
-
 def compose_file(path: Path, image: str, database_url: str) -> Path:
     lines = [
         "services:",

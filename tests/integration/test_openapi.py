@@ -23,7 +23,7 @@ from reporun.api.auth import LocalAuth
 from reporun.api.problems import PROBLEM
 from reporun.api.server import build_services
 from reporun.config import Settings
-from reporun.jobs import JobStatus
+from reporun.jobs import JobStatus, Start
 from reporun.queue import Outcome, QueueBackend
 from reporun.store import Store
 from tests.harness.ports import free_port
@@ -104,7 +104,7 @@ async def stand_in_worker(store: Store, queue: QueueBackend) -> None:
         if job is None:
             await asyncio.sleep(0.05)
             continue
-        await queue.started(job, WORKER, commit="0" * 40, command="true")
+        await queue.started(job, WORKER, Start("0" * 40, "true"))
         await store.append_log(job.id, 0, b"stand-in worker: nothing ran\n")
         await queue.finish(job, WORKER, Outcome(JobStatus.FAILED, 1, "stand-in worker"))
 

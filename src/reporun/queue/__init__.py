@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
-from reporun.jobs import Job, JobSpec, Lease, Outcome
+from reporun.jobs import Job, JobSpec, Lease, Outcome, Start
 from reporun.store import Quota
 
 __all__ = ["Lease", "Outcome", "QueueBackend", "QueueConfig", "Transport"]
@@ -65,18 +65,8 @@ class QueueBackend(Protocol):
     async def renew(self, job: Job, worker_id: str) -> Lease:
         """Extend the lease on a running job; `held` is False when the job is no longer ours."""
 
-    async def started(
-        self,
-        job: Job,
-        worker_id: str,
-        *,
-        commit: str,
-        command: str,
-        runtime: str | None = None,
-        runtime_digest: str | None = None,
-    ) -> None:
-        """Record what a running job resolved to: the commit, the command that runs, and the
-        runtime it runs in (with the image's digest)."""
+    async def started(self, job: Job, worker_id: str, start: Start) -> None:
+        """Record what a running job resolved to (`Start`)."""
 
     async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:
         """Write the one terminal record; None when the job was no longer ours."""

@@ -29,7 +29,7 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
 from reporun.errors import BrokerError, ConfigError
-from reporun.jobs import Job, JobSpec, Lease, Outcome
+from reporun.jobs import Job, JobSpec, Lease, Outcome, Start
 from reporun.queue import QueueConfig, Transport
 from reporun.queue.broker import KafkaConfig, consumer, ensure_topics, group_lag, ping, stop_client
 from reporun.queue.sql import SqlQueue
@@ -117,24 +117,8 @@ class KafkaQueue:
     async def renew(self, job: Job, worker_id: str) -> Lease:
         return await self.sql.renew(job, worker_id)
 
-    async def started(
-        self,
-        job: Job,
-        worker_id: str,
-        *,
-        commit: str,
-        command: str,
-        runtime: str | None = None,
-        runtime_digest: str | None = None,
-    ) -> None:
-        await self.sql.started(
-            job,
-            worker_id,
-            commit=commit,
-            command=command,
-            runtime=runtime,
-            runtime_digest=runtime_digest,
-        )
+    async def started(self, job: Job, worker_id: str, start: Start) -> None:
+        await self.sql.started(job, worker_id, start)
 
     async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:
         return await self.sql.finish(job, worker_id, outcome)

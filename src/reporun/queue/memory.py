@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from reporun.errors import NotFound
-from reporun.jobs import Job, JobSpec, JobStatus, Lease, Outcome, check_transition
+from reporun.jobs import Job, JobSpec, JobStatus, Lease, Outcome, Start, check_transition
 from reporun.queue import QueueConfig
 from reporun.store import Quota, utcnow
 
@@ -113,21 +113,9 @@ class MemoryQueue:
         self.leases[job.id] = utcnow() + self.lease
         return Lease(held=True, cancel_requested=current.cancel_requested)
 
-    async def started(
-        self,
-        job: Job,
-        worker_id: str,
-        *,
-        commit: str,
-        command: str,
-        runtime: str | None = None,
-        runtime_digest: str | None = None,
-    ) -> None:
+    async def started(self, job: Job, worker_id: str, start: Start) -> None:
         if (current := self._ours(job, worker_id)) is not None:
-            update: dict[str, object] = {"commit": commit, "command": command}
-            if runtime is not None:
-                update |= {"runtime": runtime, "runtime_digest": runtime_digest}
-            self.jobs[job.id] = current.model_copy(update=update)
+            self.jobs[job.id] = current.model_copy(update=start.values())
 
     async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:
         current = self._ours(job, worker_id)

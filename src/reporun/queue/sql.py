@@ -9,7 +9,7 @@ import logging
 import uuid
 from datetime import timedelta
 
-from reporun.jobs import Job, JobSpec, JobStatus, Lease, Outcome
+from reporun.jobs import Job, JobSpec, JobStatus, Lease, Outcome, Start
 from reporun.queue import QueueConfig
 from reporun.store import Quota, Store
 from reporun.store.dialect import Listener, notifies, notify
@@ -62,24 +62,8 @@ class SqlQueue:
     async def renew(self, job: Job, worker_id: str) -> Lease:
         return await self.store.runs.renew(job, worker_id, lease=self.lease)
 
-    async def started(
-        self,
-        job: Job,
-        worker_id: str,
-        *,
-        commit: str,
-        command: str,
-        runtime: str | None = None,
-        runtime_digest: str | None = None,
-    ) -> None:
-        await self.store.runs.started(
-            job,
-            worker_id,
-            commit=commit,
-            command=command,
-            runtime=runtime,
-            runtime_digest=runtime_digest,
-        )
+    async def started(self, job: Job, worker_id: str, start: Start) -> None:
+        await self.store.runs.started(job, worker_id, start)
 
     async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:
         return await self.store.runs.finish(job, worker_id, outcome)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from reporun.jobs import Job, JobStatus, Lease, Outcome
+from reporun.jobs import Job, JobStatus, Lease, Outcome, Start
 from reporun.store.dialect import clock
 from reporun.store.moves import job_of, transition
 from reporun.store.tables import jobs
@@ -117,22 +117,12 @@ class Runs:
             return Lease(held=False)
         return Lease(held=True, cancel_requested=bool(row.cancel_requested))
 
-    async def started(
-        self,
-        job: Job,
-        worker_id: str,
-        *,
-        commit: str,
-        command: str,
-        runtime: str | None = None,
-        runtime_digest: str | None = None,
-    ) -> None:
-        values: dict[str, object] = {"commit": commit, "command": command}
-        if runtime is not None:
-            values |= {"runtime": runtime, "runtime_digest": runtime_digest}
+    async def started(self, job: Job, worker_id: str, start: Start) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
-                sa.update(jobs).where(jobs.c.id == job.id, *_held_by(job, worker_id)).values(values)
+                sa.update(jobs)
+                .where(jobs.c.id == job.id, *_held_by(job, worker_id))
+                .values(start.values())
             )
 
     async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:

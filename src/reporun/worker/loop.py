@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reporun.errors import CheckoutError, NotOffered, SandboxError
-from reporun.jobs import Job, JobStatus
+from reporun.jobs import Job, JobStatus, Start
 from reporun.queue import Outcome, QueueBackend
 from reporun.retry import compute_backoff, retry_until
 from reporun.runtimes import Catalog
@@ -294,14 +294,8 @@ class Worker:
         root = await unless(watch.stop, self.roots.prepare(runtime))
         if watch.stop.is_set():
             return self._outcome(None, watch, limits.timeout)
-        await self.queue.started(
-            job,
-            self.id,
-            commit=commit,
-            command=entry.command,
-            runtime=runtime.name,
-            runtime_digest=root.digest if root is not None else None,
-        )
+        digest = root.digest if root is not None else None
+        await self.queue.started(job, self.id, Start(commit, entry.command, runtime.name, digest))
         if watch.stop.is_set():
             return self._outcome(None, watch, limits.timeout)
         result = await self.sandbox.run(

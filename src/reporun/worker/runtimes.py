@@ -97,6 +97,7 @@ class RootStore:
         self.refresh = refresh
         self.keep_days = keep_days
         self._digests: dict[str, tuple[float, str]] = {}
+        self._roots: dict[str, Root] = {}  # by digest, once read from its config.json
         self._lock = asyncio.Lock()
 
     async def prepare(self, runtime: Runtime) -> Root | None:
@@ -108,16 +109,20 @@ class RootStore:
             digest = await self._digest(runtime.image)
             place = self.directory / digest.replace(":", "-")
             if not (place / READY).is_file():
+                self._roots.pop(digest, None)
                 await self._prepare(runtime, digest, place)
-            config = json.loads((place / "config.json").read_text())
             os.utime(place / READY)  # in use: not removed as stale
-            return Root(
-                runtime=runtime.name,
-                digest=digest,
-                path=place / "rootfs",
-                env=_parse_env(config.get("Env")),
-                workdir=config.get("WorkingDir") or None,
-            )
+            known = self._roots.get(digest)
+            if known is None or known.runtime != runtime.name:
+                config = json.loads((place / "config.json").read_text())
+                known = self._roots[digest] = Root(
+                    runtime=runtime.name,
+                    digest=digest,
+                    path=place / "rootfs",
+                    env=_parse_env(config.get("Env")),
+                    workdir=config.get("WorkingDir") or None,
+                )
+            return known
 
     async def status(self, runtime: Runtime) -> tuple[str, bool]:
         """The image's digest now, and whether its root is prepared; nothing is created
