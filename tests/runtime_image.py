@@ -11,6 +11,7 @@ sets IMAGE_MARKER=from-image and puts /opt/tool (with a `hello` script) first on
 from __future__ import annotations
 
 import hashlib
+import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,17 @@ ROOTS = CACHE / "roots"
 @pytest.fixture(scope="session")
 def runtime_image() -> Iterator[str]:
     yield runtime_archive()
+
+
+@pytest.fixture
+def fresh_roots() -> Iterator[Path]:
+    """A runtimes dir no worker prepared anything in, where the jobs' uids may pass (a
+    pytest tmp_path is its user's alone); removed after the test."""
+    CACHE.mkdir(parents=True, exist_ok=True, mode=0o755)
+    CACHE.chmod(0o755)
+    path = CACHE / f"fresh-{secrets.token_hex(6)}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def runtime_archive() -> str:

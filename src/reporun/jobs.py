@@ -158,7 +158,9 @@ class Job(BaseModel):
     env: dict[str, str] = {}
     cancel_requested: bool = False
     local_sources: bool = False  # see JobSpec; a row from before the field: not allowed
-    # Asked for at submission, then (from its start) the one it runs in, with its image digest.
+    # The runtime the request named (None: reporun.toml's or the default); from its start, the
+    # one it runs in, with its image's digest.
+    runtime_requested: str | None = None
     runtime: str | None = None
     runtime_digest: str | None = None
 
@@ -180,7 +182,7 @@ class Job(BaseModel):
 REF_PATTERN = re.compile(r"^[A-Za-z0-9._/+-]{1,255}$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # Names a job may not set: they steer the loader, the shell or reporun itself.
-_RESERVED_ENV = re.compile(r"^(LD_.*|REPORUN_.*|PATH|HOME|TMPDIR|BASH_ENV|ENV|SHELLOPTS|IFS)$")
+RESERVED_ENV = re.compile(r"^(LD_.*|REPORUN_.*|PATH|HOME|TMPDIR|BASH_ENV|ENV|SHELLOPTS|IFS)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +247,7 @@ def check_env(env: Mapping[str, str], rules: JobRules) -> dict[str, str]:
     for name, value in env.items():
         if not ENV_NAME_PATTERN.match(name):
             raise InvalidInput(f"env name {name[:80]!r} is not a valid name", field="env")
-        if _RESERVED_ENV.match(name):
+        if RESERVED_ENV.match(name):
             raise InvalidInput(f"env name {name!r} is reserved", field="env")
         if "\x00" in value:
             raise InvalidInput(f"env {name} must not contain NUL bytes", field="env")

@@ -15,6 +15,7 @@ from tests.harness.git import GitServer
 from tests.harness.ports import free_port
 from tests.harness.server import cli_env, reporun
 from tests.integration.conftest import Api, WorkerFactory
+from tests.oci_image import Member, add_layer, layout_of
 from tests.runtime_image import ROOTS, RUNTIME_MARK
 
 PROBE = (
@@ -45,24 +46,26 @@ async def test_a_job_runs_in_the_image_it_names(
     git_server: GitServer,
     start_worker: WorkerFactory,
     caplog: pytest.LogCaptureFixture,
-    settings: Settings,
+    fresh_roots: Path,
 ) -> None:
     caplog.set_level(logging.INFO, logger="reporun.worker")
-    start_worker()
+    roots = fresh_roots  # a host that never prepared it
+    start_worker(runtimes_path=roots)
     job, log = await run(api, git_server, {"run.sh": "#!/bin/sh\n" + PROBE}, runtime="debian-py")
     assert job["status"] == "succeeded", (job, log)
     assert RUNTIME_MARK in log and "marker=from-image" in log and "hello from the image" in log
     assert "no-host-bwrap" in log and "42" in log
     assert "/work" in log  # the job runs in its checkout
-    assert job["runtime"] == "debian-py" and job["runtime_digest"].startswith("sha256:")
+    assert job["runtime"] == job["runtime_requested"] == "debian-py"
+    assert job["runtime_digest"].startswith("sha256:")
 
     # The second job reuses the root: prepared once, for its digest.
     again, log = await run(api, git_server, {"run.sh": "#!/bin/sh\n" + PROBE}, runtime="debian-py")
     assert again["status"] == "succeeded" and RUNTIME_MARK in log
     assert again["runtime_digest"] == job["runtime_digest"]
     prepared = [r for r in caplog.records if getattr(r, "action", "") == "runtime_prepared"]
-    assert len(prepared) <= 1  # none when an earlier test of this host prepared it
-    assert (settings.runtimes_dir / job["runtime_digest"].replace(":", "-") / "ready").is_file()
+    assert len(prepared) == 1
+    assert (roots / job["runtime_digest"].replace(":", "-") / "ready").is_file()
 
 
 async def test_reporun_toml_chooses_and_the_default_is_the_host(
@@ -75,7 +78,7 @@ async def test_reporun_toml_chooses_and_the_default_is_the_host(
         {"run.sh": "#!/bin/sh\n" + PROBE, "reporun.toml": 'runtime = "debian-py"\n'},
     )
     assert chosen["status"] == "succeeded" and RUNTIME_MARK in log, (chosen, log)
-    assert chosen["runtime"] == "debian-py"
+    assert (chosen["runtime_requested"], chosen["runtime"]) == (None, "debian-py")
     plain, log = await run(api, git_server, {"run.sh": "#!/bin/sh\n" + PROBE})
     assert plain["status"] == "succeeded" and "host-system" in log, (plain, log)
     assert "no-runtime-mark" in log and "marker=none" in log
@@ -168,3 +171,45 @@ def test_doctor_reports_each_runtime(runtime_image: str, tmp_path: Path) -> None
     assert "FAIL  runtime gone: skopeo inspect failed" in result.stdout
     assert result.returncode == 1
     assert not (tmp_path / "roots").exists()
+
+
+async def test_an_images_env_is_under_reporuns_and_the_jobs(
+    api: Api,
+    git_server: GitServer,
+    start_worker: WorkerFactory,
+    runtime_image: str,
+    tmp_path: Path,
+    fresh_roots: Path,
+) -> None:
+    """An image's Env reaches the job, except what no job may be given (the loader's and
+    reporun's variables, HOME); the job's own variables win; a job with a network resolves
+    names as the host does, not as the image says."""
+    layout = tmp_path / "layout"
+    layout_of(runtime_image, layout)
+    add_layer(
+        layout,
+        [Member("etc/hosts", data=b"10.9.9.9 image-says\n")],
+        env=["LD_PRELOAD=/opt/evil.so", "REPORUN_X=1", "HOME=/root", "GREETING=image", "WHO=image"],
+    )
+    start_worker(
+        runtimes={"env-rt": f"oci:{layout}:image"},
+        runtimes_path=fresh_roots,
+        network_allowed=True,
+    )
+    script = (
+        "#!/bin/sh\n"
+        'echo "preload=${LD_PRELOAD:-unset} x=${REPORUN_X:-unset} home=$HOME"\n'
+        'echo "greeting=$GREETING who=$WHO"\n'
+        "grep -c image-says /etc/hosts || true\n"
+    )
+    job, log = await run(
+        api,
+        git_server,
+        # Asked for in reporun.toml: the worker alone knows this runtime, and gives a network.
+        {"run.sh": script, "reporun.toml": 'runtime = "env-rt"\nnetwork = true\n'},
+        env={"WHO": "job"},
+    )
+    assert job["status"] == "succeeded", (job, log)
+    assert "preload=unset x=unset home=/work" in log
+    assert "greeting=image who=job" in log
+    assert log.splitlines()[-1] == "0", log  # the host's /etc/hosts, not the image's

@@ -24,7 +24,7 @@ def test_a_symlink_planted_in_its_place_is_refused(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tmp_path / "planted").symlink_to(elsewhere)
-    with pytest.raises(ConfigError, match="work dir"):
+    with pytest.raises(ConfigError, match="REPORUN_WORK_DIR"):
         prepare_work_dir(tmp_path / "planted")
 
 
@@ -32,5 +32,5 @@ def test_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(shared, 0o777)
-    with pytest.raises(ConfigError, match="work dir"):
+    with pytest.raises(ConfigError, match="REPORUN_WORK_DIR"):
         prepare_work_dir(shared)

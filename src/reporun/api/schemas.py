@@ -153,8 +153,11 @@ class JobOut(BaseModel):
     cancel_requested: bool
     limits: LimitsOut
     env: list[str] = Field(description="names of the variables the job was given")
+    runtime_requested: str | None = Field(
+        None, description="the runtime the request named (null: reporun.toml's or the default)"
+    )
     runtime: str | None = Field(
-        description="the runtime asked for; from the job's start, the one it runs in"
+        description="the runtime the job runs in, from its start (null before)"
     )
     runtime_digest: str | None = Field(
         description="the digest of the runtime's image (null for host, or before the start)"

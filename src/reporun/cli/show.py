@@ -257,6 +257,8 @@ def status_block(
         ("started", when(started, wait_note) or _waiting(job, waited)),
         ("finished", when(finished, run_note) or _running(job, ran)),
     ]
+    if not job.get("runtime") and job.get("runtime_requested"):
+        lines.append(("runtime", f"{job['runtime_requested']} (asked for)"))
     for key in ("runtime", "network", "setup"):
         if job.get(key):
             lines.append((key, str(job[key])))

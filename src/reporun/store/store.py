@@ -166,7 +166,7 @@ class Store:
             "env": spec.env,
             "limits": spec.limits.model_dump(),
             "local_sources": spec.local_sources,
-            "runtime": spec.runtime,
+            "runtime_requested": spec.runtime,
             "status": JobStatus.QUEUED.value,
         }
         columns = [*values, "created_at", "fair_tag"]

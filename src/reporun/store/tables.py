@@ -61,7 +61,9 @@ jobs = sa.Table(
     sa.Column("log_truncated", sa.Boolean, nullable=False, server_default=sa.false()),
     # Whether its worker may clone from a local path or a loopback address (JobSpec).
     sa.Column("local_sources", sa.Boolean, nullable=False, server_default=sa.false()),
-    # The runtime asked for (null: none named), then the one it ran in and its image digest.
+    # The runtime asked for (null: none named); from the start, the one it runs in and its
+    # image's digest.
+    sa.Column("runtime_requested", sa.String(64)),
     sa.Column("runtime", sa.String(64)),
     sa.Column("runtime_digest", sa.String(100)),
     sa.Index("ix_jobs_claim", "status", "fair_tag", "created_at"),

@@ -38,6 +38,8 @@ CANCEL_POLL = 0.25
 # lease is no longer renewed by then: once a reaper has taken the job back, the write changes
 # nothing and the job runs again elsewhere.
 REPORT_DEADLINE = 300.0
+# How often unused runtime roots are looked for (also after each preparation).
+TIDY_EVERY = 3600.0
 
 
 def new_worker_id() -> str:
@@ -120,6 +122,8 @@ class Worker:
         retire = retire or asyncio.Event()
         now = now or asyncio.Event()
         prepare_work_dir(self.work_dir)
+        if self.runtimes.images:
+            self.roots.check()
         logger.info("worker started", extra=self._log("start", sandbox=self.sandbox.name))
         # Registered before the first claim, so the observer knows every worker holding a job.
         try:
@@ -135,6 +139,10 @@ class Worker:
                 self._every("reap", self.lease_seconds / 4, self._reap), name="reaper"
             ),
         ]
+        if self.runtimes.images:
+            side.append(
+                asyncio.create_task(self._every("tidy", TIDY_EVERY, self.roots.tidy), name="tidy")
+            )
         try:
             while not stop.is_set() and not retire.is_set():
                 job = await self._claim()
@@ -288,7 +296,7 @@ class Worker:
                 )
             limits = limits.model_copy(update={"network": True})
         try:
-            runtime = self.runtimes.choose(job.runtime, entry.runtime)
+            runtime = self.runtimes.choose(job.runtime_requested, entry.runtime)
         except NotOffered as exc:
             return Outcome(JobStatus.FAILED, reason=exc.message)
         root = await unless(watch.stop, self.roots.prepare(runtime))

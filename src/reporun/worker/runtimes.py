@@ -1,14 +1,13 @@
-"""The root filesystems of a worker's image runtimes, each prepared once per image digest.
+"""The root filesystems of a worker's image runtimes, each prepared once per image digest
+(worker/images.py fetches and unpacks one) under `<runtimes dir>/<digest>/`.
 
-An image is fetched with skopeo (`docker://` from a registry, `oci-archive:` and `oci:` from
-disk) into an OCI layout and unpacked with `umoci raw unpack --rootless` (no root needed, no
-daemon), into `<runtimes dir>/<digest>/rootfs`, beside the image's config (its `Env` and
-`WorkingDir`). Workers on one host share the directory: a file lock lets one prepare a digest
-while the others wait, and a root is put in place whole (rename) or not at all.
-
+Workers of one host that share the directory take turns: a file lock per digest lets one
+prepare it while the others wait, and a root is put in place whole (rename) or not at all.
 A reference's digest is looked up again after `refresh` seconds, so a tag that moves (a new
-`python:3.12-slim`) reaches new jobs without a restart; roots no job used for `keep` days
-are removed.
+`python:3.12-slim`) reaches new jobs without a restart. When a look-up or a preparation fails
+(the registry is down), jobs run in the root last prepared for that reference; with none, the
+failure is remembered for `retry_after` seconds, so a queue of jobs does not each wait for it.
+Roots no job used for `keep_days` days are removed, under their lock.
 """
 
 from __future__ import annotations
@@ -19,25 +18,25 @@ import fcntl
 import json
 import logging
 import os
-import re
+import secrets
 import shutil
+import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reporun.errors import SandboxError
 from reporun.runtimes import Runtime
+from reporun.worker.images import Inspected, RuntimeUnavailable, inspect, parse_env, unpack
+from reporun.worker.workdir import prepare_work_dir
+
+__all__ = ["Root", "RootStore", "RuntimeUnavailable"]
 
 logger = logging.getLogger("reporun.worker")
 
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-PREPARE_TIMEOUT = 900.0
-INSPECT_TIMEOUT = 120.0
 READY = "ready"
-
-
-class RuntimeUnavailable(SandboxError):
-    """An image runtime could not be prepared (the registry, the image, the disk)."""
+LOCK_POLL = 0.2
+TRASH = ".trash-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,173 +50,235 @@ class Root:
     workdir: str | None = None
 
 
-async def _run(*argv: str, timeout: float) -> bytes:
+def _owned_dir(path: Path) -> bool:
+    """A real directory (not a link) of this user that nobody else may write."""
     try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        info = os.lstat(path)
     except FileNotFoundError:
-        raise RuntimeUnavailable(
-            f"{argv[0]} is not installed (Debian: apt-get install skopeo umoci)"
-        ) from None
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
+
+
+@contextlib.contextmanager
+def _try_lock(path: Path) -> Iterator[bool]:
+    """The lock at `path` if nobody holds it (True), else False at once."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-    except BaseException as exc:  # a timeout, or the job cancelled: the tool goes too
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await asyncio.shield(process.wait())
-        if isinstance(exc, TimeoutError):
-            raise RuntimeUnavailable(
-                f"{argv[0]} {argv[1]} took more than {timeout:.0f} s"
-            ) from None
-        raise
-    if process.returncode != 0:
-        last = err.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
-        raise RuntimeUnavailable(f"{argv[0]} {argv[1]} failed: {last[0][:300]}")
-    return out
-
-
-def _parse_env(entries: object) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for entry in entries if isinstance(entries, list) else []:
-        name, sep, value = str(entry).partition("=")
-        if sep and name:
-            env[name] = value
-    return env
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
 
 
 class RootStore:
     """The roots of one worker host, under `directory`."""
 
-    def __init__(self, directory: Path, *, refresh: float = 600.0, keep_days: float = 14.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        refresh: float = 600.0,
+        keep_days: float = 14.0,
+        retry_after: float = 15.0,
+    ) -> None:
         self.directory = directory
         self.refresh = refresh
         self.keep_days = keep_days
-        self._digests: dict[str, tuple[float, str]] = {}
-        self._roots: dict[str, Root] = {}  # by digest, once read from its config.json
+        self.retry_after = retry_after
+        self._looked_up: dict[str, tuple[float, Inspected]] = {}  # by image reference
+        self._failed: dict[str, tuple[float, str]] = {}  # by image reference
+        self._last: dict[str, Path] = {}  # by image reference: the place last made ready
+        self._roots: dict[Path, Root] = {}  # by place, once read from its config.json
         self._lock = asyncio.Lock()
+
+    def check(self) -> None:
+        """Create the directory, or refuse (ConfigError) one another user owns or may write."""
+        prepare_work_dir(self.directory, setting="REPORUN_RUNTIMES_DIR")
+
+    def _place(self, digest: str) -> Path:
+        return self.directory / digest.replace(":", "-")
+
+    def _ready(self, place: Path) -> bool:
+        ready = place / READY
+        return (
+            _owned_dir(place)
+            and _owned_dir(place / "rootfs")
+            and not ready.is_symlink()
+            and ready.is_file()
+        )
 
     async def prepare(self, runtime: Runtime) -> Root | None:
         """The root of `runtime`, prepared if it is not yet (None for `host`);
-        RuntimeUnavailable with one line when it cannot be."""
+        RuntimeUnavailable with one line when there is none to run in."""
         if runtime.image is None:
             return None
+        image = runtime.image
         async with self._lock:  # one preparation at a time in this worker
-            digest = await self._digest(runtime.image)
-            place = self.directory / digest.replace(":", "-")
-            if not (place / READY).is_file():
-                self._roots.pop(digest, None)
-                await self._prepare(runtime, digest, place)
-            os.utime(place / READY)  # in use: not removed as stale
-            known = self._roots.get(digest)
-            if known is None or known.runtime != runtime.name:
-                config = json.loads((place / "config.json").read_text())
-                known = self._roots[digest] = Root(
-                    runtime=runtime.name,
-                    digest=digest,
-                    path=place / "rootfs",
-                    env=_parse_env(config.get("Env")),
-                    workdir=config.get("WorkingDir") or None,
+            try:
+                looked_up = await self._look_up(image)
+                place = self._place(looked_up.digest)
+                if not self._ready(place):
+                    await self._prepare(runtime, looked_up, place)
+                self._last[image] = place
+            except RuntimeUnavailable as exc:
+                self._failed[image] = (time.monotonic(), exc.message)
+                self._looked_up.pop(image, None)
+                fallback = await asyncio.to_thread(self._last_ready, image)
+                if fallback is None:
+                    raise
+                logger.warning(
+                    f"runtime {runtime.name}: {exc.message}; running in the root prepared last",
+                    extra={"action": "runtime_fallback", "runtime": runtime.name},
                 )
+                place = fallback
+            return self._root(runtime, place)
+
+    def _root(self, runtime: Runtime, place: Path) -> Root:
+        try:
+            os.utime(place / READY)  # in use: not removed as stale
+        except FileNotFoundError:
+            raise RuntimeUnavailable(f"the root of {runtime.name} was removed; try again") from None
+        known = self._roots.get(place)
+        if known is None or known.runtime != runtime.name:
+            config = json.loads((place / "config.json").read_text())
+            workdir = config.get("WorkingDir")
+            known = self._roots[place] = Root(
+                runtime=runtime.name,
+                digest=str(config["digest"]),
+                path=place / "rootfs",
+                env=parse_env(config.get("Env")),
+                workdir=workdir if isinstance(workdir, str) and workdir else None,
+            )
+        return known
+
+    def _last_ready(self, image: str) -> Path | None:
+        """The place last made ready for `image`: this worker's memory, else the directory's
+        newest root of that reference."""
+        known = self._last.get(image)
+        if known is not None and self._ready(known):
             return known
+        found: list[tuple[float, Path]] = []
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.directory):
+                place = Path(entry.path)
+                if entry.name.startswith(".") or not self._ready(place):
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    if json.loads((place / "config.json").read_text()).get("image") == image:
+                        found.append(((place / READY).stat().st_mtime, place))
+        return max(found)[1] if found else None
 
     async def status(self, runtime: Runtime) -> tuple[str, bool]:
         """The image's digest now, and whether its root is prepared; nothing is created
         (`reporun doctor`). RuntimeUnavailable when the image cannot be looked up."""
         assert runtime.image is not None
-        digest = await self._digest(runtime.image)
-        return digest, (self.directory / digest.replace(":", "-") / READY).is_file()
+        digest = (await inspect(runtime.image)).digest
+        return digest, self._ready(self._place(digest))
 
-    async def _digest(self, image: str) -> str:
-        known = self._digests.get(image)
-        if known is not None and time.monotonic() - known[0] < self.refresh:
+    async def _look_up(self, image: str) -> Inspected:
+        now = time.monotonic()
+        failed = self._failed.get(image)
+        if failed is not None and now - failed[0] < self.retry_after:
+            raise RuntimeUnavailable(failed[1])
+        known = self._looked_up.get(image)
+        if known is not None and now - known[0] < self.refresh:
             return known[1]
-        raw = await _run("skopeo", "inspect", "--no-tags", image, timeout=INSPECT_TIMEOUT)
-        try:
-            digest = str(json.loads(raw)["Digest"])
-        except (ValueError, KeyError, TypeError):
-            raise RuntimeUnavailable(f"skopeo inspect gave no digest for {image}") from None
-        if not DIGEST.match(digest):
-            raise RuntimeUnavailable(f"{image} has an unexpected digest {digest[:80]!r}")
-        self._digests[image] = (time.monotonic(), digest)
-        return digest
+        found = await inspect(image)
+        self._failed.pop(image, None)
+        self._looked_up[image] = (now, found)
+        return found
 
-    async def _prepare(self, runtime: Runtime, digest: str, place: Path) -> None:
+    async def _prepare(self, runtime: Runtime, looked_up: Inspected, place: Path) -> None:
         assert runtime.image is not None
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o755)
-        lock_path = self.directory / f"{place.name}.lock"
-        with lock_path.open("w") as lock:
-            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
-            try:
-                if (place / READY).is_file():  # another worker of this host made it
-                    return
-                began = time.monotonic()
-                scratch = self.directory / f".{place.name}.{os.getpid()}"
-                shutil.rmtree(scratch, ignore_errors=True)
-                scratch.mkdir(mode=0o755)
+        self.check()
+        lock = os.open(
+            self.directory / f"{place.name}.lock",
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            while True:  # polled, so a cancelled job leaves no thread waiting on the lock
                 try:
-                    await self._unpack(runtime.image, digest, scratch)
-                    shutil.rmtree(place, ignore_errors=True)
-                    scratch.rename(place)
-                finally:
-                    shutil.rmtree(scratch, ignore_errors=True)
-                logger.info(
-                    f"runtime {runtime.name} prepared ({digest[:19]})",
-                    extra={
-                        "action": "runtime_prepared",
-                        "runtime": runtime.name,
-                        "digest": digest,
-                        "seconds": round(time.monotonic() - began, 3),
-                    },
-                )
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(LOCK_POLL)
+            if self._ready(place):  # another worker of this host made it
+                return
+            began = time.monotonic()
+            scratch = self.directory / f".{place.name}.{os.getpid()}.{secrets.token_hex(4)}"
+            os.mkdir(scratch, 0o711)
+            try:
+                await unpack(runtime.image, looked_up, scratch)
+                (scratch / READY).write_text(looked_up.digest + "\n")
+                if os.path.lexists(place):  # a leftover that is not a ready root
+                    await asyncio.to_thread(self._discard, place)
+                os.rename(scratch, place)
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-        await asyncio.to_thread(self._remove_stale, keep=place)
-
-    async def _unpack(self, image: str, digest: str, scratch: Path) -> None:
-        layout = f"oci:{scratch / 'layout'}:image"
-        await _run("skopeo", "copy", "--quiet", image, layout, timeout=PREPARE_TIMEOUT)
-        copied = json.loads(await _run("skopeo", "inspect", layout, timeout=INSPECT_TIMEOUT))
-        if copied.get("Digest") != digest:  # the tag moved between the two looks
-            raise RuntimeUnavailable(f"{image} changed while it was fetched; try again")
-        config = json.loads(
-            await _run("skopeo", "inspect", "--config", layout, timeout=INSPECT_TIMEOUT)
-        )
-        image_config = config.get("config") or {}
-        await _run(
-            "umoci",
-            "raw",
-            "unpack",
-            "--rootless",
-            "--image",
-            f"{scratch / 'layout'}:image",
-            str(scratch / "rootfs"),
-            timeout=PREPARE_TIMEOUT,
-        )
-        shutil.rmtree(scratch / "layout", ignore_errors=True)
-        # Readable by the jobs' own uids; nothing in it writable but by this user.
-        os.chmod(scratch / "rootfs", 0o755)
-        (scratch / "config.json").write_text(
-            json.dumps(
-                {
-                    "Env": image_config.get("Env") or [],
-                    "WorkingDir": image_config.get("WorkingDir") or "",
-                    "image": image,
-                    "digest": digest,
-                }
+                await asyncio.to_thread(shutil.rmtree, scratch, True)
+            logger.info(
+                f"runtime {runtime.name} prepared ({looked_up.digest[:19]})",
+                extra={
+                    "action": "runtime_prepared",
+                    "runtime": runtime.name,
+                    "digest": looked_up.digest,
+                    "seconds": round(time.monotonic() - began, 3),
+                },
             )
-        )
-        (scratch / READY).write_text(digest + "\n")
+        finally:
+            os.close(lock)  # lets the lock go
+        await self.tidy(keep=place)
 
-    def _remove_stale(self, *, keep: Path) -> None:
+    def _discard(self, path: Path) -> None:
+        """Move `path` out of the way at once (under its lock), then delete it."""
+        trash = self.directory / f"{TRASH}{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+        os.rename(path, trash)
+        if trash.is_symlink() or not trash.is_dir():
+            trash.unlink()
+        else:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    async def tidy(self, *, keep: Path | None = None) -> None:
+        """Remove roots no job used for `keep_days`, and what crashed preparations left."""
+        if self.directory.is_dir():
+            await asyncio.to_thread(self._tidy, keep)
+
+    def _tidy(self, keep: Path | None) -> None:
         cutoff = time.time() - self.keep_days * 86400
-        for entry in self.directory.iterdir():
-            ready = entry / READY
-            if entry == keep or not entry.is_dir() or entry.name.startswith("."):
+        for entry in os.scandir(self.directory):
+            path, name = Path(entry.path), entry.name
+            if name.endswith(".lock") or not entry.is_dir(follow_symlinks=False) or path == keep:
                 continue
-            with contextlib.suppress(OSError):
-                if ready.stat().st_mtime < cutoff:
-                    shutil.rmtree(entry, ignore_errors=True)
+            if name.startswith(TRASH):
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            # A preparation's scratch is `.<place>.<pid>.<token>`, written under <place>.lock:
+            # left behind by a crash when nobody holds that lock.
+            scratch = name.startswith(".")
+            place = name[1:].split(".")[0] if scratch else name
+            if not scratch and not self._stale(path, cutoff):
+                continue
+            trash = self.directory / f"{TRASH}{name}.{os.getpid()}.{secrets.token_hex(4)}"
+            with _try_lock(self.directory / f"{place}.lock") as mine:
+                # Looked at again under the lock: a job may have just used it.
+                if not mine or not (scratch or self._stale(path, cutoff)):
+                    continue
+                os.rename(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+            logger.info(
+                f"runtime root {name} removed",
+                extra={"action": "runtime_removed", "digest": place},
+            )
+
+    @staticmethod
+    def _stale(place: Path, cutoff: float) -> bool:
+        try:
+            return (place / READY).stat().st_mtime < cutoff
+        except FileNotFoundError:
+            with contextlib.suppress(FileNotFoundError):
+                return place.stat().st_mtime < cutoff
+            return False

@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 
 from reporun.errors import ConfigError, SandboxError
 from reporun.jobs import Limits
+from reporun.worker.images import NETWORK_FILES
 from reporun.worker.process import OutputSink, RunResult, run_process
 from reporun.worker.runtimes import Root
 from reporun.worker.uids import DEFAULT_UID_BASE, DEFAULT_UID_COUNT, UidPool, sweep_uid
@@ -87,15 +88,15 @@ class Sandbox(Protocol):
 def job_environment(
     env: Mapping[str, str], image_env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """What a job's processes see: the image's `Env` (its PATH first of all), then reporun's
-    own, then the job's variables."""
+    """What a job's processes see: the image's `Env` (its PATH and LANG first of all), then
+    reporun's own, then the job's variables."""
     image_env = dict(image_env or {})
     return {
         **image_env,
         "PATH": image_env.get("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"),
         "HOME": JOB_HOME,
         "TMPDIR": "/tmp",
-        "LANG": "C.UTF-8",
+        "LANG": image_env.get("LANG", "C.UTF-8"),
         "USER": "runner",
         "CI": "true",
         "REPORUN": "1",
@@ -122,9 +123,10 @@ def _system_binds() -> list[str]:
 MOUNTED = frozenset({"proc", "dev", "sys", "tmp", "run", "src", "work", JOB_DISK.lstrip("/")})
 
 
-def _image_binds(root: Path) -> list[str]:
+def _image_binds(root: Path, *, network: bool) -> list[str]:
     """An image runtime's root filesystem, read-only, entry by entry (its /etc whole: the
-    image's, holding nothing of the host's)."""
+    image's, holding nothing of the host's but, for a job with a network, how the host
+    resolves names)."""
     args: list[str] = []
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.name in MOUNTED:
@@ -134,6 +136,10 @@ def _image_binds(root: Path) -> list[str]:
             args += ["--symlink", os.readlink(entry.path), target]
         elif entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
             args += ["--ro-bind", entry.path, target]
+    for name in NETWORK_FILES if network else ():
+        # The image's copy is a regular file (images.harden makes it one) to bind over.
+        if (root / "etc" / name).is_file() and not (root / "etc" / name).is_symlink():
+            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     return args
 
 
@@ -173,7 +179,10 @@ def bwrap_argv(
         argv += ["--json-status-fd", str(status_fd)]
     for name, value in job_environment(env, root.env if root else None).items():
         argv += ["--setenv", name, value]
-    argv += _image_binds(root.path) if root is not None else _system_binds()
+    if root is not None:
+        argv += _image_binds(root.path, network=limits.network)
+    else:
+        argv += _system_binds()
     argv += [
         "--proc",
         "/proc",

@@ -10,9 +10,10 @@ from pathlib import Path
 from reporun.errors import ConfigError
 
 
-def prepare_work_dir(path: Path) -> None:
+def prepare_work_dir(path: Path, *, setting: str = "REPORUN_WORK_DIR") -> None:
     """Create the work dir (others may pass through, not list) and make sure nobody else owns
-    or can write it or its parents we made: it sits in a shared /tmp by default."""
+    or can write it or its parents we made: it sits in a shared /tmp by default. `setting`
+    names the directory in the error."""
     missing = []
     probe = path
     while not probe.exists() and not probe.is_symlink():
@@ -25,6 +26,6 @@ def prepare_work_dir(path: Path) -> None:
         info = os.lstat(directory)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
             raise ConfigError(
-                f"the work dir {directory} is not a directory of this user that only it can "
-                "write; remove it or set REPORUN_WORK_DIR"
+                f"{directory} is not a directory of this user that only it can write; remove "
+                f"it or set {setting}"
             )
