@@ -11,7 +11,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from reporun.errors import ConfigError
-from reporun.jobs import GiB, KiB, MiB
+from reporun.jobs import DEFAULT_EGRESS_HOSTS, GiB, KiB, MiB
 from reporun.paths import (
     ADMIN_TOKEN_FILE,
     DATABASE_FILE,
@@ -107,7 +107,6 @@ class Settings(BaseSettings):
     log_limit_max: int = Field(16 * MiB, ge=1 * KiB)
     disk_default: int = Field(1 * GiB, ge=1 * MiB)
     disk_max: int = Field(4 * GiB, ge=1 * MiB)
-    network_allowed: bool = False
     env_max_vars: int = 64
     env_max_bytes: int = 32 * KiB
     command_max_bytes: int = 8 * KiB
@@ -118,6 +117,11 @@ class Settings(BaseSettings):
     allowed_hosts: Annotated[list[str], NoDecode] = []
     # Hosts that may resolve to private or loopback addresses (a company's own GitLab).
     trusted_hosts: Annotated[list[str], NoDecode] = []
+    # Network mode `registries`: the hosts its proxy lets a job reach (`*.suffix` for a
+    # domain's hosts), and those of them that may resolve to private addresses (a mirror
+    # inside the company). Loopback, link-local and this host's addresses never.
+    egress_hosts: Annotated[list[str], NoDecode] = list(DEFAULT_EGRESS_HOSTS)
+    egress_private_hosts: Annotated[list[str], NoDecode] = []
     # Accept local paths, file:// and loopback hosts (set by `reporun serve`).
     allow_local_repos: bool = False
 
@@ -184,6 +188,8 @@ class Settings(BaseSettings):
         "allowed_schemes",
         "allowed_hosts",
         "trusted_hosts",
+        "egress_hosts",
+        "egress_private_hosts",
         "oidc_algorithms",
         "docker_security_opt",
         mode="before",

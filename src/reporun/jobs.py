@@ -13,9 +13,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
-from reporun.errors import IllegalTransition, InvalidInput
+from reporun.errors import IllegalTransition, InvalidInput, NotOffered
 from reporun.runtimes import Catalog
 from reporun.urlpolicy import RepoUrl, UrlPolicy, parse_repo_url
 
@@ -94,9 +94,18 @@ class Limits(BaseModel):
     processes: int
     log: int
     disk: int
-    network: bool = False
-    # Whether the submission set the timeout (else reporun.toml's may replace the default).
+    # none | registries | open (NETWORK_MODES); a row from before the modes held a bool.
+    network: str = "none"
+    # Whether the submission set the timeout or the network (else reporun.toml's may).
     timeout_set: bool = False
+    network_set: bool = False
+
+    @field_validator("network", mode="before")
+    @classmethod
+    def _mode_of_old_rows(cls, value: object) -> object:
+        # `true` shared the worker host's network: nothing that may run now comes closer
+        # than `registries`.
+        return ("registries" if value else "none") if isinstance(value, bool) else value
 
 
 class JobSpec(BaseModel):
@@ -180,6 +189,24 @@ class Job(BaseModel):
 # Submission checks ---------------------------------------------------------------------------
 
 REF_PATTERN = re.compile(r"^[A-Za-z0-9._/+-]{1,255}$")
+# A job's network: nothing at all; only the egress proxy to named registries; an isolated
+# network of its own (operator-allowed).
+NETWORK_MODES = ("none", "registries", "open")
+OFFERED_NETWORK_MODES = ("none", "registries")
+# What `registries` reaches unless the operator names others (REPORUN_EGRESS_HOSTS): the
+# Python, npm, Debian, crates and Go module registries.
+DEFAULT_EGRESS_HOSTS = (
+    "pypi.org",
+    "files.pythonhosted.org",
+    "registry.npmjs.org",
+    "deb.debian.org",
+    "security.debian.org",
+    "index.crates.io",
+    "static.crates.io",
+    "crates.io",
+    "proxy.golang.org",
+    "sum.golang.org",
+)
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # Names a job may not set: they steer the loader, the shell or reporun itself.
 RESERVED_ENV = re.compile(r"^(LD_.*|REPORUN_.*|PATH|HOME|TMPDIR|BASH_ENV|ENV|SHELLOPTS|IFS)$")
@@ -203,7 +230,6 @@ class JobRules:
     processes: LimitRange
     log: LimitRange
     disk: LimitRange
-    network_allowed: bool
     env_max_vars: int
     env_max_bytes: int
     command_max_bytes: int
@@ -280,7 +306,11 @@ def _limit(name: str, value: object, rules: JobRules, field: str) -> int:
 
 
 def resolve_limits(
-    asked: Mapping[str, Any], rules: JobRules, *, timeout: int | None = None
+    asked: Mapping[str, Any],
+    rules: JobRules,
+    *,
+    timeout: int | None = None,
+    network: str | None = None,
 ) -> Limits:
     """The server's defaults, lowered or raised (up to the maxima) by what the job asks."""
     values: dict[str, Any] = {
@@ -289,11 +319,23 @@ def resolve_limits(
     if timeout is not None:
         values["timeout"] = _limit("timeout", timeout, rules, "timeout")
     values["timeout_set"] = timeout is not None or asked.get("timeout") is not None
-    network = bool(asked.get("network") or False)
-    if network and not rules.network_allowed:
-        raise InvalidInput("this server does not give jobs a network", field="limits.network")
-    values["network"] = network
+    if network is not None:
+        values["network"] = check_network(network, field="network")
+        values["network_set"] = True
     return Limits(**values)
+
+
+def check_network(mode: str, *, field: str) -> str:
+    """A network mode a job may have; InvalidInput naming `field` otherwise."""
+    if mode not in NETWORK_MODES:
+        raise InvalidInput(
+            f"network {mode[:40]!r} is not one of {', '.join(NETWORK_MODES)}", field=field
+        )
+    if mode not in OFFERED_NETWORK_MODES:
+        raise NotOffered(
+            "network 'open' is not offered by this server (use registries)", field=field
+        )
+    return mode
 
 
 def build_spec(
@@ -306,6 +348,7 @@ def build_spec(
     limits: Mapping[str, Any] | None,
     rules: JobRules,
     runtime: str | None = None,
+    network: str | None = None,
 ) -> tuple[JobSpec, RepoUrl]:
     """Check a submission against the server's rules; raise InvalidInput naming the field."""
     repo_url = parse_repo_url(repo, rules.url_policy)
@@ -314,7 +357,7 @@ def build_spec(
         ref=check_ref(ref) if ref is not None else None,
         command=check_command(command, rules) if command is not None else None,
         env=check_env(env or {}, rules),
-        limits=resolve_limits(limits or {}, rules, timeout=timeout),
+        limits=resolve_limits(limits or {}, rules, timeout=timeout, network=network),
         runtime=rules.runtimes.check(runtime) if runtime is not None else None,
     )
     return spec, repo_url

@@ -45,6 +45,7 @@ class Submissions:
         env: Mapping[str, str] | None = None,
         limits: Mapping[str, Any] | None = None,
         runtime: str | None = None,
+        network: str | None = None,
     ) -> Job:
         """Check, store and enqueue a job; InvalidInput naming the field (RepoUnusable for a
         local path that is no repository with commits), Forbidden for a local repository from a
@@ -59,6 +60,7 @@ class Submissions:
             limits=limits,
             rules=rules,
             runtime=runtime,
+            network=network,
         )
         policy = rules.url_policy
         addresses = await _addresses(url, policy)

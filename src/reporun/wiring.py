@@ -42,7 +42,6 @@ def job_rules(settings: Settings) -> JobRules:
         processes=limit("processes"),
         log=limit("log_limit"),
         disk=limit("disk"),
-        network_allowed=settings.network_allowed,
         env_max_vars=settings.env_max_vars,
         env_max_bytes=settings.env_max_bytes,
         command_max_bytes=settings.command_max_bytes,

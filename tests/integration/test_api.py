@@ -60,9 +60,11 @@ def assert_problem(response: Any, status: int, field: str | None = None) -> dict
         (b'{"repo": "https://example.org/x.git", "limits": {"memory": 1}}', 400, "limits.memory"),
         (
             b'{"repo": "https://example.org/x.git", "limits": {"network": true}}',
-            400,
+            422,
             "limits.network",
         ),
+        (b'{"repo": "https://example.org/x.git", "network": "wide"}', 422, "network"),
+        (b'{"repo": "https://example.org/x.git", "network": "open"}', 422, "network"),
         (b'{"repo": "https://example.org/x.git", "limits": {"cpu": 2}}', 422, "limits.cpu"),
         (b'{"repo": "https://example.org/x.git", "surprise": 1}', 422, "surprise"),
     ],

@@ -182,19 +182,17 @@ async def test_an_images_env_is_under_reporuns_and_the_jobs(
     fresh_roots: Path,
 ) -> None:
     """An image's Env reaches the job, except what no job may be given (the loader's and
-    reporun's variables, HOME); the job's own variables win; a job with a network resolves
-    names as the host does, not as the image says."""
+    reporun's variables, HOME); the job's own variables win."""
     layout = tmp_path / "layout"
     layout_of(runtime_image, layout)
     add_layer(
         layout,
-        [Member("etc/hosts", data=b"10.9.9.9 image-says\n")],
+        [Member("etc/hosts", data=b"10.9.9.9 image-says\n")],  # the image's, not the host's
         env=["LD_PRELOAD=/opt/evil.so", "REPORUN_X=1", "HOME=/root", "GREETING=image", "WHO=image"],
     )
     start_worker(
         runtimes={"env-rt": f"oci:{layout}:image"},
         runtimes_path=fresh_roots,
-        network_allowed=True,
     )
     script = (
         "#!/bin/sh\n"
@@ -205,11 +203,11 @@ async def test_an_images_env_is_under_reporuns_and_the_jobs(
     job, log = await run(
         api,
         git_server,
-        # Asked for in reporun.toml: the worker alone knows this runtime, and gives a network.
-        {"run.sh": script, "reporun.toml": 'runtime = "env-rt"\nnetwork = true\n'},
+        # Asked for in reporun.toml: the worker alone knows this runtime.
+        {"run.sh": script, "reporun.toml": 'runtime = "env-rt"\n'},
         env={"WHO": "job"},
     )
     assert job["status"] == "succeeded", (job, log)
     assert "preload=unset x=unset home=/work" in log
     assert "greeting=image who=job" in log
-    assert log.splitlines()[-1] == "0", log  # the host's /etc/hosts, not the image's
+    assert log.splitlines()[-1] == "1", log

@@ -43,6 +43,7 @@ class WaitForStop:
         on_output: OutputSink,
         stop: asyncio.Event,
         root: object = None,
+        egress: object = None,
     ) -> RunResult:
         started = time.monotonic()
         await on_output(b"running\n")

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from reporun.worker.entrypoint import BadRepoConfig, NoEntryPoint, pick_entry
+from reporun.errors import NotOffered
+from reporun.jobs import Limits
+from reporun.worker.entrypoint import BadRepoConfig, NoEntryPoint, limits_with, pick_entry
 
 
 def workspace(tmp_path: Path, files: dict[str, str], executable: tuple[str, ...] = ()) -> Path:
@@ -47,10 +49,22 @@ def test_run_sh_not_executable_says_so(tmp_path: Path) -> None:
 
 
 def test_toml_timeout_and_network(tmp_path: Path) -> None:
-    entry = pick_entry(
-        workspace(tmp_path, {"reporun.toml": "timeout = 9\nnetwork = true\n", "main.py": ""}), None
+    toml = 'timeout = 9\nnetwork = "registries"\n'
+    entry = pick_entry(workspace(tmp_path, {"reporun.toml": toml, "main.py": ""}), None)
+    assert (entry.timeout, entry.network) == (9, "registries")
+    limits = Limits(timeout=600, memory=1 << 30, processes=64, log=1 << 20, disk=1 << 30)
+    chosen = limits_with(limits, entry, timeout_max=3600)
+    assert (chosen.timeout, chosen.network) == (9, "registries")
+    # What the request set stays.
+    asked = limits.model_copy(update={"network": "none", "network_set": True})
+    assert limits_with(asked, entry, timeout_max=3600).network == "none"
+    other = tmp_path / "other"
+    other.mkdir()
+    wants_open = pick_entry(
+        workspace(other, {"reporun.toml": 'network = "open"\n', "main.py": ""}), None
     )
-    assert (entry.timeout, entry.network) == (9, True)
+    with pytest.raises(NotOffered, match=r"^reporun\.toml: network 'open' is not offered"):
+        limits_with(limits, wants_open, timeout_max=3600)
 
 
 def test_nothing_to_run(tmp_path: Path) -> None:
@@ -66,6 +80,7 @@ def test_nothing_to_run(tmp_path: Path) -> None:
         "timeout = -1",
         "timeout = true",
         'network = "yes"',
+        "network = true",
         "not toml [",
     ],
 )

@@ -16,6 +16,7 @@ from reporun.jobs import (
     GiB,
     Job,
     JobStatus,
+    Limits,
     MiB,
     build_spec,
     check_env,
@@ -101,7 +102,12 @@ def test_limits_default_lower_and_raise_to_the_maximum(settings: Settings) -> No
         1 * MiB,
         1 * GiB,
     )
-    assert not default.network and not default.timeout_set
+    assert default.network == "none" and not default.timeout_set and not default.network_set
+    # A row stored before the modes: true shared the host's network; nothing does now.
+    assert Limits.model_validate({**default.model_dump(), "network": True}).network == "registries"
+    assert Limits.model_validate({**default.model_dump(), "network": False}).network == "none"
+    chosen = resolve_limits({}, job_rules(settings), network="registries")
+    assert (chosen.network, chosen.network_set) == ("registries", True)
     lowered = resolve_limits({"memory": 64 * MiB}, job_rules(settings), timeout=5)
     assert (lowered.memory, lowered.timeout, lowered.timeout_set) == (64 * MiB, 5, True)
     raised = resolve_limits({"processes": settings.processes_max}, job_rules(settings))
@@ -117,7 +123,6 @@ def test_limits_default_lower_and_raise_to_the_maximum(settings: Settings) -> No
         ({"processes": True}, None, "limits.processes"),
         ({}, 0, "timeout"),
         ({}, 10**6, "timeout"),
-        ({"network": True}, None, "limits.network"),
     ],
 )
 def test_limits_out_of_bounds(

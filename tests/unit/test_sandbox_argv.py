@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from reporun.errors import SandboxError
 from reporun.jobs import Limits
+from reporun.worker.netjail import netjail_argv
 from reporun.worker.sandbox import bwrap_argv, job_environment
 
 LIMITS = Limits(timeout=60, memory=256 << 20, processes=32, log=1 << 20, disk=64 << 20)
@@ -40,7 +44,8 @@ def test_namespaces_session_and_a_clean_environment() -> None:
     for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--clearenv"):
         assert flag in args
     assert "--share-net" not in args
-    assert "--share-net" in argv(limits=LIMITS.model_copy(update={"network": True}))
+    with pytest.raises(SandboxError, match="registries"):
+        argv(limits=LIMITS.model_copy(update={"network": "registries"}))
     env = dict(
         zip(
             pairs(args, "--setenv")[::1],
@@ -71,3 +76,17 @@ def test_filesystem_is_read_only_but_workspace_and_tmp_capped() -> None:
 
 def test_without_root_no_uid_switch() -> None:
     assert argv(uid=None)[0] == "prlimit"
+
+
+def test_registries_runs_in_the_jails_network_with_the_proxy_named() -> None:
+    jail = netjail_argv("/usr/bin/python3", Path("/run/e.sock"))
+    args = argv(limits=LIMITS.model_copy(update={"network": "registries"}), jail=jail)
+    # As the job's uid, the jail first (it makes the network namespace), then the limits.
+    assert args.index("setpriv") < args.index("/usr/bin/python3") < args.index("prlimit")
+    assert args[args.index("/usr/bin/python3") + 5] == "/run/e.sock"
+    assert "--share-net" in args and "--unshare-all" in args
+    env = {args[i + 1]: args[i + 2] for i, a in enumerate(args) if a == "--setenv"}
+    assert env["HTTPS_PROXY"] == env["http_proxy"] == "http://127.0.0.1:3128"
+    assert env["PIP_PROXY"] == env["npm_config_https_proxy"] == "http://127.0.0.1:3128"
+    plain = {args[i + 1] for i, a in enumerate(argv()) if a == "--setenv"}
+    assert "HTTPS_PROXY" not in plain

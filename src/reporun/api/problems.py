@@ -30,6 +30,7 @@ from reporun.errors import (
     ReporunError,
     RepoUnusable,
 )
+from reporun.jobs import OFFERED_NETWORK_MODES
 
 logger = logging.getLogger("reporun.api")
 
@@ -274,6 +275,11 @@ def document(app: FastAPI) -> None:
             for branch in runtime.get("anyOf", [runtime]):
                 if branch.get("type") == "string":
                     branch["enum"] = names
+            # The network modes it offers (`open` is refused, 422, until it is).
+            network = components["JobCreate"]["properties"]["network"]
+            for branch in network.get("anyOf", [network]):
+                if "enum" in branch:
+                    branch["enum"] = list(OFFERED_NETWORK_MODES)
             if app.state.services.config.metrics_public:
                 # This server serves /metrics without a token (REPORUN_METRICS_PUBLIC).
                 metrics = schema["paths"]["/metrics"]["get"]

@@ -58,9 +58,6 @@ class LimitsIn(BaseModel):
         Annotated[int, Documented(minimum=LIMIT_MINIMUMS["disk"])] | None,
         Field(description="bytes of workspace and of /tmp" + _maximum("DISK_MAX", "4 GiB")),
     ] = None
-    network: Annotated[
-        bool | None, Field(description="true only where REPORUN_NETWORK_ALLOWED is set")
-    ] = None
 
 
 class JobCreate(BaseModel):
@@ -110,6 +107,15 @@ class JobCreate(BaseModel):
             examples=["host"],
         ),
     ] = None
+    network: Annotated[
+        Literal["none", "registries", "open"] | None,
+        Field(
+            description="none (the default: no network at all); registries (only an HTTP(S) "
+            "proxy to the package registries the server names); open (an isolated network, "
+            "where the operator allows it; not offered yet). Default: the repository's "
+            "reporun.toml `network`, else none"
+        ),
+    ] = None
 
 
 class RuntimeOut(BaseModel):
@@ -128,7 +134,6 @@ class LimitsOut(BaseModel):
     processes: int
     log: int
     disk: int
-    network: bool
 
 
 class JobOut(BaseModel):
@@ -162,6 +167,7 @@ class JobOut(BaseModel):
     runtime_digest: str | None = Field(
         description="the digest of the runtime's image (null for host, or before the start)"
     )
+    network: str = Field(description="the job's network mode: none, registries or open")
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -170,7 +176,10 @@ class JobOut(BaseModel):
             **job.model_dump(exclude={"limits", "env", "local_sources"}),
             wait_seconds=job.wait_seconds,
             run_seconds=job.run_seconds,
-            limits=LimitsOut(**job.limits.model_dump(exclude={"timeout_set"})),
+            limits=LimitsOut(
+                **job.limits.model_dump(exclude={"timeout_set", "network", "network_set"})
+            ),
+            network=job.limits.network,
             env=sorted(job.env),
         )
 

@@ -143,6 +143,14 @@ def submit(
             show_default="reporun.toml's, else the server's",
         ),
     ] = None,
+    network: Annotated[
+        str | None,
+        typer.Option(
+            metavar="MODE",
+            help="none, or registries: only a proxy to the server's package registries.",
+            show_default="reporun.toml's, else none",
+        ),
+    ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Wait for the end; exit 1 unless it succeeded.")
     ] = False,
@@ -164,6 +172,7 @@ def submit(
         ("command", command),
         ("timeout", timeout),
         ("runtime", runtime),
+        ("network", network),
     ):
         if value is not None:
             body[key] = value

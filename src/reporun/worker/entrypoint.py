@@ -12,7 +12,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from reporun.errors import ReporunError
+from reporun.errors import NotOffered, ReporunError
+from reporun.jobs import NETWORK_MODES, Limits, check_network
 from reporun.runtimes import NAME_PATTERN
 
 TOML_NAME = "reporun.toml"
@@ -31,7 +32,7 @@ class BadRepoConfig(ReporunError):
 class Entry:
     command: str
     timeout: int | None = None  # from reporun.toml
-    network: bool | None = None  # from reporun.toml
+    network: str | None = None  # from reporun.toml: none, registries or open
     runtime: str | None = None  # from reporun.toml
 
 
@@ -76,8 +77,10 @@ def pick_entry(workspace: Path, requested: str | None) -> Entry:
         isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1
     ):
         raise BadRepoConfig(f"{TOML_NAME}: timeout must be a positive integer of seconds")
-    if network is not None and not isinstance(network, bool):
-        raise BadRepoConfig(f"{TOML_NAME}: network must be true or false")
+    if isinstance(network, bool):
+        raise BadRepoConfig(f'{TOML_NAME}: network is a mode now: "none", "registries" or "open"')
+    if network is not None and network not in NETWORK_MODES:
+        raise BadRepoConfig(f"{TOML_NAME}: network must be one of {', '.join(NETWORK_MODES)}")
     if runtime is not None and (not isinstance(runtime, str) or not NAME_PATTERN.match(runtime)):
         raise BadRepoConfig(f"{TOML_NAME}: runtime must be the name of a runtime, e.g. host")
 
@@ -99,3 +102,17 @@ def pick_entry(workspace: Path, requested: str | None) -> Entry:
     else:
         raise NoEntryPoint()
     return Entry(chosen, timeout, network, runtime)
+
+
+def limits_with(limits: Limits, entry: Entry, *, timeout_max: int) -> Limits:
+    """A job's limits with what its reporun.toml asks for where the request did not say;
+    NotOffered (saying reporun.toml) for a network mode this server does not give."""
+    changes: dict[str, object] = {}
+    if entry.timeout is not None and not limits.timeout_set:
+        changes["timeout"] = min(entry.timeout, timeout_max)
+    if entry.network is not None and not limits.network_set:
+        try:
+            changes["network"] = check_network(entry.network, field="network")
+        except NotOffered as exc:
+            raise NotOffered(f"{TOML_NAME}: {exc.message}", field="network") from None
+    return limits.model_copy(update=changes) if changes else limits

@@ -7,16 +7,17 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from reporun.errors import CheckoutError, NotOffered, SandboxError
-from reporun.jobs import Job, JobStatus, Start
+from reporun.jobs import Job, JobStatus, Limits, Start
 from reporun.queue import Outcome, QueueBackend
 from reporun.retry import compute_backoff, retry_until
 from reporun.runtimes import Catalog
@@ -24,7 +25,8 @@ from reporun.store import Store
 from reporun.tasks import unless, wait_any
 from reporun.urlpolicy import UrlPolicy
 from reporun.worker.checkout import Mirrors
-from reporun.worker.entrypoint import BadRepoConfig, NoEntryPoint, pick_entry
+from reporun.worker.egress import EgressPolicy, EgressProxy, egress_dir
+from reporun.worker.entrypoint import BadRepoConfig, NoEntryPoint, limits_with, pick_entry
 from reporun.worker.output import LogWriter
 from reporun.worker.process import RunResult
 from reporun.worker.runtimes import RootStore
@@ -58,9 +60,10 @@ class WorkerConfig:
     checkout_timeout: float = 300.0
     # A job still running this long after a stop request goes back to the queue.
     drain_grace: float = 600.0
-    # What reporun.toml may ask for: a timeout up to this, a network only where allowed.
+    # What reporun.toml may ask for: a timeout up to this.
     timeout_max: int = 3600
-    network_allowed: bool = False
+    # Which hosts a job of network mode `registries` may reach.
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
     # The runtimes a job may run in, and where their roots are prepared.
     runtimes: Catalog = field(default_factory=lambda: Catalog({}))
     runtimes_dir: Path | None = None
@@ -97,6 +100,7 @@ class Worker:
         self.work_dir = config.work_dir
         self.runtimes = config.runtimes
         self.roots = RootStore(config.runtimes_dir or config.work_dir / "runtimes")
+        self.egress_dir = egress_dir(config.work_dir)
         self.lease_seconds = queue.config.lease_seconds
         self.state = "idle"
         self.current: Job | None = None
@@ -283,21 +287,10 @@ class Worker:
             entry = pick_entry(workspace, job.command)
         except (CheckoutError, NoEntryPoint, BadRepoConfig) as exc:
             return Outcome(JobStatus.FAILED, reason=exc.message)
-        limits = job.limits
-        if entry.timeout is not None and not limits.timeout_set:
-            limits = limits.model_copy(
-                update={"timeout": min(entry.timeout, self.config.timeout_max)}
-            )
-        if entry.network and not limits.network:
-            if not self.config.network_allowed:
-                return Outcome(
-                    JobStatus.FAILED,
-                    reason="reporun.toml asks for a network; this server gives none",
-                )
-            limits = limits.model_copy(update={"network": True})
         try:
+            limits = limits_with(job.limits, entry, timeout_max=self.config.timeout_max)
             runtime = self.runtimes.choose(job.runtime_requested, entry.runtime)
-        except NotOffered as exc:
+        except (NotOffered, BadRepoConfig) as exc:
             return Outcome(JobStatus.FAILED, reason=exc.message)
         root = await unless(watch.stop, self.roots.prepare(runtime))
         if watch.stop.is_set():
@@ -306,15 +299,17 @@ class Worker:
         await self.queue.started(job, self.id, Start(commit, entry.command, runtime.name, digest))
         if watch.stop.is_set():
             return self._outcome(None, watch, limits.timeout)
-        result = await self.sandbox.run(
-            workspace=workspace,
-            command=entry.command,
-            env=job.env,
-            limits=limits,
-            on_output=log.write,
-            stop=watch.stop,
-            root=root,
-        )
+        async with self._egress(limits, log) as egress:
+            result = await self.sandbox.run(
+                workspace=workspace,
+                command=entry.command,
+                env=job.env,
+                limits=limits,
+                on_output=log.write,
+                stop=watch.stop,
+                root=root,
+                egress=egress,
+            )
         await log.close(truncated=result.truncated)
         logger.info(
             "job ran",
@@ -323,6 +318,17 @@ class Worker:
             ),
         )
         return self._outcome(result, watch, limits.timeout)
+
+    @contextlib.asynccontextmanager
+    async def _egress(self, limits: Limits, log: LogWriter) -> AsyncIterator[Path | None]:
+        """The job's egress proxy while it runs, for network mode `registries`."""
+        if limits.network != "registries":
+            yield None
+            return
+        prepare_work_dir(self.egress_dir)
+        path = self.egress_dir / f"{secrets.token_hex(8)}.sock"
+        async with EgressProxy(self.config.egress, path, log.write):
+            yield path
 
     def _outcome(self, result: RunResult | None, watch: Watch, timeout: int) -> Outcome | None:
         if watch.lease_lost or watch.drained:

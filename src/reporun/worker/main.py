@@ -13,6 +13,7 @@ import signal
 from reporun.config import Settings
 from reporun.signals import Shutdown, shutdown_signals, signal_sets
 from reporun.wiring import build_queue, check_schema, health_server, open_store, url_policy
+from reporun.worker.egress import EgressPolicy
 from reporun.worker.loop import Worker, WorkerConfig
 from reporun.worker.sandbox import SandboxConfig, build_sandbox
 
@@ -40,7 +41,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         checkout_timeout=settings.checkout_timeout,
         drain_grace=settings.drain_grace,
         timeout_max=settings.timeout_max,
-        network_allowed=settings.network_allowed,
+        egress=EgressPolicy.of(settings.egress_hosts, settings.egress_private_hosts),
         runtimes=settings.catalog,
         runtimes_dir=settings.runtimes_dir,
     )

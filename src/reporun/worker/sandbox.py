@@ -23,6 +23,7 @@ from typing import Literal, Protocol
 from reporun.errors import ConfigError, SandboxError
 from reporun.jobs import Limits
 from reporun.worker.images import NETWORK_FILES
+from reporun.worker.netjail import helper_python, netjail_argv, proxy_environment
 from reporun.worker.process import OutputSink, RunResult, run_process
 from reporun.worker.runtimes import Root
 from reporun.worker.uids import DEFAULT_UID_BASE, DEFAULT_UID_COUNT, UidPool, sweep_uid
@@ -80,9 +81,11 @@ class Sandbox(Protocol):
         on_output: OutputSink,
         stop: asyncio.Event,
         root: Root | None = None,
+        egress: Path | None = None,
     ) -> RunResult:
         """Run `command` on a copy of `workspace` (in `root`, an image runtime's, or on the
-        host's system); `stop` kills it (cancel, lost lease)."""
+        host's system); `stop` kills it (cancel, lost lease). A job of network mode
+        `registries` reaches the outside only through the proxy listening at `egress`."""
 
 
 def job_environment(
@@ -153,11 +156,17 @@ def bwrap_argv(
     nproc: int,
     status_fd: int | None = None,
     root: Root | None = None,
+    jail: list[str] | None = None,
 ) -> list[str]:
-    """The whole command line: drop to the job's uid, set rlimits, enter bubblewrap."""
+    """The whole command line: drop to the job's uid, make its network (`jail`, for mode
+    `registries`), set rlimits, enter bubblewrap."""
     argv: list[str] = []
     if uid is not None:
         argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    if limits.network == "registries":
+        if jail is None:
+            raise SandboxError("network mode registries needs its network namespace")
+        argv += jail
     argv += [
         "prlimit",
         f"--as={limits.memory}",
@@ -168,7 +177,8 @@ def bwrap_argv(
         "--",
         "bwrap",
         "--unshare-all",
-        *(["--share-net"] if limits.network else []),
+        # `registries`: the namespace the jail made (loopback and the proxy's forwarder).
+        *(["--share-net"] if limits.network == "registries" else []),
         "--die-with-parent",
         "--new-session",
         "--hostname",
@@ -177,10 +187,11 @@ def bwrap_argv(
     ]
     if status_fd is not None:
         argv += ["--json-status-fd", str(status_fd)]
-    for name, value in job_environment(env, root.env if root else None).items():
+    proxy = proxy_environment() if limits.network == "registries" else {}
+    for name, value in job_environment({**proxy, **env}, root.env if root else None).items():
         argv += ["--setenv", name, value]
     if root is not None:
-        argv += _image_binds(root.path, network=limits.network)
+        argv += _image_binds(root.path, network=limits.network == "open")
     else:
         argv += _system_binds()
     argv += [
@@ -246,6 +257,8 @@ class Bubblewrap:
     def __init__(self, uids: UidPool | None = None) -> None:
         self.root = os.geteuid() == 0
         self.uids = uids if uids is not None else UidPool()
+        # The network namespace of a `registries` job is made with it, as the job's uid.
+        self.python = helper_python()
 
     @staticmethod
     def problems() -> list[str]:
@@ -268,7 +281,12 @@ class Bubblewrap:
         on_output: OutputSink,
         stop: asyncio.Event,
         root: Root | None = None,
+        egress: Path | None = None,
     ) -> RunResult:
+        if limits.network == "registries" and (egress is None or self.python is None):
+            raise SandboxError(
+                "network mode registries needs the egress proxy and a Python every uid may run"
+            )
         with contextlib.ExitStack() as stack:
             if self.root:
                 uid: int | None = stack.enter_context(self.uids.take())
@@ -288,6 +306,7 @@ class Bubblewrap:
                 nproc=nproc,
                 status_fd=status_write,
                 root=root,
+                jail=netjail_argv(self.python, egress) if egress and self.python else None,
             )
             try:
                 result = await run_process(
@@ -317,7 +336,10 @@ class Unsandboxed:
         on_output: OutputSink,
         stop: asyncio.Event,
         root: Root | None = None,
+        egress: Path | None = None,
     ) -> RunResult:
+        if limits.network != "none":
+            raise SandboxError("network modes need the sandbox (REPORUN_SANDBOX=bwrap)")
         if root is not None:
             raise SandboxError("image runtimes need the sandbox (REPORUN_SANDBOX=bwrap)")
         environment = {**job_environment(env), "HOME": str(workspace)}

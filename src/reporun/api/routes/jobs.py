@@ -59,6 +59,7 @@ async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> J
         env=body.env,
         limits=body.limits.model_dump(exclude_none=True) if body.limits else None,
         runtime=body.runtime,
+        network=body.network,
     )
     return JobOut.of(job)
 

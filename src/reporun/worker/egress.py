@@ -1,0 +1,277 @@
+"""The egress proxy of network mode `registries`: a job's only way out.
+
+Each such job gets its own proxy, a Unix socket in the worker's work dir that a forwarder inside
+the job's network namespace (worker/netjail.py) relays 127.0.0.1:3128 to. It speaks what
+package managers send to an HTTP proxy: `CONNECT host:port` (HTTPS) and absolute-form requests
+(`GET http://host/...`). It allows only the operator's named hosts, resolves each name itself,
+and refuses loopback, link-local (cloud metadata), multicast and reserved addresses, this
+host's own addresses, and private ones unless the operator says that host is inside (a mirror
+of the company's). It connects to the very address it checked. Every refusal is one line in
+the job's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from reporun.jobs import DEFAULT_EGRESS_HOSTS
+
+logger = logging.getLogger("reporun.worker")
+
+HEAD_MAX = 16 * 1024
+HEAD_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 15.0
+RESOLVE_TIMEOUT = 10.0
+IDLE_TIMEOUT = 300.0
+CHUNK = 64 * 1024
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# A Unix socket's path has room for 107 bytes: a deep work dir gets one in /tmp instead.
+SOCKET_DIR_MAX = 80
+
+
+def egress_dir(work_dir: Path) -> Path:
+    """Where a worker's proxies listen, beside its work dir (made, and checked, as one)."""
+    beside = work_dir.with_name(f"{work_dir.name}-egress")
+    if len(str(beside)) <= SOCKET_DIR_MAX:
+        return beside
+    return Path(tempfile.gettempdir()) / f"reporun-egress-{os.geteuid()}"
+
+
+class Refused(Exception):
+    """A request the proxy will not pass on; its message is the reason, for the job's log."""
+
+
+def _local(address: Address) -> bool:
+    """Whether `address` is one of this host's own (binding to it works)."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class EgressPolicy:
+    """Which hosts a job may reach: names (`pypi.org`) or suffixes (`*.pythonhosted.org`);
+    `private` names those allowed to resolve to private addresses."""
+
+    hosts: tuple[str, ...] = DEFAULT_EGRESS_HOSTS
+    private: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, hosts: Iterable[str], private: Iterable[str] = ()) -> EgressPolicy:
+        return cls(
+            tuple(h.strip().lower() for h in hosts if h.strip()),
+            frozenset(h.strip().lower() for h in private if h.strip()),
+        )
+
+    def allows(self, host: str) -> bool:
+        for pattern in self.hosts:
+            if pattern.startswith("*."):
+                if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
+                    return True
+            elif host == pattern:
+                return True
+        return False
+
+    def check_address(self, host: str, address: Address) -> None:
+        """Refused with the reason when `host`, resolved to `address`, may not be reached."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address.is_loopback:
+            raise Refused(f"{address} is a loopback address (the worker host's own services)")
+        if address.is_link_local:
+            raise Refused(f"{address} is a link-local address (where cloud metadata is served)")
+        if address.is_multicast or address.is_unspecified or address.is_reserved:
+            raise Refused(f"{address} is not an address a registry has")
+        if _local(address):
+            raise Refused(f"{address} is an address of the worker host")
+        if not address.is_global and host not in self.private:
+            raise Refused(f"{address} is a private address")
+
+
+def _parse_target(target: str, default_port: int) -> tuple[str, int]:
+    host, port = target, default_port
+    if target.startswith("["):
+        host, _, rest = target[1:].partition("]")
+        if rest.startswith(":"):
+            port = int(rest[1:])
+    elif target.count(":") == 1:
+        host, _, port_text = target.partition(":")
+        port = int(port_text)
+    if not host or not 0 < port < 65536:
+        raise ValueError(target)
+    return host.lower().rstrip("."), port
+
+
+async def _resolve(host: str, port: int) -> list[Address]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(RESOLVE_TIMEOUT):
+            found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError):
+        raise Refused(f"{host} could not be resolved") from None
+    addresses: list[Address] = []
+    for *_, sockaddr in found:
+        address = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            async with asyncio.timeout(IDLE_TIMEOUT):
+                data = await reader.read(CHUNK)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            if writer.can_write_eof():
+                writer.write_eof()
+
+
+class EgressProxy:
+    """One job's proxy, on the Unix socket `path` (made reachable by the job's uid)."""
+
+    def __init__(
+        self, policy: EgressPolicy, path: Path, say: Callable[[bytes], Awaitable[None]]
+    ) -> None:
+        self.policy = policy
+        self.path = path
+        self.say = say  # writes a line into the job's log
+        self._server: asyncio.Server | None = None
+        self._reached: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> EgressProxy:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        os.chmod(self.path, 0o777)  # the job's uid connects; the directory hides the name
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._handle(reader, writer)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with asyncio.timeout(HEAD_TIMEOUT):
+            head = await reader.readuntil(b"\r\n\r\n")
+        if len(head) > HEAD_MAX:
+            return await self._answer(writer, 431, "the request's head is too large")
+        request_line, *header_lines = head.decode("latin-1").split("\r\n")
+        method, _, rest = request_line.partition(" ")
+        target, _, version = rest.partition(" ")
+        try:
+            if method == "CONNECT":
+                host, port = _parse_target(target, 443)
+                path = ""
+            elif target.startswith("http://"):
+                authority, slash, tail = target.removeprefix("http://").partition("/")
+                host, port = _parse_target(authority, 80)
+                path = slash + tail
+            else:
+                return await self._answer(writer, 400, "not a request for a proxy")
+        except ValueError:
+            return await self._answer(writer, 400, f"{target[:200]!r} names no host")
+        try:
+            upstream_reader, upstream_writer = await self._open(host, port)
+        except Refused as exc:
+            await self.say(f"reporun: egress to {host}:{port} refused: {exc}\n".encode())
+            return await self._answer(writer, 403, str(exc))
+        try:
+            if method == "CONNECT":
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:  # the request again, in origin form, for one exchange
+                kept = [
+                    line
+                    for line in header_lines
+                    if line
+                    and not line.lower().startswith(("proxy-", "connection:", "keep-alive:"))
+                ]
+                upstream_writer.write(
+                    "\r\n".join(
+                        [f"{method} {path} {version or 'HTTP/1.1'}", *kept, "Connection: close"]
+                    ).encode("latin-1")
+                    + b"\r\n\r\n"
+                )
+            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+        finally:
+            upstream_writer.close()
+
+    async def _open(
+        self, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if not self.policy.allows(host):
+            raise Refused(f"{host} is not one of the registries this server allows")
+        reason = ""
+        for address in await _resolve(host, port):
+            try:
+                self.policy.check_address(host, address)
+            except Refused as exc:
+                reason = str(exc)
+                continue
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    opened = await asyncio.open_connection(str(address), port)
+            except (OSError, TimeoutError) as exc:
+                reason = f"{address}:{port} could not be reached ({type(exc).__name__})"
+                continue
+            if host not in self._reached:
+                self._reached.add(host)
+                await self.say(f"reporun: egress to {host}:{port} ({address})\n".encode())
+            return opened
+        raise Refused(reason or f"{host} has no address")
+
+    @staticmethod
+    async def _answer(writer: asyncio.StreamWriter, status: int, reason: str) -> None:
+        phrase = {400: "Bad Request", 403: "Forbidden", 431: "Request Header Fields Too Large"}
+        body = f"reporun: {reason}\n".encode()
+        writer.write(
+            f"HTTP/1.1 {status} {phrase.get(status, 'Error')}\r\n"
+            f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()

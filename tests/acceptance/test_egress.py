@@ -1,0 +1,153 @@
+"""Network modes for real: a worker on a host of the suite's own (a network namespace with no
+route out, so nothing could leave this machine even if the proxy were wrong) runs jobs that
+try to reach a package index the test serves on another such host, hosts off the list, a
+private address, the cloud metadata address, the worker host's loopback and DNS."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.acceptance.test_many_hosts import Network
+from tests.harness.processes import Processes, require_tool
+from tests.netns import Hosts
+
+PROBES = r"""
+import socket, sys, urllib.request
+
+def get(label, url):
+    try:
+        with urllib.request.urlopen(url, timeout=20) as response:
+            print(label, "ok", response.read().decode().strip())
+    except Exception as exc:
+        print(label, "refused", getattr(exc, "code", type(exc).__name__))
+
+def tunnel(label, host, port):
+    # What pip does for https: CONNECT through the proxy, then talk through the tunnel.
+    try:
+        with socket.create_connection(("127.0.0.1", 3128), timeout=20) as s:
+            s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            head = s.recv(4096).decode(errors="replace").splitlines()[0]
+            if " 200 " not in head:
+                print(label, "refused", head.split()[1]); return
+            s.sendall(f"GET /hello.txt HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            print(label, "ok", data.decode().split("\r\n\r\n", 1)[1].strip())
+    except Exception as exc:
+        print(label, "refused", type(exc).__name__)
+
+get("allowed", "http://index.test:8080/hello.txt")
+tunnel("tunnel", "index.test", 8080)
+get("unlisted", "http://unlisted.test:8080/hello.txt")
+get("literal", "http://10.255.255.1/")
+get("metadata", "http://169.254.169.254/latest/meta-data/")
+get("loopback", "http://sneaky.test:8080/")
+get("private", "http://db.test:5432/")
+try:
+    socket.getaddrinfo("pypi.org", 443)
+    print("dns ok")
+except OSError as exc:
+    print("dns refused", type(exc).__name__)
+try:
+    socket.create_connection(("GATEWAY", 5432), timeout=5).close()
+    print("direct ok")
+except OSError as exc:
+    print("direct refused", type(exc).__name__)
+"""
+
+
+@pytest.fixture
+def world(tmp_path: Path, processes: Processes) -> Iterator[Network]:
+    require_tool("bwrap", "the job sandbox")
+    hosts = Hosts(2)
+    etc = Path("/etc/netns") / hosts.names[0]
+    try:
+        hosts.up()
+        index_ip = f"{hosts.subnet}.11"
+        # How the worker's host resolves the names the jobs ask for.
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "hosts").write_text(
+            f"127.0.0.1 localhost\n{index_ip} index.test\n127.0.0.1 sneaky.test\n"
+            f"{hosts.gateway} db.test\n"
+        )
+        served = tmp_path / "index"
+        served.mkdir()
+        (served / "hello.txt").write_text("hello-from-index\n")
+        index = processes.start(
+            [
+                *hosts.prefix(1),
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                index_ip,
+                "--directory",
+                str(served),
+            ],
+            {"PATH": "/usr/bin:/bin"},
+            tmp_path / "index.log",
+        )
+        net = Network(tmp_path, processes, hosts)
+        try:
+            net.worker(
+                0,
+                REPORUN_EGRESS_HOSTS=(
+                    "index.test,sneaky.test,db.test,10.255.255.1,169.254.169.254"
+                ),
+                REPORUN_EGRESS_PRIVATE_HOSTS="index.test,sneaky.test",
+            )
+            yield net
+        finally:
+            for process in processes:
+                if process.popen.poll() is None:
+                    process.stop()
+            index.stop()
+            net.close()
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
+        hosts.down()
+
+
+def _run(world: Network, network: str) -> tuple[dict, list[str]]:
+    script = PROBES.replace("GATEWAY", world.hosts.gateway)
+    repo = world.git.make_repo({"probes.py": script, "run.sh": "#!/bin/sh\npython3 probes.py\n"})
+    job = world.wait(world.api.submit(repo, network=network)["id"], {"succeeded", "failed"})
+    log = world.api.log(job["id"]).decode(errors="replace")
+    assert job["status"] == "succeeded", (job, log, world.logs())
+    return job, log.splitlines()
+
+
+def test_registries_reaches_the_named_hosts_only(world: Network) -> None:
+    job, lines = _run(world, "registries")
+    assert job["network"] == "registries"
+    results = {line.split()[0]: line for line in lines if not line.startswith("reporun:")}
+    assert results["allowed"] == "allowed ok hello-from-index", lines
+    assert results["tunnel"] == "tunnel ok hello-from-index", lines
+    for refused in ("unlisted", "literal", "metadata", "loopback", "private"):
+        assert results[refused] == f"{refused} refused 403", lines
+    assert results["dns"].startswith("dns refused"), lines
+    assert results["direct"].startswith("direct refused"), lines
+    said = "\n".join(line for line in lines if line.startswith("reporun: egress"))
+    # Each refusal is a line of the job's log, saying why.
+    assert "egress to unlisted.test:8080 refused: unlisted.test is not one of the" in said
+    assert "egress to 10.255.255.1:80 refused: 10.255.255.1 is a private address" in said
+    assert "169.254.169.254:80 refused: 169.254.169.254 is a link-local address" in said
+    assert "sneaky.test:8080 refused: 127.0.0.1 is a loopback address" in said
+    assert f"db.test:5432 refused: {world.hosts.gateway} is a private address" in said
+    assert "reporun: egress to index.test:8080 (" in said
+
+
+def test_none_reaches_nothing(world: Network) -> None:
+    job, lines = _run(world, "none")
+    assert job["network"] == "none"
+    results = {line.split()[0]: line for line in lines}
+    for label in ("allowed", "unlisted", "metadata", "loopback", "private", "dns", "direct"):
+        assert results[label].startswith(f"{label} refused"), lines
+    assert results["tunnel"].startswith("tunnel refused"), lines
+    assert not [line for line in lines if line.startswith("reporun: egress")]
