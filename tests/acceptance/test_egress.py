@@ -44,6 +44,11 @@ def tunnel(label, host, port):
 get("allowed", "http://index.test:8080/hello.txt")
 tunnel("tunnel", "index.test", 8080)
 get("unlisted", "http://unlisted.test:8080/hello.txt")
+get("port", "http://index.test:8081/hello.txt")
+# A Host header of the job's own is not what the proxy sends on.
+req = urllib.request.Request("http://index.test:8080/host", headers={"Host": "evil.test"})
+get("host", req)
+get("upload", urllib.request.Request("http://index.test:8080/hello.txt", data=b"x"))
 get("literal", "http://10.255.255.1/")
 get("metadata", "http://169.254.169.254/latest/meta-data/")
 get("loopback", "http://sneaky.test:8080/")
@@ -61,6 +66,22 @@ except OSError as exc:
 """
 
 
+# The test's package index: a file, and the Host header each request came with.
+INDEX = r"""
+import http.server, sys
+
+class Index(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = (self.headers["Host"] if self.path == "/host" else "hello-from-index").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+http.server.ThreadingHTTPServer((sys.argv[1], 8080), Index).serve_forever()
+"""
+
+
 @pytest.fixture
 def world(tmp_path: Path, processes: Processes) -> Iterator[Network]:
     require_tool("bwrap", "the job sandbox")
@@ -75,21 +96,8 @@ def world(tmp_path: Path, processes: Processes) -> Iterator[Network]:
             f"127.0.0.1 localhost\n{index_ip} index.test\n127.0.0.1 sneaky.test\n"
             f"{hosts.gateway} db.test\n"
         )
-        served = tmp_path / "index"
-        served.mkdir()
-        (served / "hello.txt").write_text("hello-from-index\n")
         index = processes.start(
-            [
-                *hosts.prefix(1),
-                "python3",
-                "-m",
-                "http.server",
-                "8080",
-                "--bind",
-                index_ip,
-                "--directory",
-                str(served),
-            ],
+            [*hosts.prefix(1), "python3", "-c", INDEX, index_ip],
             {"PATH": "/usr/bin:/bin"},
             tmp_path / "index.log",
         )
@@ -98,7 +106,7 @@ def world(tmp_path: Path, processes: Processes) -> Iterator[Network]:
             net.worker(
                 0,
                 REPORUN_EGRESS_HOSTS=(
-                    "index.test,sneaky.test,db.test,10.255.255.1,169.254.169.254"
+                    "index.test:8080,sneaky.test:8080,db.test:5432,10.255.255.1,169.254.169.254"
                 ),
                 REPORUN_EGRESS_PRIVATE_HOSTS="index.test,sneaky.test",
             )
@@ -129,13 +137,16 @@ def test_registries_reaches_the_named_hosts_only(world: Network) -> None:
     results = {line.split()[0]: line for line in lines if not line.startswith("reporun:")}
     assert results["allowed"] == "allowed ok hello-from-index", lines
     assert results["tunnel"] == "tunnel ok hello-from-index", lines
-    for refused in ("unlisted", "literal", "metadata", "loopback", "private"):
+    assert results["host"] == "host ok index.test:8080", lines
+    assert results["upload"] == "upload refused 400", lines  # only GET and HEAD pass
+    for refused in ("unlisted", "port", "literal", "metadata", "loopback", "private"):
         assert results[refused] == f"{refused} refused 403", lines
     assert results["dns"].startswith("dns refused"), lines
     assert results["direct"].startswith("direct refused"), lines
     said = "\n".join(line for line in lines if line.startswith("reporun: egress"))
     # Each refusal is a line of the job's log, saying why.
-    assert "egress to unlisted.test:8080 refused: unlisted.test is not one of the" in said
+    assert "egress to unlisted.test:8080 refused: unlisted.test:8080 is not one of the" in said
+    assert "egress to index.test:8081 refused: index.test:8081 is not one of the" in said
     assert "egress to 10.255.255.1:80 refused: 10.255.255.1 is a private address" in said
     assert "169.254.169.254:80 refused: 169.254.169.254 is a link-local address" in said
     assert "sneaky.test:8080 refused: 127.0.0.1 is a loopback address" in said
@@ -147,7 +158,16 @@ def test_none_reaches_nothing(world: Network) -> None:
     job, lines = _run(world, "none")
     assert job["network"] == "none"
     results = {line.split()[0]: line for line in lines}
-    for label in ("allowed", "unlisted", "metadata", "loopback", "private", "dns", "direct"):
+    for label in (
+        "allowed",
+        "unlisted",
+        "port",
+        "metadata",
+        "loopback",
+        "private",
+        "dns",
+        "direct",
+    ):
         assert results[label].startswith(f"{label} refused"), lines
     assert results["tunnel"].startswith("tunnel refused"), lines
     assert not [line for line in lines if line.startswith("reporun: egress")]

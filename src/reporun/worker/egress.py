@@ -27,7 +27,11 @@ from reporun.jobs import DEFAULT_EGRESS_HOSTS
 
 logger = logging.getLogger("reporun.worker")
 
+WEB_PORTS = (80, 443)
 HEAD_MAX = 16 * 1024
+# At most this many connections of one job at once, and this many lines of refusals in its log.
+CONNECTIONS_MAX = 64
+SAID_MAX = 20
 HEAD_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 15.0
 RESOLVE_TIMEOUT = 10.0
@@ -64,8 +68,9 @@ def _local(address: Address) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class EgressPolicy:
-    """Which hosts a job may reach: names (`pypi.org`) or suffixes (`*.pythonhosted.org`);
-    `private` names those allowed to resolve to private addresses."""
+    """Which hosts a job may reach: names (`pypi.org`) or suffixes (`*.pythonhosted.org`), on
+    ports 80 and 443, or on the one port an entry names (`mirror.corp:8080`); `private` names
+    those allowed to resolve to private addresses."""
 
     hosts: tuple[str, ...] = DEFAULT_EGRESS_HOSTS
     private: frozenset[str] = frozenset()
@@ -77,8 +82,14 @@ class EgressPolicy:
             frozenset(h.strip().lower() for h in private if h.strip()),
         )
 
-    def allows(self, host: str) -> bool:
-        for pattern in self.hosts:
+    def allows(self, host: str, port: int) -> bool:
+        for entry in self.hosts:
+            pattern, _, only = entry.partition(":")
+            if only:
+                if not only.isdigit() or int(only) != port:
+                    continue
+            elif port not in WEB_PORTS:
+                continue
             if pattern.startswith("*."):
                 if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
                     return True
@@ -114,6 +125,11 @@ def _parse_target(target: str, default_port: int) -> tuple[str, int]:
     if not host or not 0 < port < 65536:
         raise ValueError(target)
     return host.lower().rstrip("."), port
+
+
+def _shown(host: str) -> str:
+    """A host as the job's log shows it: printable, and short."""
+    return host if host.isprintable() and len(host) <= 100 else repr(host[:100])
 
 
 async def _resolve(host: str, port: int) -> list[Address]:
@@ -163,6 +179,7 @@ class EgressProxy:
         self.say = say  # writes a line into the job's log
         self._server: asyncio.Server | None = None
         self._reached: set[str] = set()
+        self._refusals = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> EgressProxy:
@@ -184,6 +201,10 @@ class EgressProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._tasks) >= CONNECTIONS_MAX:
+            writer.close()
+            await self._refused(f"more than {CONNECTIONS_MAX} connections at once")
+            return
         self._tasks.add(task)
         try:
             await self._handle(reader, writer)
@@ -207,32 +228,42 @@ class EgressProxy:
             if method == "CONNECT":
                 host, port = _parse_target(target, 443)
                 path = ""
-            elif target.startswith("http://"):
+            elif target.startswith("http://") and method in ("GET", "HEAD"):
                 authority, slash, tail = target.removeprefix("http://").partition("/")
                 host, port = _parse_target(authority, 80)
-                path = slash + tail
-            else:
-                return await self._answer(writer, 400, "not a request for a proxy")
+                path = (slash + tail) or "/"
+            else:  # a registry is read from: nothing is sent to it but GET and HEAD
+                return await self._answer(writer, 400, "only CONNECT, GET and HEAD pass")
         except ValueError:
             return await self._answer(writer, 400, f"{target[:200]!r} names no host")
         try:
             upstream_reader, upstream_writer = await self._open(host, port)
         except Refused as exc:
-            await self.say(f"reporun: egress to {host}:{port} refused: {exc}\n".encode())
+            await self._refused(f"to {_shown(host)}:{port} refused: {exc}")
             return await self._answer(writer, 403, str(exc))
         try:
             if method == "CONNECT":
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             else:  # the request again, in origin form, for one exchange
+                # The host asked for is the host reached: the job's own Host header goes (a
+                # CDN would route by it), as do the proxy's and the connection's.
                 kept = [
                     line
                     for line in header_lines
                     if line
-                    and not line.lower().startswith(("proxy-", "connection:", "keep-alive:"))
+                    and not line.lower().startswith(
+                        ("host:", "proxy-", "connection:", "keep-alive:", "transfer-encoding:")
+                    )
                 ]
+                authority = host if port == 80 else f"{host}:{port}"
                 upstream_writer.write(
                     "\r\n".join(
-                        [f"{method} {path} {version or 'HTTP/1.1'}", *kept, "Connection: close"]
+                        [
+                            f"{method} {path} {version or 'HTTP/1.1'}",
+                            f"Host: {authority}",
+                            *kept,
+                            "Connection: close",
+                        ]
                     ).encode("latin-1")
                     + b"\r\n\r\n"
                 )
@@ -240,11 +271,19 @@ class EgressProxy:
         finally:
             upstream_writer.close()
 
+    async def _refused(self, what: str) -> None:
+        """One line of the job's log per refusal, up to SAID_MAX of them."""
+        self._refusals += 1
+        if self._refusals <= SAID_MAX:
+            await self.say(f"reporun: egress {what}\n".encode())
+        elif self._refusals == SAID_MAX + 1:
+            await self.say(b"reporun: egress: further refusals are not logged\n")
+
     async def _open(
         self, host: str, port: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if not self.policy.allows(host):
-            raise Refused(f"{host} is not one of the registries this server allows")
+        if not self.policy.allows(host, port):
+            raise Refused(f"{_shown(host)}:{port} is not one of the registries this server allows")
         reason = ""
         for address in await _resolve(host, port):
             try:
@@ -260,7 +299,7 @@ class EgressProxy:
                 continue
             if host not in self._reached:
                 self._reached.add(host)
-                await self.say(f"reporun: egress to {host}:{port} ({address})\n".encode())
+                await self.say(f"reporun: egress to {_shown(host)}:{port} ({address})\n".encode())
             return opened
         raise Refused(reason or f"{host} has no address")
 

@@ -136,7 +136,11 @@ def harden(rootfs: Path) -> None:
     """Leave in `rootfs` only what a host user could at most read and run: no set-id or sticky
     bit, no write for group or others, no file capabilities, no device node, fifo or socket
     (an image can carry a setuid-root shell or a node of the host's disk)."""
-    for top, dirs, files in os.walk(rootfs):
+
+    def unreadable(error: OSError) -> None:
+        raise error  # a directory left unread could keep what this takes out
+
+    for top, dirs, files in os.walk(rootfs, onerror=unreadable):
         for name in (*dirs, *files):
             path = os.path.join(top, name)
             info = os.lstat(path)
@@ -145,8 +149,11 @@ def harden(rootfs: Path) -> None:
             if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
                 os.unlink(path)
                 continue
-            if info.st_mode & STRIPPED_BITS:
-                os.chmod(path, stat.S_IMODE(info.st_mode) & ~STRIPPED_BITS, follow_symlinks=False)
+            mode = stat.S_IMODE(info.st_mode) & ~STRIPPED_BITS
+            if stat.S_ISDIR(info.st_mode):
+                mode |= stat.S_IRWXU  # so the walk goes in (before it does: top-down)
+            if mode != stat.S_IMODE(info.st_mode):
+                os.chmod(path, mode, follow_symlinks=False)
             if stat.S_ISREG(info.st_mode):
                 with contextlib.suppress(OSError):  # none there, or no xattrs on this disk
                     os.removexattr(path, "security.capability", follow_symlinks=False)

@@ -31,17 +31,23 @@ def fail(what):
 uid, gid = os.getuid(), os.getgid()
 if libc.unshare(0x10000000 | 0x40000000) != 0:  # CLONE_NEWUSER | CLONE_NEWNET
     fail("unshare")
-for name, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (uid, uid)),
-                   ("gid_map", "%d %d 1" % (gid, gid))):
-    with open("/proc/self/" + name, "w") as f:
-        f.write(text)
-with socket.socket() as s:  # loopback up: SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP
-    flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, struct.pack("16sH14x", b"lo", 0)))[1]
-    fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind(("127.0.0.1", port))
-listener.listen(64)
+try:
+    for name, text in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (uid, uid)),
+                       ("gid_map", "%d %d 1" % (gid, gid))):
+        with open("/proc/self/" + name, "w") as f:
+            f.write(text)
+    with socket.socket() as s:  # loopback up: SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP
+        ifr = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, ifr))[1]
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(64)
+except OSError as exc:
+    ctypes.set_errno(exc.errno or 0)
+    fail(type(exc).__name__)
+slots = threading.BoundedSemaphore(64)  # connections at once; the proxy caps them too
 parent = os.getpid()
 if os.fork() == 0:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the job
@@ -69,18 +75,26 @@ if os.fork() == 0:
         upstream = socket.socket(socket.AF_UNIX)
         try:
             upstream.connect(path)
-        except OSError:
+            back = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
+            back.start()
+            pipe(client, upstream)
+            back.join()
+        except (OSError, RuntimeError):
+            pass
+        finally:
             client.close()
-            return
-        back = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
-        back.start()
-        pipe(client, upstream)
-        back.join()
-        client.close()
-        upstream.close()
+            upstream.close()
+            slots.release()
     while True:
         client, _ = listener.accept()
-        threading.Thread(target=relay, args=(client,), daemon=True).start()
+        if not slots.acquire(blocking=False):
+            client.close()
+            continue
+        try:
+            threading.Thread(target=relay, args=(client,), daemon=True).start()
+        except RuntimeError:  # no thread to be had: this connection goes
+            client.close()
+            slots.release()
 listener.close()
 os.execvp(argv[0], argv)
 """

@@ -125,7 +125,10 @@ class RootStore:
                     await self._prepare(runtime, looked_up, place)
                 self._last[image] = place
             except RuntimeUnavailable as exc:
-                self._failed[image] = (time.monotonic(), exc.message)
+                now = time.monotonic()
+                last = self._failed.get(image)
+                if last is None or now - last[0] >= self.retry_after:  # a new failure
+                    self._failed[image] = (now, exc.message)
                 self._looked_up.pop(image, None)
                 fallback = await asyncio.to_thread(self._last_ready, image)
                 if fallback is None:
