@@ -6,6 +6,7 @@ private address, the cloud metadata address, the worker host's loopback and DNS.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from tests.harness.processes import Processes, require_tool
 from tests.netns import Hosts
 
 PROBES = r"""
-import socket, sys, urllib.request
+import socket, ssl, sys, urllib.request
 
 def get(label, url):
     try:
@@ -37,12 +38,36 @@ def tunnel(label, host, port):
             data = b""
             while chunk := s.recv(4096):
                 data += chunk
+            if not data:
+                print(label, "refused closed"); return
+            print(label, "ok", data.decode().split("\r\n\r\n", 1)[1].strip())
+    except Exception as exc:
+        print(label, "refused", type(exc).__name__)
+
+def tls(label, server_name, verify=True):
+    # What pip does for https: CONNECT, then TLS through the tunnel, asking for `server_name`.
+    try:
+        context = ssl.create_default_context(cafile="index.pem")
+        if not verify:  # nothing but the proxy stands in the way of a name of the job's own
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", 3128), timeout=20) as s:
+            s.sendall(b"CONNECT index.test:8443 HTTP/1.1\r\nHost: index.test:8443\r\n\r\n")
+            head = s.recv(4096).decode(errors="replace").splitlines()[0]
+            if " 200 " not in head:
+                print(label, "refused", head.split()[1]); return
+            with context.wrap_socket(s, server_hostname=server_name) as t:
+                t.sendall(b"GET /hello.txt HTTP/1.0\r\nHost: index.test\r\n\r\n")
+                data = b""
+                while chunk := t.recv(4096):
+                    data += chunk
             print(label, "ok", data.decode().split("\r\n\r\n", 1)[1].strip())
     except Exception as exc:
         print(label, "refused", type(exc).__name__)
 
 get("allowed", "http://index.test:8080/hello.txt")
 tunnel("tunnel", "index.test", 8080)
+tls("tls", "index.test")
+tls("sni", "evil.test", verify=False)
 get("unlisted", "http://unlisted.test:8080/hello.txt")
 get("port", "http://index.test:8081/hello.txt")
 # A Host header of the job's own is not what the proxy sends on.
@@ -68,7 +93,7 @@ except OSError as exc:
 
 # The test's package index: a file, and the Host header each request came with.
 INDEX = r"""
-import http.server, sys
+import http.server, ssl, sys, threading
 
 class Index(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -78,6 +103,11 @@ class Index(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+secure = http.server.ThreadingHTTPServer((sys.argv[1], 8443), Index)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[2], sys.argv[3])
+secure.socket = context.wrap_socket(secure.socket, server_side=True)
+threading.Thread(target=secure.serve_forever, daemon=True).start()
 http.server.ThreadingHTTPServer((sys.argv[1], 8080), Index).serve_forever()
 """
 
@@ -96,8 +126,28 @@ def world(tmp_path: Path, processes: Processes) -> Iterator[Network]:
             f"127.0.0.1 localhost\n{index_ip} index.test\n127.0.0.1 sneaky.test\n"
             f"{hosts.gateway} db.test\n"
         )
+        cert, key = tmp_path / "index.pem", tmp_path / "index.key"
+        subprocess.run(
+            [
+                *(
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                ),
+                *("-nodes", "-days", "2", "-subj", "/CN=index.test"),
+                *("-addext", "subjectAltName=DNS:index.test"),
+                *("-keyout", str(key), "-out", str(cert)),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         index = processes.start(
-            [*hosts.prefix(1), "python3", "-c", INDEX, index_ip],
+            [*hosts.prefix(1), "python3", "-c", INDEX, index_ip, str(cert), str(key)],
             {"PATH": "/usr/bin:/bin"},
             tmp_path / "index.log",
         )
@@ -106,7 +156,8 @@ def world(tmp_path: Path, processes: Processes) -> Iterator[Network]:
             net.worker(
                 0,
                 REPORUN_EGRESS_HOSTS=(
-                    "index.test:8080,sneaky.test:8080,db.test:5432,10.255.255.1,169.254.169.254"
+                    "index.test:8080,index.test:8443,sneaky.test:8080,db.test:5432,10.255.255.1,"
+                    "169.254.169.254"
                 ),
                 REPORUN_EGRESS_PRIVATE_HOSTS="index.test,sneaky.test",
             )
@@ -124,7 +175,9 @@ def world(tmp_path: Path, processes: Processes) -> Iterator[Network]:
 
 def _run(world: Network, network: str) -> tuple[dict, list[str]]:
     script = PROBES.replace("GATEWAY", world.hosts.gateway)
-    repo = world.git.make_repo({"probes.py": script, "run.sh": "#!/bin/sh\npython3 probes.py\n"})
+    files = {"probes.py": script, "run.sh": "#!/bin/sh\npython3 probes.py\n"}
+    files["index.pem"] = (world.tmp_path / "index.pem").read_text()
+    repo = world.git.make_repo(files)
     job = world.wait(world.api.submit(repo, network=network)["id"], {"succeeded", "failed"})
     log = world.api.log(job["id"]).decode(errors="replace")
     assert job["status"] == "succeeded", (job, log, world.logs())
@@ -136,7 +189,11 @@ def test_registries_reaches_the_named_hosts_only(world: Network) -> None:
     assert job["network"] == "registries"
     results = {line.split()[0]: line for line in lines if not line.startswith("reporun:")}
     assert results["allowed"] == "allowed ok hello-from-index", lines
-    assert results["tunnel"] == "tunnel ok hello-from-index", lines
+    assert results["tls"] == "tls ok hello-from-index", lines
+    # A tunnel whose handshake asks for another name (a CDN would route by it), or that
+    # carries no TLS at all (and so no name), is cut.
+    assert results["sni"].startswith("sni refused"), lines
+    assert results["tunnel"] == "tunnel refused closed", lines
     assert results["host"] == "host ok index.test:8080", lines
     assert results["upload"] == "upload refused 400", lines  # only GET and HEAD pass
     for refused in ("unlisted", "port", "literal", "metadata", "loopback", "private"):
@@ -152,6 +209,8 @@ def test_registries_reaches_the_named_hosts_only(world: Network) -> None:
     assert "sneaky.test:8080 refused: 127.0.0.1 is a loopback address" in said
     assert f"db.test:5432 refused: {world.hosts.gateway} is a private address" in said
     assert "reporun: egress to index.test:8080 (" in said
+    assert "index.test:8443 refused: the TLS handshake asks for evil.test" in said
+    assert "index.test:8080 refused: a tunnel carries TLS naming its host" in said
 
 
 def test_none_reaches_nothing(world: Network) -> None:
@@ -170,4 +229,5 @@ def test_none_reaches_nothing(world: Network) -> None:
     ):
         assert results[label].startswith(f"{label} refused"), lines
     assert results["tunnel"].startswith("tunnel refused"), lines
+    assert results["tls"].startswith("tls refused"), lines
     assert not [line for line in lines if line.startswith("reporun: egress")]

@@ -3,11 +3,14 @@ tests/acceptance/test_egress.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import ssl
 
 import pytest
 
-from reporun.worker.egress import EgressPolicy, Refused, _parse_target
+from reporun.worker.egress import EgressPolicy, Refused, _client_hello, _parse_target
 
 
 def test_hosts_ports_and_suffixes() -> None:
@@ -58,3 +61,19 @@ def test_targets() -> None:
     for bad in ("", ":443", "pypi.org:0", "pypi.org:99999", "pypi.org:x"):
         with pytest.raises(ValueError):
             _parse_target(bad, 443)
+
+
+async def test_the_server_name_of_a_real_client_hello() -> None:
+    for name in ("pypi.org", None):
+        tls = ssl.create_default_context().wrap_bio(
+            ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=name
+        )
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        hello = out.read()
+        reader = asyncio.StreamReader()
+        reader.feed_data(hello + b"after")
+        assert await _client_hello(reader) == (hello, name)
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"GET / HTTP/1.1\r\n\r\n")
+    assert await _client_hello(reader) == (b"GET /", None)  # no TLS: no name

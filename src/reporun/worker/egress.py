@@ -31,6 +31,8 @@ WEB_PORTS = (80, 443)
 HEAD_MAX = 16 * 1024
 # At most this many connections of one job at once, and this many lines of refusals in its log.
 CONNECTIONS_MAX = 64
+# A ClientHello longer than this (post-quantum key shares make them a few KiB) is refused.
+HELLO_MAX = 32 * 1024
 SAID_MAX = 20
 HEAD_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 15.0
@@ -125,6 +127,46 @@ def _parse_target(target: str, default_port: int) -> tuple[str, int]:
     if not host or not 0 < port < 65536:
         raise ValueError(target)
     return host.lower().rstrip("."), port
+
+
+def _sni(hello: bytes) -> str | None:
+    """The server name a TLS ClientHello (the handshake message, after its record headers)
+    asks for; None when it names none or is not one."""
+    try:
+        if hello[0] != 1:  # ClientHello
+            return None
+        at = 4 + 2 + 32  # type and length, client version, random
+        at += 1 + hello[at]  # session id
+        at += 2 + int.from_bytes(hello[at : at + 2])  # cipher suites
+        at += 1 + hello[at]  # compression methods
+        end = at + 2 + int.from_bytes(hello[at : at + 2])
+        at += 2
+        while at + 4 <= end:
+            kind, size = int.from_bytes(hello[at : at + 2]), int.from_bytes(hello[at + 2 : at + 4])
+            body = hello[at + 4 : at + 4 + size]
+            if kind == 0 and len(body) >= 5 and body[2] == 0:  # server_name, host_name
+                length = int.from_bytes(body[3:5])
+                return body[5 : 5 + length].decode("ascii").lower().rstrip(".")
+            at += 4 + size
+    except (IndexError, UnicodeDecodeError):
+        return None
+    return None
+
+
+async def _client_hello(reader: asyncio.StreamReader) -> tuple[bytes, str | None]:
+    """The TLS records that carry the client's ClientHello (to be passed on as they came),
+    and the server name it asks for (None: not TLS, or no name)."""
+    records, handshake = b"", b""
+    while len(records) < HELLO_MAX:
+        header = await reader.readexactly(5)
+        if header[0] != 0x16:  # not a handshake record: not TLS
+            return records + header, None
+        body = await reader.readexactly(int.from_bytes(header[3:5]))
+        records += header + body
+        handshake += body
+        if len(handshake) >= 4 and len(handshake) >= 4 + int.from_bytes(handshake[1:4]):
+            return records, _sni(handshake)
+    return records, None
 
 
 def _shown(host: str) -> str:
@@ -244,6 +286,20 @@ class EgressProxy:
         try:
             if method == "CONNECT":
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await writer.drain()
+                # The tunnel carries TLS to the host that was checked: shared CDN addresses
+                # route by the name the handshake asks for, so that name must be `host`.
+                async with asyncio.timeout(HEAD_TIMEOUT):
+                    hello, asked = await _client_hello(reader)
+                if asked != host:
+                    why = (
+                        f"the TLS handshake asks for {_shown(asked)}"
+                        if asked
+                        else "a tunnel carries TLS naming its host, and this one does not"
+                    )
+                    await self._refused(f"to {_shown(host)}:{port} refused: {why}")
+                    return
+                upstream_writer.write(hello)
             else:  # the request again, in origin form, for one exchange
                 # The host asked for is the host reached: the job's own Host header goes (a
                 # CDN would route by it), as do the proxy's and the connection's.
