@@ -298,3 +298,22 @@ def test_an_images_env_gives_nothing_a_job_may_not_set() -> None:
     assert seen["PATH"] == "/opt/bin:/usr/bin" and seen["HOME"] == "/work"
     assert seen["LANG"] == "de_DE.UTF-8" and seen["PYTHONPATH"] == "/work/src"
     assert len(parse_env([f"V{i}=1" for i in range(1000)])) == images.ENV_MAX_VARS
+
+
+async def test_a_root_in_use_is_not_removed(store: RootStore, layout: Path) -> None:
+    image = f"oci:{layout}:base"
+    held = await store.hold(runtime(image))
+    assert held is not None
+    place = held.root.path.parent
+    month_ago = time.time() - 30 * 86400
+    os.utime(place / READY, (month_ago, month_ago))  # a job that has run for a month
+    await store.tidy()
+    assert (place / READY).is_file()
+    held.release()
+    held.release()  # once is enough; twice is harmless
+    await store.tidy()
+    assert not place.exists()
+    # The next job prepares it again.
+    again = await store.hold(runtime(image))
+    assert again is not None and (again.root.path / "etc" / "reporun-runtime").is_file()
+    again.release()

@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ SAID_MAX = 20
 HEAD_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 15.0
 RESOLVE_TIMEOUT = 10.0
-IDLE_TIMEOUT = 300.0
+IDLE_TIMEOUT = 300.0  # nothing either way this long, and a connection is closed
 CHUNK = 64 * 1024
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -68,6 +69,13 @@ def _local(address: Address) -> bool:
         return True
 
 
+def _matches(host: str, pattern: str) -> bool:
+    """`host` is `pattern`, or (for `*.example.org`) a name under it."""
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
+
 @dataclass(frozen=True, slots=True)
 class EgressPolicy:
     """Which hosts a job may reach: names (`pypi.org`) or suffixes (`*.pythonhosted.org`), on
@@ -92,10 +100,7 @@ class EgressPolicy:
                     continue
             elif port not in WEB_PORTS:
                 continue
-            if pattern.startswith("*."):
-                if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
-                    return True
-            elif host == pattern:
+            if _matches(host, pattern):
                 return True
         return False
 
@@ -111,7 +116,8 @@ class EgressPolicy:
             raise Refused(f"{address} is not an address a registry has")
         if _local(address):
             raise Refused(f"{address} is an address of the worker host")
-        if not address.is_global and host not in self.private:
+        inside = any(_matches(host, p.partition(":")[0]) for p in self.private)
+        if not address.is_global and not inside:
             raise Refused(f"{address} is a private address")
 
 
@@ -193,21 +199,54 @@ async def _resolve(host: str, port: int) -> list[Address]:
     return addresses
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+class _Activity:
+    """When bytes last went either way through a connection."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, activity: _Activity
+) -> None:
     try:
-        while True:
-            async with asyncio.timeout(IDLE_TIMEOUT):
-                data = await reader.read(CHUNK)
-            if not data:
-                break
+        while data := await reader.read(CHUNK):
+            activity.last = time.monotonic()
             writer.write(data)
             await writer.drain()
-    except (OSError, TimeoutError):
+    except OSError:
         pass
     finally:
         with contextlib.suppress(OSError):
             if writer.can_write_eof():
                 writer.write_eof()
+
+
+async def _relay(
+    client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    *,
+    one_exchange: bool,
+) -> None:
+    """Bytes both ways until both ends are done (or, for `one_exchange`, the upstream's
+    answer is), or nothing has gone either way for IDLE_TIMEOUT (a long download that sends
+    nothing back is not idle)."""
+    activity = _Activity()
+    up = asyncio.ensure_future(_pipe(client[0], upstream[1], activity))
+    down = asyncio.ensure_future(_pipe(upstream[0], client[1], activity))
+    try:
+        while not (down.done() and (one_exchange or up.done())):
+            left = IDLE_TIMEOUT - (time.monotonic() - activity.last)
+            if left <= 0:
+                break
+            pending = {task for task in (up, down) if not task.done()}
+            await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            if down.done() and one_exchange:
+                break
+    finally:
+        for task in (up, down):
+            task.cancel()
+        await asyncio.gather(up, down, return_exceptions=True)
 
 
 class EgressProxy:
@@ -222,6 +261,7 @@ class EgressProxy:
         self._server: asyncio.Server | None = None
         self._reached: set[str] = set()
         self._refusals = 0
+        self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> EgressProxy:
@@ -232,6 +272,7 @@ class EgressProxy:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closed = True  # a connection whose handler starts late says nothing more
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
@@ -243,6 +284,9 @@ class EgressProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if self._closed:
+            writer.close()
+            return
         if len(self._tasks) >= CONNECTIONS_MAX:
             writer.close()
             await self._refused(f"more than {CONNECTIONS_MAX} connections at once")
@@ -323,7 +367,11 @@ class EgressProxy:
                     ).encode("latin-1")
                     + b"\r\n\r\n"
                 )
-            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+            await _relay(
+                (reader, writer),
+                (upstream_reader, upstream_writer),
+                one_exchange=method != "CONNECT",
+            )
         finally:
             upstream_writer.close()
 
@@ -331,9 +379,13 @@ class EgressProxy:
         """One line of the job's log per refusal, up to SAID_MAX of them."""
         self._refusals += 1
         if self._refusals <= SAID_MAX:
-            await self.say(f"reporun: egress {what}\n".encode())
+            await self._say(f"reporun: egress {what}\n".encode())
         elif self._refusals == SAID_MAX + 1:
-            await self.say(b"reporun: egress: further refusals are not logged\n")
+            await self._say(b"reporun: egress: further refusals are not logged\n")
+
+    async def _say(self, line: bytes) -> None:
+        if not self._closed:  # a write to the log is never cut in half by a closing tunnel
+            await asyncio.shield(self.say(line))
 
     async def _open(
         self, host: str, port: int
@@ -355,7 +407,7 @@ class EgressProxy:
                 continue
             if host not in self._reached:
                 self._reached.add(host)
-                await self.say(f"reporun: egress to {_shown(host)}:{port} ({address})\n".encode())
+                await self._say(f"reporun: egress to {_shown(host)}:{port} ({address})\n".encode())
             return opened
         raise Refused(reason or f"{host} has no address")
 

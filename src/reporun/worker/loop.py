@@ -292,24 +292,29 @@ class Worker:
             runtime = self.runtimes.choose(job.runtime_requested, entry.runtime)
         except (NotOffered, BadRepoConfig) as exc:
             return Outcome(JobStatus.FAILED, reason=exc.message)
-        root = await unless(watch.stop, self.roots.prepare(runtime))
-        if watch.stop.is_set():
-            return self._outcome(None, watch, limits.timeout)
-        digest = root.digest if root is not None else None
-        await self.queue.started(job, self.id, Start(commit, entry.command, runtime.name, digest))
-        if watch.stop.is_set():
-            return self._outcome(None, watch, limits.timeout)
-        async with self._egress(limits, log) as egress:
-            result = await self.sandbox.run(
-                workspace=workspace,
-                command=entry.command,
-                env=job.env,
-                limits=limits,
-                on_output=log.write,
-                stop=watch.stop,
-                root=root,
-                egress=egress,
-            )
+        held = await unless(watch.stop, self.roots.hold(runtime))
+        try:
+            if watch.stop.is_set():
+                return self._outcome(None, watch, limits.timeout)
+            root = held.root if held is not None else None
+            start = Start(commit, entry.command, runtime.name, root.digest if root else None)
+            await self.queue.started(job, self.id, start)
+            if watch.stop.is_set():
+                return self._outcome(None, watch, limits.timeout)
+            async with self._egress(limits, log) as egress:
+                result = await self.sandbox.run(
+                    workspace=workspace,
+                    command=entry.command,
+                    env=job.env,
+                    limits=limits,
+                    on_output=log.write,
+                    stop=watch.stop,
+                    root=root,
+                    egress=egress,
+                )
+        finally:
+            if held is not None:
+                held.release()
         await log.close(truncated=result.truncated)
         logger.info(
             "job ran",

@@ -7,7 +7,8 @@ A reference's digest is looked up again after `refresh` seconds, so a tag that m
 `python:3.12-slim`) reaches new jobs without a restart. When a look-up or a preparation fails
 (the registry is down), jobs run in the root last prepared for that reference; with none, the
 failure is remembered for `retry_after` seconds, so a queue of jobs does not each wait for it.
-Roots no job used for `keep_days` days are removed, under their lock.
+Roots no job used for `keep_days` days are removed, under their lock, which every job running
+in a root holds shared.
 """
 
 from __future__ import annotations
@@ -59,10 +60,38 @@ def _owned_dir(path: Path) -> bool:
     return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
 
 
+def _open_lock(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+async def _flock(fd: int, kind: int) -> None:
+    """`kind` (LOCK_EX, LOCK_SH) on `fd`, polled: a cancelled wait leaves no thread behind."""
+    while True:
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            await asyncio.sleep(LOCK_POLL)
+
+
+class Held:
+    """A root a job runs in, its lock held shared meanwhile: nothing removes it until
+    `release`."""
+
+    def __init__(self, root: Root, fd: int) -> None:
+        self.root = root
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 @contextlib.contextmanager
 def _try_lock(path: Path) -> Iterator[bool]:
     """The lock at `path` if nobody holds it (True), else False at once."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = _open_lock(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -140,11 +169,27 @@ class RootStore:
                 place = fallback
             return self._root(runtime, place)
 
+    async def hold(self, runtime: Runtime) -> Held | None:
+        """The root of `runtime` (`prepare`), held for a job's run (None for `host`)."""
+        for _ in range(2):  # once more if it was removed between the two
+            root = await self.prepare(runtime)
+            if root is None:
+                return None
+            place = root.path.parent
+            fd = _open_lock(self.directory / f"{place.name}.lock")
+            try:
+                await _flock(fd, fcntl.LOCK_SH)
+                if self._ready(place):
+                    os.utime(place / READY)  # in use: not stale for keep_days more
+                    return Held(root, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+            self._roots.pop(place, None)
+        raise RuntimeUnavailable(f"the root of {runtime.name} was removed meanwhile; try again")
+
     def _root(self, runtime: Runtime, place: Path) -> Root:
-        try:
-            os.utime(place / READY)  # in use: not removed as stale
-        except FileNotFoundError:
-            raise RuntimeUnavailable(f"the root of {runtime.name} was removed; try again") from None
         known = self._roots.get(place)
         if known is None or known.runtime != runtime.name:
             config = json.loads((place / "config.json").read_text())
@@ -198,18 +243,9 @@ class RootStore:
     async def _prepare(self, runtime: Runtime, looked_up: Inspected, place: Path) -> None:
         assert runtime.image is not None
         self.check()
-        lock = os.open(
-            self.directory / f"{place.name}.lock",
-            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-        )
+        lock = _open_lock(self.directory / f"{place.name}.lock")
         try:
-            while True:  # polled, so a cancelled job leaves no thread waiting on the lock
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    await asyncio.sleep(LOCK_POLL)
+            await _flock(lock, fcntl.LOCK_EX)
             if self._ready(place):  # another worker of this host made it
                 return
             began = time.monotonic()
