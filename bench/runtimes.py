@@ -7,6 +7,11 @@
 - prepare: the image's root made from nothing (skopeo copy of an OCI archive, umoci unpack),
   once; and a job's look-up of a prepared root (skopeo inspect of the reference, then the
   prepared root found), median of 5.
+- setup: a job with a setup phase in the image runtime (`python3 -m venv .venv`, which
+  installs pip into it: what a dependency install costs without a network), its result kept,
+  then the command using it; against a job whose setup result is found kept. Median of 3
+  each, the whole of setup and command; the setup runs with network none here (the proxy
+  adds nothing to what is measured).
 
 The image is the tests' runtime image (tests/runtime_image.py: Debian with Python, built with
 podman from a local base), as an OCI archive.
@@ -26,7 +31,8 @@ from tests.runtime_image import runtime_archive
 from reporun.jobs import Limits
 from reporun.runtimes import Runtime
 from reporun.worker.runtimes import RootStore
-from reporun.worker.sandbox import Bubblewrap
+from reporun.worker.sandbox import Bubblewrap, World
+from reporun.worker.setup import KEPT, SetupCache
 
 LIMITS = Limits(timeout=30, memory=1 << 30, processes=256, log=1 << 20, disk=64 << 20)
 
@@ -36,24 +42,33 @@ def _p95(values: list[float]) -> float:
     return ordered[max(0, round(0.95 * len(ordered)) - 1)]
 
 
-async def _run_once(sandbox: Bubblewrap, workspace: Path, root: Any) -> float:
+async def _run_once(
+    sandbox: Bubblewrap,
+    workspace: Path,
+    root: Any,
+    *,
+    command: str = "echo ok",
+    keep: Path | None = None,
+    bring: Path | None = None,
+    check: bytes = b"ok",
+) -> float:
     output = bytearray()
 
-    async def keep(chunk: bytes) -> None:
+    async def collect(chunk: bytes) -> None:
         output.extend(chunk)
 
     began = time.perf_counter()
     result = await sandbox.run(
         workspace=workspace,
-        command="echo ok",
+        command=command,
         env={},
         limits=LIMITS,
-        on_output=keep,
+        on_output=collect,
         stop=asyncio.Event(),
-        root=root,
+        world=World(root=root, keep=keep, bring=bring),
     )
     seconds = time.perf_counter() - began
-    if result.exit_code != 0 or b"ok" not in output:
+    if result.exit_code != 0 or check not in output:
         raise RuntimeError(f"the bench job failed: {bytes(output)[-300:]!r}")
     return seconds
 
@@ -78,6 +93,7 @@ async def measure(root: Path, rounds: int) -> dict[str, Any]:
     for _ in range(rounds):
         times["host"].append(await _run_once(sandbox, workspace, None))
         times["image"].append(await _run_once(sandbox, workspace, prepared))
+    setup = await _setup_times(sandbox, workspace, prepared, root / "setups")
     shutil.rmtree(roots_dir, ignore_errors=True)
     median = {name: statistics.median(values) for name, values in times.items()}
     return {
@@ -87,7 +103,37 @@ async def measure(root: Path, rounds: int) -> dict[str, Any]:
         "ratio": median["image"] / median["host"],
         "prepare_cold": cold,
         "prepare_lookup": statistics.median(lookups),
+        "setup": setup,
     }
+
+
+SETUP = "python3 -m venv .venv"
+COMMAND = ".venv/bin/python -c 'print(\"ok\")'"
+
+
+async def _setup_times(
+    sandbox: Bubblewrap, workspace: Path, root: Any, directory: Path
+) -> dict[str, float]:
+    cache = SetupCache(directory)
+    miss, hit = [], []
+    for round_ in range(3):
+        key = f"bench-{round_}"
+        began = time.perf_counter()
+        scratch = cache.staging("bench", key)
+        await _run_once(sandbox, workspace, root, command=SETUP, keep=scratch / KEPT, check=b"")
+        kept = await cache.keep("bench", key, scratch)
+        assert kept is not None
+        await _run_once(sandbox, workspace, root, command=COMMAND, bring=kept.path)
+        miss.append(time.perf_counter() - began)
+        kept.release()
+        began = time.perf_counter()
+        found = await cache.find("bench", key)
+        assert found is not None
+        await _run_once(sandbox, workspace, root, command=COMMAND, bring=found.path)
+        hit.append(time.perf_counter() - began)
+        found.release()
+    shutil.rmtree(directory, ignore_errors=True)
+    return {"miss": statistics.median(miss), "hit": statistics.median(hit)}
 
 
 def table(result: dict[str, Any]) -> list[str]:
@@ -100,6 +146,8 @@ def table(result: dict[str, Any]) -> list[str]:
         f"  image/host p50: {result['ratio']:.2f}x",
         f"  root prepared from nothing: {result['prepare_cold']:.2f} s; a prepared root looked"
         f" up again: {result['prepare_lookup']:.3f} s (median of 5)",
+        f"  a job with setup ({SETUP}), run: {result['setup']['miss']:.2f} s; its result found"
+        f" kept: {result['setup']['hit']:.3f} s (median of 3 each)",
     ]
 
 
@@ -113,4 +161,7 @@ def summary(result: dict[str, Any] | None) -> list[str]:
         f" ratio={result['ratio']:.2f}",
         f"summary: runtimes prepare cold={cold:.2f} s lookup={lookup:.3f} s"
         f" ratio={cold / lookup:.0f}",
+        f"summary: runtimes setup miss={result['setup']['miss']:.2f} s"
+        f" hit={result['setup']['hit']:.3f} s"
+        f" ratio={result['setup']['miss'] / result['setup']['hit']:.0f}",
     ]

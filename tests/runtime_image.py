@@ -5,7 +5,8 @@ worker's skopeo reads as it would read `docker://` from a registry.
 The `runtime_image` fixture (session) gives that reference. The image is tagged with a hash of
 what goes into it and the archive kept in /var/tmp, so an unchanged tree builds nothing.
 Marks of the image, for tests to look for: /etc/reporun-runtime holds RUNTIME_MARK, the `Env`
-sets IMAGE_MARKER=from-image and puts /opt/tool (with a `hello` script) first on PATH.
+sets IMAGE_MARKER=from-image and puts /opt/tool (with a `hello` script) first on PATH. It has
+`python3 -m venv` (with pip in each venv), for setup phases that install packages.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ CONTAINERFILE = f"""\
 ARG BASE
 FROM ${{BASE}}
 RUN apt-get update \\
- && apt-get install -y --no-install-recommends python3 \\
+ && apt-get install -y --no-install-recommends python3 python3-venv \\
  && rm -rf /var/lib/apt/lists/* \\
  && echo {RUNTIME_MARK} > /etc/reporun-runtime \\
  && mkdir -p /opt/tool \\

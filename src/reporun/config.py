@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     # inside the company). Loopback, link-local and this host's addresses never.
     egress_hosts: Annotated[list[str], NoDecode] = list(DEFAULT_EGRESS_HOSTS)
     egress_private_hosts: Annotated[list[str], NoDecode] = []
+    # Where a worker keeps what setup phases made (default: beside its work dir), and at most
+    # how many bytes of it (the least recently used go first).
+    setup_cache_path: Path | None = Field(None, validation_alias="REPORUN_SETUP_CACHE_DIR")
+    setup_cache_max: int = Field(10 * GiB, ge=0)
     # Accept local paths, file:// and loopback hosts (set by `reporun serve`).
     allow_local_repos: bool = False
 

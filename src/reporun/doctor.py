@@ -13,9 +13,10 @@ from reporun.jobs import Limits
 from reporun.store import Store
 from reporun.store.engine import sqlite_file
 from reporun.store.migrate import is_current
+from reporun.worker.egress import EgressPolicy, egress_for
 from reporun.worker.main import sandbox_config
 from reporun.worker.runtimes import RootStore, RuntimeUnavailable
-from reporun.worker.sandbox import Bubblewrap
+from reporun.worker.sandbox import Bubblewrap, World
 from reporun.worker.uids import UidPool
 
 
@@ -48,6 +49,58 @@ async def _sandbox_works(settings: Settings) -> str | None:
     if result.exit_code != 0 or b"sandbox-ok" not in output:
         text = output.decode(errors="replace").strip()[:300]
         return f"bubblewrap exited {result.exit_code}: {text or 'no output'}"
+    return None
+
+
+# Through a `registries` job's proxy, ask for the cloud metadata address: the proxy must
+# answer, and refuse it (nothing leaves this host).
+EGRESS_PROBE = (
+    "python3 -c \"import socket; s = socket.create_connection(('127.0.0.1', 3128), 10); "
+    "s.sendall(b'CONNECT 169.254.169.254:80 HTTP/1.1\\r\\n\\r\\n'); "
+    'print(s.recv(100).split()[1].decode())"'
+)
+
+
+async def _egress_works(settings: Settings) -> str | None:
+    """Whether a `registries` job gets its network namespace and reaches the proxy, which
+    refuses what it must."""
+    config = sandbox_config(settings)
+    sandbox = Bubblewrap(UidPool(config.uid_base, config.uid_count))
+    if sandbox.python is None:
+        return "no Python every uid may run (/usr/bin/python3) to make a job's network with"
+    output = bytearray()
+
+    async def keep(chunk: bytes) -> None:
+        output.extend(chunk)
+
+    limits = Limits(
+        timeout=20, memory=256 << 20, processes=32, log=4096, disk=16 << 20, network="registries"
+    )
+    policy = EgressPolicy.of(settings.egress_hosts, settings.egress_private_hosts)
+    with tempfile.TemporaryDirectory(prefix="reporun-doctor-") as tmp:
+        Path(tmp).chmod(0o755)
+        workspace = Path(tmp) / "ws"
+        workspace.mkdir(mode=0o755)
+        try:
+            async with egress_for("registries", policy, Path(tmp) / "egress", keep) as socket:
+                result = await sandbox.run(
+                    workspace=workspace,
+                    command=EGRESS_PROBE,
+                    env={},
+                    limits=limits,
+                    on_output=keep,
+                    stop=asyncio.Event(),
+                    world=World(egress=socket),
+                )
+        except Exception as exc:
+            return f"{exc} (output: {output.decode(errors='replace').strip()[:300]})"
+    text = output.decode(errors="replace")
+    if (
+        result.exit_code != 0
+        or "403" not in text
+        or "egress to 169.254.169.254:80 refused" not in text
+    ):
+        return f"the probe through the proxy exited {result.exit_code}: {text.strip()[:300]}"
     return None
 
 
@@ -105,6 +158,10 @@ async def diagnose(settings: Settings) -> bool:
     else:
         problem = await _sandbox_works(settings)
         report("sandbox (bubblewrap)", problem, sandbox_hint(problem or ""))
+        if problem is None:
+            egress = await _egress_works(settings)
+            report("network mode registries (its own namespace, the egress proxy)", egress)
+            print(f"-     egress hosts: {', '.join(settings.egress_hosts) or 'none'}")
     await _runtimes(settings, report)
     path = sqlite_file(settings.db_url)
     if path is not None and not path.is_file():

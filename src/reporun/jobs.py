@@ -124,6 +124,8 @@ class JobSpec(BaseModel):
     # The runtime the request named (checked against the server's); None: reporun.toml's, else
     # the server's default, chosen by the worker.
     runtime: str | None = None
+    # A command to run first, with network `registries` (None: reporun.toml's, if any).
+    setup: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +137,15 @@ class Start:
     command: str
     runtime: str | None = None
     runtime_digest: str | None = None
+    setup: str | None = None
 
     def values(self) -> dict[str, object]:
         """The job's fields this start sets."""
-        values: dict[str, object] = {"commit": self.commit, "command": self.command}
+        values: dict[str, object] = {
+            "commit": self.commit,
+            "command": self.command,
+            "setup": self.setup,
+        }
         if self.runtime is not None:
             values |= {"runtime": self.runtime, "runtime_digest": self.runtime_digest}
         return values
@@ -172,6 +179,9 @@ class Job(BaseModel):
     runtime_requested: str | None = None
     runtime: str | None = None
     runtime_digest: str | None = None
+    # The setup command asked for; from the start, the one that runs (the request's, else
+    # reporun.toml's).
+    setup: str | None = None
 
     @property
     def wait_seconds(self) -> float | None:
@@ -250,19 +260,17 @@ def check_ref(ref: str) -> str:
     return ref
 
 
-def check_command(command: str, rules: JobRules) -> str:
+def check_command(command: str, rules: JobRules, *, field: str = "command") -> str:
     if not command.strip():
-        raise InvalidInput("command must not be empty", field="command")
+        raise InvalidInput(f"{field} must not be empty", field=field)
     if "\x00" in command:
-        raise InvalidInput("command must not contain NUL bytes", field="command")
+        raise InvalidInput(f"{field} must not contain NUL bytes", field=field)
     try:
         size = len(command.encode())
     except UnicodeEncodeError:
-        raise InvalidInput("command is not valid Unicode text", field="command") from None
+        raise InvalidInput(f"{field} is not valid Unicode text", field=field) from None
     if size > rules.command_max_bytes:
-        raise InvalidInput(
-            f"command is longer than {rules.command_max_bytes} bytes", field="command"
-        )
+        raise InvalidInput(f"{field} is longer than {rules.command_max_bytes} bytes", field=field)
     return command
 
 
@@ -349,6 +357,7 @@ def build_spec(
     rules: JobRules,
     runtime: str | None = None,
     network: str | None = None,
+    setup: str | None = None,
 ) -> tuple[JobSpec, RepoUrl]:
     """Check a submission against the server's rules; raise InvalidInput naming the field."""
     repo_url = parse_repo_url(repo, rules.url_policy)
@@ -359,5 +368,6 @@ def build_spec(
         env=check_env(env or {}, rules),
         limits=resolve_limits(limits or {}, rules, timeout=timeout, network=network),
         runtime=rules.runtimes.check(runtime) if runtime is not None else None,
+        setup=check_command(setup, rules, field="setup") if setup is not None else None,
     )
     return spec, repo_url

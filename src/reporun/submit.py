@@ -46,6 +46,7 @@ class Submissions:
         limits: Mapping[str, Any] | None = None,
         runtime: str | None = None,
         network: str | None = None,
+        setup: str | None = None,
     ) -> Job:
         """Check, store and enqueue a job; InvalidInput naming the field (RepoUnusable for a
         local path that is no repository with commits), Forbidden for a local repository from a
@@ -61,6 +62,7 @@ class Submissions:
             rules=rules,
             runtime=runtime,
             network=network,
+            setup=setup,
         )
         policy = rules.url_policy
         addresses = await _addresses(url, policy)

@@ -18,6 +18,8 @@ def test_bench_runtimes_reports_host_image_and_preparation(
     out = quick_bench(tmp_path / "bench.json", "--only", "runtimes", "--runtime-rounds", "2")
     assert "summary: runtimes run host=" in out and " image=" in out, out
     assert "summary: runtimes prepare cold=" in out, out
+    assert "summary: runtimes setup miss=" in out, out
     result = json.loads((tmp_path / "bench.json").read_text())["runtimes"]
     assert set(result["median"]) == {"host", "image"} and result["rounds"] == 2
     assert result["prepare_cold"] > 0 and result["prepare_lookup"] > 0
+    assert result["setup"]["miss"] > result["setup"]["hit"] > 0

@@ -5,8 +5,11 @@ private address, the cloud metadata address, the worker host's loopback and DNS.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import shutil
 import subprocess
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 from tests.acceptance.test_many_hosts import Network
 from tests.harness.processes import Processes, require_tool
 from tests.netns import Hosts
+from tests.runtime_image import ROOTS, runtime_archive
 
 PROBES = r"""
 import socket, ssl, sys, urllib.request
@@ -93,15 +97,19 @@ except OSError as exc:
 
 # The test's package index: a file, and the Host header each request came with.
 INDEX = r"""
-import http.server, ssl, sys, threading
+import functools, http.server, ssl, sys, threading
 
-class Index(http.server.BaseHTTPRequestHandler):
+class Index(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
-        body = (self.headers["Host"] if self.path == "/host" else "hello-from-index").encode()
+        if self.path != "/host":
+            return super().do_GET()
+        body = self.headers["Host"].encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+Index = functools.partial(Index, directory=sys.argv[4])
 
 secure = http.server.ThreadingHTTPServer((sys.argv[1], 8443), Index)
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -110,6 +118,42 @@ secure.socket = context.wrap_socket(secure.socket, server_side=True)
 threading.Thread(target=secure.serve_forever, daemon=True).start()
 http.server.ThreadingHTTPServer((sys.argv[1], 8080), Index).serve_forever()
 """
+
+
+def _wheel(path: Path) -> str:
+    """A wheel of the package `reporun_hello` (what a setup phase installs), by hand; its
+    sha256."""
+    files = {
+        "reporun_hello/__init__.py": b'GREETING = "hello from a wheel"\n',
+        "reporun_hello-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: reporun-hello\n"
+        b"Version: 1.0\n",
+        "reporun_hello-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: reporun-tests\n"
+        b"Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = [
+        f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+        f"{len(data)}"
+        for name, data in files.items()
+    ]
+    files["reporun_hello-1.0.dist-info/RECORD"] = (
+        "\n".join([*record, "reporun_hello-1.0.dist-info/RECORD,,"]) + "\n"
+    ).encode()
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, data in files.items():
+            wheel.writestr(name, data)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def serve_index(served: Path) -> None:
+    """A package index (PEP 503) holding reporun-hello, and a file for the probes."""
+    (served / "files").mkdir(parents=True)
+    (served / "hello.txt").write_text("hello-from-index\n")
+    name = "reporun_hello-1.0-py3-none-any.whl"
+    digest = _wheel(served / "files" / name)
+    (served / "simple" / "reporun-hello").mkdir(parents=True)
+    (served / "simple" / "reporun-hello" / "index.html").write_text(
+        f'<html><body><a href="../../files/{name}#sha256={digest}">{name}</a></body></html>\n'
+    )
 
 
 @pytest.fixture
@@ -146,8 +190,10 @@ def world(tmp_path: Path, processes: Processes) -> Iterator[Network]:
             capture_output=True,
             timeout=60,
         )
+        served = tmp_path / "served"
+        serve_index(served)
         index = processes.start(
-            [*hosts.prefix(1), "python3", "-c", INDEX, index_ip, str(cert), str(key)],
+            [*hosts.prefix(1), "python3", "-c", INDEX, index_ip, str(cert), str(key), str(served)],
             {"PATH": "/usr/bin:/bin"},
             tmp_path / "index.log",
         )
@@ -160,6 +206,8 @@ def world(tmp_path: Path, processes: Processes) -> Iterator[Network]:
                     "169.254.169.254"
                 ),
                 REPORUN_EGRESS_PRIVATE_HOSTS="index.test,sneaky.test",
+                REPORUN_RUNTIMES=f"py={runtime_archive()}",
+                REPORUN_RUNTIMES_DIR=str(ROOTS),
             )
             yield net
         finally:
@@ -231,3 +279,61 @@ def test_none_reaches_nothing(world: Network) -> None:
     assert results["tunnel"].startswith("tunnel refused"), lines
     assert results["tls"].startswith("tls refused"), lines
     assert not [line for line in lines if line.startswith("reporun: egress")]
+
+
+SETUP = (
+    "python3 -m venv .venv && .venv/bin/pip install --disable-pip-version-check -q "
+    "--index-url http://index.test:8080/simple/ --trusted-host index.test reporun-hello"
+)
+TESTS = """\
+import reporun_hello, urllib.request
+print(reporun_hello.GREETING)
+try:
+    urllib.request.urlopen("http://index.test:8080/hello.txt", timeout=5)
+    print("network during the command")
+except OSError as exc:
+    print("no network during the command:", type(exc).__name__)
+"""
+
+
+def test_a_setup_installs_from_the_index_and_the_next_job_skips_it(world: Network) -> None:
+    """A Python runtime's job installs a wheel from the test's index in its setup phase
+    (network registries), then runs its tests with network none; the next job of the same
+    commit finds what setup made kept, and skips it."""
+    repo = world.git.make_repo(
+        {
+            "reporun.toml": (
+                f'runtime = "py"\nsetup = "{SETUP}"\ncommand = ".venv/bin/python -m t"\n'
+            ),
+            "requirements.txt": "reporun-hello==1.0\n",
+            "t.py": TESTS,
+        }
+    )
+    first = world.wait(world.api.submit(repo)["id"], {"succeeded", "failed"}, timeout=180)
+    log = world.api.log(first["id"]).decode(errors="replace")
+    assert first["status"] == "succeeded", log
+    assert first["setup"] == SETUP and first["runtime"] == "py" and first["network"] == "none"
+    assert "hello from a wheel" in log
+    assert "no network during the command: URLError" in log
+    assert "reporun: setup (network registries): python3 -m venv" in log
+    assert "reporun: egress to index.test:8080 (" in log
+    took = float(log.split("reporun: setup took ")[1].split(" s")[0])
+    assert "for the next jobs" in log
+
+    second = world.wait(world.api.submit(repo)["id"], {"succeeded", "failed"}, timeout=120)
+    again = world.api.log(second["id"]).decode(errors="replace")
+    assert second["status"] == "succeeded", (second, again)
+    assert "hello from a wheel" in again and "reporun: setup skipped (" in again
+    assert "reporun: egress" not in again  # nothing was fetched
+    skipped = float(again.split("reporun: setup skipped (")[1].split(" s)")[0])
+    assert skipped < took, (skipped, took)
+
+
+def test_a_failed_setup_fails_the_job_saying_so(world: Network) -> None:
+    repo = world.git.make_repo({"run.sh": "#!/bin/sh\necho never\n"})
+    job = world.wait(
+        world.api.submit(repo, setup="echo installing; exit 3")["id"], {"succeeded", "failed"}
+    )
+    log = world.api.log(job["id"]).decode(errors="replace")
+    assert job["status"] == "failed" and job["reason"] == "setup failed: exit code 3", job
+    assert "installing" in log and "never" not in log

@@ -230,6 +230,8 @@ def test_doctor_says_the_sandbox_works(tmp_path: Path) -> None:
     result = reporun("doctor", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok    sandbox (bubblewrap)" in result.stdout and "FAIL" not in result.stdout
+    # A registries job's namespace and proxy, probed: the proxy refused the metadata address.
+    assert "ok    network mode registries (its own namespace, the egress proxy)" in result.stdout
     broken = reporun("doctor", env={**env, "PATH": "/nonexistent"})
     assert broken.returncode == 1 and "FAIL  sandbox" in broken.stdout
 

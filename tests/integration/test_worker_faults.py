@@ -42,8 +42,7 @@ class WaitForStop:
         limits: Limits,
         on_output: OutputSink,
         stop: asyncio.Event,
-        root: object = None,
-        egress: object = None,
+        world: object = None,
     ) -> RunResult:
         started = time.monotonic()
         await on_output(b"running\n")

@@ -84,6 +84,14 @@ class JobCreate(BaseModel):
             + _maximum("COMMAND_MAX_BYTES", "8192 bytes of UTF-8")
         ),
     ] = None
+    setup: Annotated[
+        Annotated[str, Field(max_length=65536), Documented(minLength=1)] | None,
+        Field(
+            description="a shell command run first, with network registries (installing the "
+            "job's dependencies); what it adds to the workspace is kept for the next jobs of "
+            "the same project. Default: the repository's reporun.toml `setup`, else none"
+        ),
+    ] = None
     timeout: Annotated[
         Annotated[int, Documented(minimum=LIMIT_MINIMUMS["timeout"])] | None,
         Field(description="seconds" + _maximum("TIMEOUT_MAX", "3600")),
@@ -168,6 +176,7 @@ class JobOut(BaseModel):
         description="the digest of the runtime's image (null for host, or before the start)"
     )
     network: str = Field(description="the job's network mode: none, registries or open")
+    setup: str | None = Field(None, description="the setup command (asked for, then the one run)")
 
     @classmethod
     def of(cls, job: Job) -> JobOut:

@@ -143,6 +143,14 @@ def submit(
             show_default="reporun.toml's, else the server's",
         ),
     ] = None,
+    setup: Annotated[
+        str | None,
+        typer.Option(
+            metavar="COMMAND",
+            help="A command to run first, with network registries (its result is kept).",
+            show_default="reporun.toml's, else none",
+        ),
+    ] = None,
     network: Annotated[
         str | None,
         typer.Option(
@@ -173,6 +181,7 @@ def submit(
         ("timeout", timeout),
         ("runtime", runtime),
         ("network", network),
+        ("setup", setup),
     ):
         if value is not None:
             body[key] = value

@@ -167,6 +167,7 @@ class Store:
             "limits": spec.limits.model_dump(),
             "local_sources": spec.local_sources,
             "runtime_requested": spec.runtime,
+            "setup": spec.setup,
             "status": JobStatus.QUEUED.value,
         }
         columns = [*values, "created_at", "fair_tag"]

@@ -64,6 +64,8 @@ jobs = sa.Table(
     # The runtime asked for (null: none named); from the start, the one it runs in and its
     # image's digest.
     sa.Column("runtime_requested", sa.String(64)),
+    # The setup command: asked for, then the one that ran.
+    sa.Column("setup", sa.Text),
     sa.Column("runtime", sa.String(64)),
     sa.Column("runtime_digest", sa.String(100)),
     sa.Index("ix_jobs_claim", "status", "fair_tag", "created_at"),

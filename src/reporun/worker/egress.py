@@ -17,14 +17,16 @@ import contextlib
 import ipaddress
 import logging
 import os
+import secrets
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from reporun.jobs import DEFAULT_EGRESS_HOSTS
+from reporun.worker.workdir import prepare_work_dir
 
 logger = logging.getLogger("reporun.worker")
 
@@ -422,3 +424,17 @@ class EgressProxy:
             + body
         )
         await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def egress_for(
+    mode: str, policy: EgressPolicy, directory: Path, say: Callable[[bytes], Awaitable[None]]
+) -> AsyncIterator[Path | None]:
+    """A job's egress proxy while it runs (its socket's path), for network mode `registries`;
+    None for the others."""
+    if mode != "registries":
+        yield None
+        return
+    prepare_work_dir(directory)
+    async with EgressProxy(policy, directory / f"{secrets.token_hex(8)}.sock", say) as proxy:
+        yield proxy.path

@@ -34,6 +34,7 @@ class Entry:
     timeout: int | None = None  # from reporun.toml
     network: str | None = None  # from reporun.toml: none, registries or open
     runtime: str | None = None  # from reporun.toml
+    setup: str | None = None  # from reporun.toml: run first, with network registries
 
 
 def _regular(path: Path) -> os.stat_result | None:
@@ -71,6 +72,11 @@ def pick_entry(workspace: Path, requested: str | None) -> Entry:
     timeout = config.get("timeout")
     network = config.get("network")
     runtime = config.get("runtime")
+    setup = config.get("setup")
+    if setup is not None and (
+        not isinstance(setup, str) or not setup.strip() or "\x00" in setup or len(setup) > 8192
+    ):
+        raise BadRepoConfig(f"{TOML_NAME}: setup must be a non-empty command")
     if command is not None and (not isinstance(command, str) or not command.strip()):
         raise BadRepoConfig(f"{TOML_NAME}: command must be a non-empty string")
     if timeout is not None and (
@@ -101,7 +107,7 @@ def pick_entry(workspace: Path, requested: str | None) -> Entry:
         )
     else:
         raise NoEntryPoint()
-    return Entry(chosen, timeout, network, runtime)
+    return Entry(chosen, timeout, network, runtime, setup)
 
 
 def limits_with(limits: Limits, entry: Entry, *, timeout_max: int) -> Limits:

@@ -132,15 +132,18 @@ def parse_env(entries: object) -> dict[str, str]:
     return env
 
 
-def harden(rootfs: Path) -> None:
-    """Leave in `rootfs` only what a host user could at most read and run: no set-id or sticky
+def strip(tree: Path, *, readable: bool = False) -> int:
+    """Leave in `tree` only what a host user could at most read and run: no set-id or sticky
     bit, no write for group or others, no file capabilities, no device node, fifo or socket
-    (an image can carry a setuid-root shell or a node of the host's disk)."""
+    (an image can carry a setuid-root shell or a node of the host's disk). `readable`: and
+    everything readable by all (what one job kept, for the next jobs' uids). The bytes of
+    its files."""
 
     def unreadable(error: OSError) -> None:
         raise error  # a directory left unread could keep what this takes out
 
-    for top, dirs, files in os.walk(rootfs, onerror=unreadable):
+    size = 0
+    for top, dirs, files in os.walk(tree, onerror=unreadable):
         for name in (*dirs, *files):
             path = os.path.join(top, name)
             info = os.lstat(path)
@@ -151,12 +154,21 @@ def harden(rootfs: Path) -> None:
                 continue
             mode = stat.S_IMODE(info.st_mode) & ~STRIPPED_BITS
             if stat.S_ISDIR(info.st_mode):
-                mode |= stat.S_IRWXU  # so the walk goes in (before it does: top-down)
+                mode |= stat.S_IRWXU | (0o555 if readable else 0)  # so the walk goes in
+            else:
+                size += info.st_size
+                mode |= 0o444 if readable else 0
             if mode != stat.S_IMODE(info.st_mode):
                 os.chmod(path, mode, follow_symlinks=False)
             if stat.S_ISREG(info.st_mode):
                 with contextlib.suppress(OSError):  # none there, or no xattrs on this disk
                     os.removexattr(path, "security.capability", follow_symlinks=False)
+    return size
+
+
+def harden(rootfs: Path) -> None:
+    """`strip` an unpacked root, and make the files a host copy may be bound over."""
+    strip(rootfs)
     os.chmod(rootfs, 0o755)
     # The files the sandbox binds a host copy over: regular, so a bind can land on them.
     etc = rootfs / "etc"

@@ -7,30 +7,29 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import shutil
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reporun.errors import CheckoutError, NotOffered, SandboxError
-from reporun.jobs import Job, JobStatus, Limits, Start
+from reporun.errors import SandboxError
+from reporun.jobs import Job
 from reporun.queue import Outcome, QueueBackend
 from reporun.retry import compute_backoff, retry_until
 from reporun.runtimes import Catalog
 from reporun.store import Store
-from reporun.tasks import unless, wait_any
+from reporun.tasks import wait_any
 from reporun.urlpolicy import UrlPolicy
 from reporun.worker.checkout import Mirrors
-from reporun.worker.egress import EgressPolicy, EgressProxy, egress_dir
-from reporun.worker.entrypoint import BadRepoConfig, NoEntryPoint, limits_with, pick_entry
+from reporun.worker.egress import EgressPolicy, egress_dir
+from reporun.worker.execute import Parts, Runner, Watch
 from reporun.worker.output import LogWriter
-from reporun.worker.process import RunResult
 from reporun.worker.runtimes import RootStore
 from reporun.worker.sandbox import Sandbox
+from reporun.worker.setup import SetupCache
 from reporun.worker.workdir import prepare_work_dir
 
 logger = logging.getLogger("reporun.worker")
@@ -64,20 +63,12 @@ class WorkerConfig:
     timeout_max: int = 3600
     # Which hosts a job of network mode `registries` may reach.
     egress: EgressPolicy = field(default_factory=EgressPolicy)
+    # Where setup phases' results are kept (default: beside the work dir), and how many bytes.
+    setup_cache_dir: Path | None = None
+    setup_cache_max: int = 10 * 1024**3
     # The runtimes a job may run in, and where their roots are prepared.
     runtimes: Catalog = field(default_factory=lambda: Catalog({}))
     runtimes_dir: Path | None = None
-
-
-@dataclass
-class Watch:
-    """What the side task learnt about a running job."""
-
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    held_until: float = 0.0
-    cancel_requested: bool = False
-    lease_lost: bool = False
-    drained: bool = False
 
 
 class Worker:
@@ -101,6 +92,24 @@ class Worker:
         self.runtimes = config.runtimes
         self.roots = RootStore(config.runtimes_dir or config.work_dir / "runtimes")
         self.egress_dir = egress_dir(config.work_dir)
+        self.setups = SetupCache(
+            config.setup_cache_dir or config.work_dir.with_name(f"{config.work_dir.name}-setup"),
+            max_bytes=config.setup_cache_max,
+        )
+        self.runner = Runner(
+            Parts(
+                worker_id=self.id,
+                queue=queue,
+                sandbox=sandbox,
+                mirrors=self.mirrors,
+                runtimes=self.runtimes,
+                roots=self.roots,
+                setups=self.setups,
+                egress=config.egress,
+                egress_dir=self.egress_dir,
+                timeout_max=config.timeout_max,
+            )
+        )
         self.lease_seconds = queue.config.lease_seconds
         self.state = "idle"
         self.current: Job | None = None
@@ -245,7 +254,7 @@ class Worker:
         try:
             if job.attempts > 1 or job.log_bytes:  # what an earlier run wrote
                 await self.store.reset_log(job.id, worker=self.id, attempt=job.attempts)
-            outcome = await self._execute(job, workspace, watch, log)
+            outcome = await self.runner.execute(job, workspace, watch, log)
         except SandboxError as exc:
             await self._give_back(job, f"sandbox failed: {exc.message}")
         except Exception as exc:
@@ -265,90 +274,6 @@ class Worker:
             await asyncio.shield(
                 self._give_back(job, "its worker stopped before the job ended", attempt_used=False)
             )
-
-    async def _execute(
-        self, job: Job, workspace: Path, watch: Watch, log: LogWriter
-    ) -> Outcome | None:
-        if job.cancel_requested:  # cancelled while it was being given back to the queue
-            watch.cancel_requested = True
-            return self._outcome(None, watch, job.limits.timeout)
-        checkout = self.mirrors.checkout(
-            job.repo,
-            job.ref,
-            workspace,
-            fresh_since=job.created_at.timestamp(),
-            max_bytes=job.limits.disk,
-            local_sources=job.local_sources,
-        )
-        try:
-            commit = await unless(watch.stop, checkout)
-            if commit is None:  # cancelled, or the lease is gone: stop cloning too
-                return self._outcome(None, watch, job.limits.timeout)
-            entry = pick_entry(workspace, job.command)
-        except (CheckoutError, NoEntryPoint, BadRepoConfig) as exc:
-            return Outcome(JobStatus.FAILED, reason=exc.message)
-        try:
-            limits = limits_with(job.limits, entry, timeout_max=self.config.timeout_max)
-            runtime = self.runtimes.choose(job.runtime_requested, entry.runtime)
-        except (NotOffered, BadRepoConfig) as exc:
-            return Outcome(JobStatus.FAILED, reason=exc.message)
-        held = await unless(watch.stop, self.roots.hold(runtime))
-        try:
-            if watch.stop.is_set():
-                return self._outcome(None, watch, limits.timeout)
-            root = held.root if held is not None else None
-            start = Start(commit, entry.command, runtime.name, root.digest if root else None)
-            await self.queue.started(job, self.id, start)
-            if watch.stop.is_set():
-                return self._outcome(None, watch, limits.timeout)
-            async with self._egress(limits, log) as egress:
-                result = await self.sandbox.run(
-                    workspace=workspace,
-                    command=entry.command,
-                    env=job.env,
-                    limits=limits,
-                    on_output=log.write,
-                    stop=watch.stop,
-                    root=root,
-                    egress=egress,
-                )
-        finally:
-            if held is not None:
-                held.release()
-        await log.close(truncated=result.truncated)
-        logger.info(
-            "job ran",
-            extra=self._log(
-                "ran", job, exit_code=result.exit_code, seconds=round(result.seconds, 3)
-            ),
-        )
-        return self._outcome(result, watch, limits.timeout)
-
-    @contextlib.asynccontextmanager
-    async def _egress(self, limits: Limits, log: LogWriter) -> AsyncIterator[Path | None]:
-        """The job's egress proxy while it runs, for network mode `registries`."""
-        if limits.network != "registries":
-            yield None
-            return
-        prepare_work_dir(self.egress_dir)
-        path = self.egress_dir / f"{secrets.token_hex(8)}.sock"
-        async with EgressProxy(self.config.egress, path, log.write):
-            yield path
-
-    def _outcome(self, result: RunResult | None, watch: Watch, timeout: int) -> Outcome | None:
-        if watch.lease_lost or watch.drained:
-            return None
-        if watch.cancel_requested:
-            return Outcome(JobStatus.CANCELLED, reason="cancelled while running")
-        assert result is not None
-        if result.timed_out:
-            return Outcome(JobStatus.TIMED_OUT, reason=f"timed out after {timeout} s")
-        code = result.exit_code
-        if code == 0:
-            return Outcome(JobStatus.SUCCEEDED, exit_code=0)
-        if code is not None and code < 0:
-            return Outcome(JobStatus.FAILED, exit_code=code, reason=f"killed by signal {-code}")
-        return Outcome(JobStatus.FAILED, exit_code=code, reason=f"exit code {code}")
 
     async def _monitor(self, job: Job, watch: Watch, log: LogWriter) -> None:
         """Renew the lease, notice cancel requests, flush quiet logs. Every database call has

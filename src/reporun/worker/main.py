@@ -42,6 +42,8 @@ def worker_config(settings: Settings) -> WorkerConfig:
         drain_grace=settings.drain_grace,
         timeout_max=settings.timeout_max,
         egress=EgressPolicy.of(settings.egress_hosts, settings.egress_private_hosts),
+        setup_cache_dir=settings.setup_cache_path,
+        setup_cache_max=settings.setup_cache_max,
         runtimes=settings.catalog,
         runtimes_dir=settings.runtimes_dir,
     )

@@ -21,14 +21,13 @@ import logging
 import os
 import secrets
 import shutil
-import stat
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from reporun.runtimes import Runtime
 from reporun.worker.images import Inspected, RuntimeUnavailable, inspect, parse_env, unpack
+from reporun.worker.places import Hold, flock, open_lock, owned_dir, try_lock
 from reporun.worker.workdir import prepare_work_dir
 
 __all__ = ["Root", "RootStore", "RuntimeUnavailable"]
@@ -36,7 +35,6 @@ __all__ = ["Root", "RootStore", "RuntimeUnavailable"]
 logger = logging.getLogger("reporun.worker")
 
 READY = "ready"
-LOCK_POLL = 0.2
 TRASH = ".trash-"
 
 
@@ -51,56 +49,13 @@ class Root:
     workdir: str | None = None
 
 
-def _owned_dir(path: Path) -> bool:
-    """A real directory (not a link) of this user that nobody else may write."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
-
-
-def _open_lock(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-
-
-async def _flock(fd: int, kind: int) -> None:
-    """`kind` (LOCK_EX, LOCK_SH) on `fd`, polled: a cancelled wait leaves no thread behind."""
-    while True:
-        try:
-            fcntl.flock(fd, kind | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            await asyncio.sleep(LOCK_POLL)
-
-
-class Held:
+class Held(Hold):
     """A root a job runs in, its lock held shared meanwhile: nothing removes it until
     `release`."""
 
     def __init__(self, root: Root, fd: int) -> None:
+        super().__init__(fd)
         self.root = root
-        self._fd: int | None = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-@contextlib.contextmanager
-def _try_lock(path: Path) -> Iterator[bool]:
-    """The lock at `path` if nobody holds it (True), else False at once."""
-    fd = _open_lock(path)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-        else:
-            yield True
-    finally:
-        os.close(fd)
 
 
 class RootStore:
@@ -134,8 +89,8 @@ class RootStore:
     def _ready(self, place: Path) -> bool:
         ready = place / READY
         return (
-            _owned_dir(place)
-            and _owned_dir(place / "rootfs")
+            owned_dir(place)
+            and owned_dir(place / "rootfs")
             and not ready.is_symlink()
             and ready.is_file()
         )
@@ -176,9 +131,9 @@ class RootStore:
             if root is None:
                 return None
             place = root.path.parent
-            fd = _open_lock(self.directory / f"{place.name}.lock")
+            fd = open_lock(self.directory / f"{place.name}.lock")
             try:
-                await _flock(fd, fcntl.LOCK_SH)
+                await flock(fd, fcntl.LOCK_SH)
                 if self._ready(place):
                     os.utime(place / READY)  # in use: not stale for keep_days more
                     return Held(root, fd)
@@ -243,9 +198,9 @@ class RootStore:
     async def _prepare(self, runtime: Runtime, looked_up: Inspected, place: Path) -> None:
         assert runtime.image is not None
         self.check()
-        lock = _open_lock(self.directory / f"{place.name}.lock")
+        lock = open_lock(self.directory / f"{place.name}.lock")
         try:
-            await _flock(lock, fcntl.LOCK_EX)
+            await flock(lock, fcntl.LOCK_EX)
             if self._ready(place):  # another worker of this host made it
                 return
             began = time.monotonic()
@@ -302,7 +257,7 @@ class RootStore:
             if not scratch and not self._stale(path, cutoff):
                 continue
             trash = self.directory / f"{TRASH}{name}.{os.getpid()}.{secrets.token_hex(4)}"
-            with _try_lock(self.directory / f"{place}.lock") as mine:
+            with try_lock(self.directory / f"{place}.lock") as mine:
                 # Looked at again under the lock: a job may have just used it.
                 if not mine or not (scratch or self._stale(path, cutoff)):
                     continue

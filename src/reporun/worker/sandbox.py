@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -54,10 +54,34 @@ ETC_FILES = (
     "debian_version",
 )
 # Copies the checkout into the job's tmpfs home, then runs the command ($1) in a shell.
-PRELUDE = (
+COPY = (
     'cp -a /src/. "$HOME"/ || { echo "reporun: the repository does not fit in the disk limit" >&2;'
-    ' exit 125; }; cd "$HOME" && exec /bin/sh -c "$1"'
+    " exit 125; }; "
 )
+PRELUDE = COPY + 'cd "$HOME" && exec /bin/sh -c "$1"'
+# A setup phase: the same, then what the command added at the top of the workspace (a .venv,
+# node_modules) is copied out to /keep, for the jobs after it.
+KEEP = "/keep"
+SETUP_PRELUDE = (
+    COPY + 'cd "$HOME" && /bin/sh -c "$1"; code=$?; [ "$code" = 0 ] || exit "$code"; '
+    'for entry in * .[!.]* ..?*; do { [ -e "$entry" ] || [ -L "$entry" ]; } || continue; '
+    '{ [ -e "/src/$entry" ] || [ -L "/src/$entry" ]; } && continue; '
+    f'cp -a "$entry" {KEEP}/ || {{ echo "reporun: what setup made could not be kept" >&2; '
+    "exit 125; }; done"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """What surrounds a job's command beyond its checkout: the image runtime's root (None:
+    the host's system), the egress proxy's socket (network mode `registries`), for a setup
+    phase the directory what it adds is kept in, and for a command after one the directory
+    whose entries are bound read-only into its workspace."""
+
+    root: Root | None = None
+    egress: Path | None = None
+    keep: Path | None = None
+    bring: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +104,11 @@ class Sandbox(Protocol):
         limits: Limits,
         on_output: OutputSink,
         stop: asyncio.Event,
-        root: Root | None = None,
-        egress: Path | None = None,
+        world: World = World(),
     ) -> RunResult:
-        """Run `command` on a copy of `workspace` (in `root`, an image runtime's, or on the
-        host's system); `stop` kills it (cancel, lost lease). A job of network mode
-        `registries` reaches the outside only through the proxy listening at `egress`."""
+        """Run `command` on a copy of `workspace` in `world` (an image runtime's root, or the
+        host's system; a job of network mode `registries` reaches the outside only through
+        the proxy at `world.egress`); `stop` kills it (cancel, lost lease)."""
 
 
 def job_environment(
@@ -157,6 +180,8 @@ def bwrap_argv(
     status_fd: int | None = None,
     root: Root | None = None,
     jail: list[str] | None = None,
+    keep: Path | None = None,
+    bring: Sequence[tuple[Path, str]] = (),
 ) -> list[str]:
     """The whole command line: drop to the job's uid, make its network (`jail`, for mode
     `registries`), set rlimits, enter bubblewrap."""
@@ -218,6 +243,12 @@ def bwrap_argv(
         "--ro-bind",
         str(workspace),
         "/src",
+        *(["--bind", str(keep), KEEP] if keep is not None else []),
+        *[
+            arg
+            for source, name in bring
+            for arg in ("--ro-bind", str(source), f"{JOB_DISK}/work/{name}")
+        ],
         # bwrap's root is a tmpfs; read-only, it cannot hold files (no unbounded RAM disk).
         "--remount-ro",
         "/",
@@ -226,11 +257,22 @@ def bwrap_argv(
         "--",
         "/bin/sh",
         "-c",
-        PRELUDE,
+        SETUP_PRELUDE if keep is not None else PRELUDE,
         "reporun",
         command,
     ]
     return argv
+
+
+def _brought(bring: Path | None, workspace: Path) -> list[tuple[Path, str]]:
+    """The entries of `bring` to bind into the workspace: not one the checkout has itself."""
+    if bring is None:
+        return []
+    return [
+        (Path(entry.path), entry.name)
+        for entry in sorted(os.scandir(bring), key=lambda e: e.name)
+        if not os.path.lexists(workspace / entry.name)
+    ]
 
 
 def _read_all(fd: int) -> bytes:
@@ -280,9 +322,9 @@ class Bubblewrap:
         limits: Limits,
         on_output: OutputSink,
         stop: asyncio.Event,
-        root: Root | None = None,
-        egress: Path | None = None,
+        world: World = World(),
     ) -> RunResult:
+        egress = world.egress
         if limits.network == "registries" and (egress is None or self.python is None):
             raise SandboxError(
                 "network mode registries needs the egress proxy and a Python every uid may run"
@@ -292,6 +334,8 @@ class Bubblewrap:
                 uid: int | None = stack.enter_context(self.uids.take())
                 nproc = limits.processes
                 os.chmod(workspace, 0o755)
+                if world.keep is not None and uid is not None:  # the job writes there
+                    os.chown(world.keep, uid, uid)
             else:
                 # The process limit counts every process of this user: add what already runs.
                 uid, nproc = None, _processes_of(os.getuid()) + limits.processes
@@ -305,8 +349,10 @@ class Bubblewrap:
                 uid=uid,
                 nproc=nproc,
                 status_fd=status_write,
-                root=root,
+                root=world.root,
                 jail=netjail_argv(self.python, egress) if egress and self.python else None,
+                keep=world.keep,
+                bring=_brought(world.bring, workspace),
             )
             try:
                 result = await run_process(
@@ -335,12 +381,11 @@ class Unsandboxed:
         limits: Limits,
         on_output: OutputSink,
         stop: asyncio.Event,
-        root: Root | None = None,
-        egress: Path | None = None,
+        world: World = World(),
     ) -> RunResult:
-        if limits.network != "none":
-            raise SandboxError("network modes need the sandbox (REPORUN_SANDBOX=bwrap)")
-        if root is not None:
+        if limits.network != "none" or world.keep is not None or world.bring is not None:
+            raise SandboxError("networks and setup phases need the sandbox (REPORUN_SANDBOX=bwrap)")
+        if world.root is not None:
             raise SandboxError("image runtimes need the sandbox (REPORUN_SANDBOX=bwrap)")
         environment = {**job_environment(env), "HOME": str(workspace)}
         argv = ["/bin/sh", "-c", command]

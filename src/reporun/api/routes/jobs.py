@@ -60,6 +60,7 @@ async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> J
         limits=body.limits.model_dump(exclude_none=True) if body.limits else None,
         runtime=body.runtime,
         network=body.network,
+        setup=body.setup,
     )
     return JobOut.of(job)
 

@@ -1,0 +1,222 @@
+"""One job's run on a worker: check it out, choose what runs and in which runtime, run its
+setup phase (or find what an earlier job kept of it), then its command, each in the sandbox;
+the worker's loop (worker/loop.py) claims, watches and reports around it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from reporun.errors import CheckoutError, NotOffered
+from reporun.jobs import Job, JobStatus, Limits, Outcome, Start
+from reporun.queue import QueueBackend
+from reporun.runtimes import Catalog
+from reporun.tasks import unless
+from reporun.worker.checkout import Mirrors
+from reporun.worker.egress import EgressPolicy, egress_for
+from reporun.worker.entrypoint import BadRepoConfig, NoEntryPoint, limits_with, pick_entry
+from reporun.worker.output import LogWriter
+from reporun.worker.process import RunResult
+from reporun.worker.runtimes import RootStore
+from reporun.worker.sandbox import Sandbox, World
+from reporun.worker.setup import KEPT, Kept, SetupCache, setup_key
+
+logger = logging.getLogger("reporun.worker")
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+@dataclass
+class Watch:
+    """What the side task learnt about a running job."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    held_until: float = 0.0
+    cancel_requested: bool = False
+    lease_lost: bool = False
+    drained: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What a run uses of its worker."""
+
+    worker_id: str
+    queue: QueueBackend
+    sandbox: Sandbox
+    mirrors: Mirrors
+    runtimes: Catalog
+    roots: RootStore
+    setups: SetupCache
+    egress: EgressPolicy
+    egress_dir: Path
+    timeout_max: int
+
+
+class Runner:
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+
+    async def execute(
+        self, job: Job, workspace: Path, watch: Watch, log: LogWriter
+    ) -> Outcome | None:
+        """Check the job out, choose what runs and where, run its setup and its command;
+        how it ended (None: it is not this worker's to report, lease lost or drained)."""
+        if job.cancel_requested:  # cancelled while it was being given back to the queue
+            watch.cancel_requested = True
+            return outcome_of(None, watch, job.limits.timeout)
+        checkout = self.parts.mirrors.checkout(
+            job.repo,
+            job.ref,
+            workspace,
+            fresh_since=job.created_at.timestamp(),
+            max_bytes=job.limits.disk,
+            local_sources=job.local_sources,
+        )
+        try:
+            commit = await unless(watch.stop, checkout)
+            if commit is None:  # cancelled, or the lease is gone: stop cloning too
+                return outcome_of(None, watch, job.limits.timeout)
+            entry = pick_entry(workspace, job.command)
+        except (CheckoutError, NoEntryPoint, BadRepoConfig) as exc:
+            return Outcome(JobStatus.FAILED, reason=exc.message)
+        try:
+            limits = limits_with(job.limits, entry, timeout_max=self.parts.timeout_max)
+            runtime = self.parts.runtimes.choose(job.runtime_requested, entry.runtime)
+        except (NotOffered, BadRepoConfig) as exc:
+            return Outcome(JobStatus.FAILED, reason=exc.message)
+        kept: Kept | None = None
+        held = await unless(watch.stop, self.parts.roots.hold(runtime))
+        try:
+            if watch.stop.is_set():
+                return outcome_of(None, watch, limits.timeout)
+            root = held.root if held is not None else None
+            setup = job.setup or entry.setup
+            digest = root.digest if root else None
+            await self.parts.queue.started(
+                job, self.parts.worker_id, Start(commit, entry.command, runtime.name, digest, setup)
+            )
+            if watch.stop.is_set():
+                return outcome_of(None, watch, limits.timeout)
+            world = World(root=root)
+            if setup is not None:
+                ended, kept, seconds = await self._setup(
+                    job, setup, workspace, limits, world, log, watch
+                )
+                if ended is not None or watch.stop.is_set():
+                    return ended or outcome_of(None, watch, limits.timeout)
+                # The command has what is left of the job's time.
+                limits = limits.model_copy(
+                    update={"timeout": max(1, limits.timeout - math.ceil(seconds))}
+                )
+                world = replace(world, bring=kept.path if kept else None)
+            mode = limits.network
+            async with egress_for(
+                mode, self.parts.egress, self.parts.egress_dir, log.write
+            ) as egress:
+                result = await self.parts.sandbox.run(
+                    workspace=workspace,
+                    command=entry.command,
+                    env=job.env,
+                    limits=limits,
+                    on_output=log.write,
+                    stop=watch.stop,
+                    world=replace(world, egress=egress),
+                )
+        finally:
+            if held is not None:
+                held.release()
+            if kept is not None:
+                kept.release()
+        await log.close(truncated=result.truncated)
+        logger.info(
+            "job ran",
+            extra={
+                "action": "ran",
+                "worker": self.parts.worker_id,
+                "job_id": str(job.id),
+                "exit_code": result.exit_code,
+                "seconds": round(result.seconds, 3),
+            },
+        )
+        return outcome_of(result, watch, limits.timeout)
+
+    async def _setup(
+        self,
+        job: Job,
+        setup: str,
+        workspace: Path,
+        limits: Limits,
+        world: World,
+        log: LogWriter,
+        watch: Watch,
+    ) -> tuple[Outcome | None, Kept | None, float]:
+        """The setup phase, or what an earlier job of the project kept of it: how the job
+        ended if it did, the kept result (held), and the phase's seconds."""
+        digest = world.root.digest if world.root else None
+        key = await asyncio.to_thread(
+            setup_key, runtime_digest=digest, setup=setup, workspace=workspace
+        )
+        began = time.monotonic()
+        found = await self.parts.setups.find(job.owner, key)
+        if found is not None:
+            seconds = time.monotonic() - began
+            await log.write(
+                f"reporun: setup skipped ({seconds:.2f} s): kept from an earlier job "
+                f"({_megabytes(found.size)}); {setup}\n".encode()
+            )
+            return None, found, seconds
+        await log.write(f"reporun: setup (network registries): {setup}\n".encode())
+        scratch = self.parts.setups.staging(job.owner, key)
+        phase = limits.model_copy(update={"network": "registries"})
+        try:
+            async with egress_for(
+                "registries", self.parts.egress, self.parts.egress_dir, log.write
+            ) as egress:
+                ran = await self.parts.sandbox.run(
+                    workspace=workspace,
+                    command=setup,
+                    env=job.env,
+                    limits=phase,
+                    on_output=log.write,
+                    stop=watch.stop,
+                    world=replace(world, egress=egress, keep=scratch / KEPT),
+                )
+            seconds = time.monotonic() - began
+            ended = outcome_of(ran, watch, limits.timeout)
+            if ended is None or ended.status is not JobStatus.SUCCEEDED:
+                await self.parts.setups.discard(scratch)
+                await log.close(truncated=ran.truncated)
+                if ended is not None and ended.status is not JobStatus.CANCELLED:
+                    ended = replace(ended, reason=f"setup failed: {ended.reason}")
+                return ended, None, seconds
+            kept = await self.parts.setups.keep(job.owner, key, scratch)
+        except BaseException:
+            await asyncio.shield(self.parts.setups.discard(scratch))
+            raise
+        what = f"kept {_megabytes(kept.size)} for the next jobs" if kept else "nothing to keep"
+        await log.write(f"reporun: setup took {seconds:.2f} s; {what}\n".encode())
+        return None, kept, seconds
+
+
+def outcome_of(result: RunResult | None, watch: Watch, timeout: int) -> Outcome | None:
+    """How a run ended, as the worker reports it (None: not this worker's to report)."""
+    if watch.lease_lost or watch.drained:
+        return None
+    if watch.cancel_requested:
+        return Outcome(JobStatus.CANCELLED, reason="cancelled while running")
+    assert result is not None
+    if result.timed_out:
+        return Outcome(JobStatus.TIMED_OUT, reason=f"timed out after {timeout} s")
+    code = result.exit_code
+    if code == 0:
+        return Outcome(JobStatus.SUCCEEDED, exit_code=0)
+    if code is not None and code < 0:
+        return Outcome(JobStatus.FAILED, exit_code=code, reason=f"killed by signal {-code}")
+    return Outcome(JobStatus.FAILED, exit_code=code, reason=f"exit code {code}")
