@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import secrets
 import shutil
 import subprocess
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.test_many_hosts import Network
+from tests.conftest import processes_with
 from tests.harness.processes import Processes, require_tool
 from tests.netns import Hosts
 from tests.runtime_image import ROOTS, runtime_archive
@@ -156,9 +159,12 @@ def serve_index(served: Path) -> None:
     )
 
 
-@pytest.fixture
-def world(tmp_path: Path, processes: Processes) -> Iterator[Network]:
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    """One world for the module's tests (each makes its own repositories)."""
     require_tool("bwrap", "the job sandbox")
+    tmp_path = tmp_path_factory.mktemp("egress")
+    processes = Processes()
     hosts = Hosts(2)
     etc = Path("/etc/netns") / hosts.names[0]
     try:
@@ -217,6 +223,7 @@ def world(tmp_path: Path, processes: Processes) -> Iterator[Network]:
             index.stop()
             net.close()
     finally:
+        processes.close()
         shutil.rmtree(etc, ignore_errors=True)
         hosts.down()
 
@@ -281,6 +288,9 @@ def test_none_reaches_nothing(world: Network) -> None:
     assert not [line for line in lines if line.startswith("reporun: egress")]
 
 
+# In the command line of a registries job's network helper (and its forwarder).
+JAIL_MARK = "the job's network could not be made"
+
 SETUP = (
     "python3 -m venv .venv && .venv/bin/pip install --disable-pip-version-check -q "
     "--index-url http://index.test:8080/simple/ --trusted-host index.test reporun-hello"
@@ -337,3 +347,26 @@ def test_a_failed_setup_fails_the_job_saying_so(world: Network) -> None:
     log = world.api.log(job["id"]).decode(errors="replace")
     assert job["status"] == "failed" and job["reason"] == "setup failed: exit code 3", job
     assert "installing" in log and "never" not in log
+
+
+def test_a_registries_job_out_of_time_leaves_nothing_behind(world: Network) -> None:
+    """The timeout kills a registries job whole: its command, the network namespace's
+    forwarder (which runs beside the sandbox) and every connection through the proxy."""
+    marker = f"still-here-{secrets.token_hex(4)}"
+    script = (
+        "#!/bin/sh\n"
+        'python3 -c \'import socket,time; s=socket.create_connection(("127.0.0.1", 3128)); '
+        f"time.sleep(300)' {marker} &\n"
+        f"sleep 300 # {marker}\n"
+    )
+    repo = world.git.make_repo({"run.sh": script})
+    job = world.wait(
+        world.api.submit(repo, network="registries", timeout=3)["id"], {"timed_out", "failed"}
+    )
+    assert job["status"] == "timed_out", job
+    deadline = time.monotonic() + 10
+    while (
+        left := processes_with(marker) + processes_with(JAIL_MARK)
+    ) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == [], left

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from reporun.worker.output import LogWriter
 from reporun.worker.process import RunResult
 from reporun.worker.runtimes import RootStore
 from reporun.worker.sandbox import Sandbox, World
-from reporun.worker.setup import KEPT, Kept, SetupCache, setup_key
+from reporun.worker.setup import KEPT, Kept, NotKept, SetupCache, receive, setup_key
 
 logger = logging.getLogger("reporun.worker")
 
@@ -161,10 +162,12 @@ class Runner:
         ended if it did, the kept result (held), and the phase's seconds."""
         digest = world.root.digest if world.root else None
         key = await asyncio.to_thread(
-            setup_key, runtime_digest=digest, setup=setup, workspace=workspace
+            lambda: setup_key(
+                repo=job.repo, runtime_digest=digest, setup=setup, env=job.env, workspace=workspace
+            )
         )
         began = time.monotonic()
-        found = await self.parts.setups.find(job.owner, key)
+        found = await unless(watch.stop, self.parts.setups.find(job.owner, key))
         if found is not None:
             seconds = time.monotonic() - began
             await log.write(
@@ -175,31 +178,46 @@ class Runner:
         await log.write(f"reporun: setup (network registries): {setup}\n".encode())
         scratch = self.parts.setups.staging(job.owner, key)
         phase = limits.model_copy(update={"network": "registries"})
+        read, write = os.pipe()
+        receiving = asyncio.ensure_future(
+            asyncio.to_thread(receive, read, scratch / KEPT, max_bytes=2 * limits.disk)
+        )
         try:
-            async with egress_for(
-                "registries", self.parts.egress, self.parts.egress_dir, log.write
-            ) as egress:
-                ran = await self.parts.sandbox.run(
-                    workspace=workspace,
-                    command=setup,
-                    env=job.env,
-                    limits=phase,
-                    on_output=log.write,
-                    stop=watch.stop,
-                    world=replace(world, egress=egress, keep=scratch / KEPT),
-                )
-            seconds = time.monotonic() - began
+            try:
+                async with egress_for(
+                    "registries", self.parts.egress, self.parts.egress_dir, log.write
+                ) as egress:
+                    ran = await self.parts.sandbox.run(
+                        workspace=workspace,
+                        command=setup,
+                        env=job.env,
+                        limits=phase,
+                        on_output=log.write,
+                        stop=watch.stop,
+                        world=replace(world, egress=egress, keep=write),
+                    )
+            finally:
+                os.close(write)  # the job is gone: the archive has ended
+            size = await receiving
             ended = outcome_of(ran, watch, limits.timeout)
             if ended is None or ended.status is not JobStatus.SUCCEEDED:
                 await self.parts.setups.discard(scratch)
                 await log.close(truncated=ran.truncated)
                 if ended is not None and ended.status is not JobStatus.CANCELLED:
                     ended = replace(ended, reason=f"setup failed: {ended.reason}")
-                return ended, None, seconds
-            kept = await self.parts.setups.keep(job.owner, key, scratch)
+                return ended, None, time.monotonic() - began
+            kept = await self.parts.setups.keep(job.owner, key, scratch, size)
+        except NotKept as exc:
+            await self.parts.setups.discard(scratch)
+            await log.write(f"reporun: {exc}\n".encode())
+            await log.close(truncated=False)
+            return Outcome(JobStatus.FAILED, reason=f"setup failed: {exc}"), None, 0.0
         except BaseException:
+            # The receiver ends by itself (the writer is gone); what it says is not needed.
+            receiving.add_done_callback(lambda done: done.cancelled() or done.exception())
             await asyncio.shield(self.parts.setups.discard(scratch))
             raise
+        seconds = time.monotonic() - began
         what = f"kept {_megabytes(kept.size)} for the next jobs" if kept else "nothing to keep"
         await log.write(f"reporun: setup took {seconds:.2f} s; {what}\n".encode())
         return None, kept, seconds

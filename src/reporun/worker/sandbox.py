@@ -59,15 +59,16 @@ COPY = (
     " exit 125; }; "
 )
 PRELUDE = COPY + 'cd "$HOME" && exec /bin/sh -c "$1"'
-# A setup phase: the same, then what the command added at the top of the workspace (a .venv,
-# node_modules) is copied out to /keep, for the jobs after it.
-KEEP = "/keep"
+# A setup phase: the same, then what it added at the top of the workspace (node_modules,
+# target, .venv; not the other dot-files: caches, shell history, credentials) goes out as a
+# tar archive on the descriptor $2 (through /proc: dash takes descriptors up to 9 only).
 SETUP_PRELUDE = (
     COPY + 'cd "$HOME" && /bin/sh -c "$1"; code=$?; [ "$code" = 0 ] || exit "$code"; '
-    'for entry in * .[!.]* ..?*; do { [ -e "$entry" ] || [ -L "$entry" ]; } || continue; '
-    '{ [ -e "/src/$entry" ] || [ -L "/src/$entry" ]; } && continue; '
-    f'cp -a "$entry" {KEEP}/ || {{ echo "reporun: what setup made could not be kept" >&2; '
-    "exit 125; }; done"
+    "fd=$2; set --; "
+    'for entry in * .venv; do { [ -e "$entry" ] || [ -L "$entry" ]; } || continue; '
+    '{ [ -e "/src/$entry" ] || [ -L "/src/$entry" ]; } && continue; set -- "$@" "$entry"; done; '
+    '[ "$#" = 0 ] || tar -cf - -- "$@" > "/proc/self/fd/$fd" || '
+    '{ echo "reporun: what setup made could not be kept (tar)" >&2; exit 125; }'
 )
 
 
@@ -80,7 +81,7 @@ class World:
 
     root: Root | None = None
     egress: Path | None = None
-    keep: Path | None = None
+    keep: int | None = None  # the descriptor a setup phase writes what it made to, as tar
     bring: Path | None = None
 
 
@@ -180,8 +181,8 @@ def bwrap_argv(
     status_fd: int | None = None,
     root: Root | None = None,
     jail: list[str] | None = None,
-    keep: Path | None = None,
-    bring: Sequence[tuple[Path, str]] = (),
+    keep: int | None = None,
+    bring: Sequence[tuple[str, str, str]] = (),
 ) -> list[str]:
     """The whole command line: drop to the job's uid, make its network (`jail`, for mode
     `registries`), set rlimits, enter bubblewrap."""
@@ -243,12 +244,7 @@ def bwrap_argv(
         "--ro-bind",
         str(workspace),
         "/src",
-        *(["--bind", str(keep), KEEP] if keep is not None else []),
-        *[
-            arg
-            for source, name in bring
-            for arg in ("--ro-bind", str(source), f"{JOB_DISK}/work/{name}")
-        ],
+        *[arg for how, source, name in bring for arg in (how, source, f"{JOB_DISK}/work/{name}")],
         # bwrap's root is a tmpfs; read-only, it cannot hold files (no unbounded RAM disk).
         "--remount-ro",
         "/",
@@ -260,19 +256,26 @@ def bwrap_argv(
         SETUP_PRELUDE if keep is not None else PRELUDE,
         "reporun",
         command,
+        *([str(keep)] if keep is not None else []),
     ]
     return argv
 
 
-def _brought(bring: Path | None, workspace: Path) -> list[tuple[Path, str]]:
-    """The entries of `bring` to bind into the workspace: not one the checkout has itself."""
+def _brought(bring: Path | None, workspace: Path) -> list[tuple[str, str, str]]:
+    """How each entry of `bring` goes into the workspace (not one the checkout has itself):
+    a directory or file bound read-only, a link made again inside (bound, it would be
+    followed on the host)."""
     if bring is None:
         return []
-    return [
-        (Path(entry.path), entry.name)
-        for entry in sorted(os.scandir(bring), key=lambda e: e.name)
-        if not os.path.lexists(workspace / entry.name)
-    ]
+    found: list[tuple[str, str, str]] = []
+    for entry in sorted(os.scandir(bring), key=lambda e: e.name):
+        if os.path.lexists(workspace / entry.name):
+            continue
+        if entry.is_symlink():
+            found.append(("--symlink", os.readlink(entry.path), entry.name))
+        elif entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
+            found.append(("--ro-bind", entry.path, entry.name))
+    return found
 
 
 def _read_all(fd: int) -> bytes:
@@ -334,8 +337,8 @@ class Bubblewrap:
                 uid: int | None = stack.enter_context(self.uids.take())
                 nproc = limits.processes
                 os.chmod(workspace, 0o755)
-                if world.keep is not None and uid is not None:  # the job writes there
-                    os.chown(world.keep, uid, uid)
+                if world.keep is not None and uid is not None:  # reopened as the job's uid
+                    os.fchown(world.keep, uid, uid)
             else:
                 # The process limit counts every process of this user: add what already runs.
                 uid, nproc = None, _processes_of(os.getuid()) + limits.processes
@@ -354,9 +357,14 @@ class Bubblewrap:
                 keep=world.keep,
                 bring=_brought(world.bring, workspace),
             )
+            kept = (world.keep,) if world.keep is not None else ()
             try:
                 result = await run_process(
-                    argv, limits=limits, on_output=on_output, stop=stop, pass_fds=(status_write,)
+                    argv,
+                    limits=limits,
+                    on_output=on_output,
+                    stop=stop,
+                    pass_fds=(status_write, *kept),
                 )
             finally:
                 os.close(status_write)

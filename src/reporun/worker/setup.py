@@ -12,9 +12,11 @@ which skip the setup. Kept results are removed oldest-used first past `max_bytes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import fnmatch
 import hashlib
+import io
 import json
 import logging
 import os
@@ -22,10 +24,12 @@ import secrets
 import shlex
 import shutil
 import stat
+import tarfile
 import time
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
 
-from reporun.worker.images import strip
 from reporun.worker.places import Hold, flock, open_lock, owned_dir, try_lock
 from reporun.worker.workdir import prepare_work_dir
 
@@ -54,7 +58,9 @@ LOCK_FILES = (
     "Gemfile",
     "Gemfile.lock",
 )
-HASHED_MAX = 16 * 1024 * 1024  # a bigger file named by the command counts by its size alone
+HASHED_MAX = 16 * 1024 * 1024
+CHUNK = 64 * 1024
+ENTRIES_MAX = 500_000  # a bigger file named by the command counts by its size alone
 READY = "ready"
 KEPT = "kept"
 TRASH = ".trash-"
@@ -79,8 +85,17 @@ def _digest_of(workspace: Path, name: str) -> str | None:
         return hashlib.sha256(file.read()).hexdigest()
 
 
-def setup_key(*, runtime_digest: str | None, setup: str, workspace: Path) -> str:
-    """What decides whether an earlier job's setup result serves this one."""
+def setup_key(
+    *,
+    repo: str,
+    runtime_digest: str | None,
+    setup: str,
+    env: Mapping[str, str],
+    workspace: Path,
+) -> str:
+    """What decides whether an earlier job's setup result serves this one: the repository,
+    the runtime's image, the command, the job's variables, and the files that pin what it
+    installs."""
     names = {
         entry
         for entry in os.listdir(workspace)
@@ -90,10 +105,16 @@ def setup_key(*, runtime_digest: str | None, setup: str, workspace: Path) -> str
         words = shlex.split(setup)
     except ValueError:
         words = setup.split()
-    for word in words:  # `pip install -r requirements/dev.txt`: that file too
+    for word in words:  # `pip install -r requirements/dev.txt` (or -rdev.txt): that file too
+        if word.startswith("--") and "=" in word:
+            word = word.partition("=")[2]
+        elif word.startswith("-") and len(word) > 2 and word[1] in "rc":
+            word = word[2:]
         if not word.startswith(("-", "/")) and ".." not in Path(word).parts and len(word) < 256:
             names.add(word)
-    digest = hashlib.sha256(f"{runtime_digest or 'host'}\0{setup}\0".encode())
+    digest = hashlib.sha256(
+        json.dumps([repo, runtime_digest or "host", setup, sorted(env.items())]).encode()
+    )
     for name in sorted(names):
         found = _digest_of(workspace, name)
         if found is not None:
@@ -143,20 +164,18 @@ class SetupCache:
         return Kept(place / KEPT, fd, size)
 
     def staging(self, owner: str, key: str) -> Path:
-        """A new directory for a setup phase to keep its results in (`KEPT` inside it)."""
+        """A new directory for a setup phase's results (`KEPT` inside it), this user's."""
         prepare_work_dir(self.directory, setting="REPORUN_SETUP_CACHE_DIR")
         owner_dir = self._owner_dir(owner)
         prepare_work_dir(owner_dir, setting="REPORUN_SETUP_CACHE_DIR")
         scratch = owner_dir / f".{key}.{os.getpid()}.{secrets.token_hex(4)}"
         os.mkdir(scratch, 0o711)
-        os.mkdir(scratch / KEPT, 0o700)
+        os.mkdir(scratch / KEPT, 0o755)
         return scratch
 
-    async def keep(self, owner: str, key: str, scratch: Path) -> Kept | None:
-        """Put a setup phase's results in place (made this user's, readable by all, and
-        stripped as an image's root is), held for the job's command; None when nothing was
-        kept or the disk allows none."""
-        size = await asyncio.to_thread(_adopt, scratch / KEPT)
+    async def keep(self, owner: str, key: str, scratch: Path, size: int) -> Kept | None:
+        """Put a setup phase's results (received into `scratch`) in place, held for the job's
+        command; None when it made nothing to keep, or more than this cache may hold."""
         if size > self.max_bytes or not os.listdir(scratch / KEPT):
             await self.discard(scratch)
             return None
@@ -171,15 +190,36 @@ class SetupCache:
                 if os.path.lexists(place):
                     await asyncio.to_thread(_discard, place)
                 os.rename(scratch, place)
-        finally:
+            # Held from here on: no eviction between keeping it and using it.
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            os.utime(place / READY)
+        except BaseException:
             os.close(fd)
-        await asyncio.to_thread(self._evict, keep=place)
-        return await self.find(owner, key)
+            raise
+        kept = Kept(place / KEPT, fd, size)
+        await asyncio.to_thread(self._evict)
+        return kept
+
+    async def tidy(self) -> None:
+        """Remove what crashed preparations left: scratch and trash older than a day."""
+        if self.directory.is_dir():
+            await asyncio.to_thread(self._tidy)
+
+    def _tidy(self) -> None:
+        cutoff = time.time() - 86400
+        for owner_dir in self.directory.iterdir():
+            if not owner_dir.is_dir() or owner_dir.is_symlink():
+                continue
+            for entry in owner_dir.iterdir():
+                if entry.name.startswith(".") and not entry.is_symlink() and entry.is_dir():
+                    with contextlib.suppress(OSError):
+                        if entry.stat().st_mtime < cutoff:
+                            shutil.rmtree(entry, ignore_errors=True)
 
     async def discard(self, scratch: Path) -> None:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
 
-    def _evict(self, *, keep: Path) -> None:
+    def _evict(self) -> None:
         """Remove results, oldest-used first, until those left fit in max_bytes."""
         entries: list[tuple[float, int, Path]] = []
         for owner_dir in self.directory.iterdir():
@@ -198,8 +238,6 @@ class SetupCache:
         for _, size, place in sorted(entries):
             if total <= self.max_bytes:
                 break
-            if place == keep:
-                continue
             with try_lock(place.with_name(f"{place.name}.lock")) as mine:
                 if not mine:  # a job is using it
                     continue
@@ -210,17 +248,91 @@ class SetupCache:
             )
 
 
-def _adopt(kept: Path) -> int:
-    """What a job's uid wrote, made this user's and stripped; its size in bytes."""
-    uid, gid = os.geteuid(), os.getegid()
-    if uid == 0:
-        for top, dirs, files in os.walk(kept):
-            for name in (*dirs, *files):
-                os.lchown(os.path.join(top, name), uid, gid)
-        os.lchown(kept, uid, gid)
-    size = strip(kept, readable=True)
-    os.chmod(kept, 0o755)
-    return size
+class NotKept(Exception):
+    """What a setup phase sent to keep could not be (too big, or not a plain archive)."""
+
+
+class _Capped(io.RawIOBase):
+    """A pipe's reader that gives out at most `limit` bytes."""
+
+    def __init__(self, fd: int, limit: int) -> None:
+        self.fd, self.left = fd, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = os.read(self.fd, min(len(buffer), CHUNK))
+        self.left -= len(data)
+        if self.left < 0:
+            raise NotKept("what setup made is larger than the job's disk limit")
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _parts(name: str) -> tuple[str, ...]:
+    parts = PurePosixPath(name).parts
+    if not parts or name.startswith("/") or any(p in ("..", ".") for p in parts):
+        raise NotKept(f"{name[:100]!r} is not a name inside the workspace")
+    return parts
+
+
+def receive(fd: int, into: Path, *, max_bytes: int, max_entries: int = ENTRIES_MAX) -> int:
+    """Unpack the archive a setup phase writes to `fd` (closed at the end) into `into` (an
+    empty directory of this user's), trusting nothing of it: names stay inside, no link is
+    followed (a member whose parent is not a directory made here is refused), only
+    directories, files and links are made, as this user's, readable by all, nothing set-id
+    or writable by others. The bytes of its files; NotKept when it is too big or malformed."""
+    made = {into}
+    written = 0
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(_Capped(fd, max_bytes)), mode="r|") as tar:
+            for count, member in enumerate(tar, 1):
+                if count > max_entries:
+                    raise NotKept(f"what setup made has more than {max_entries} entries")
+                parts = _parts(member.name)
+                target = into.joinpath(*parts)
+                parent = into
+                for part in parts[:-1]:  # every directory on the way one made here
+                    parent = parent / part
+                    if parent not in made:
+                        os.mkdir(parent, 0o755)
+                        made.add(parent)
+                if member.isdir():
+                    if target not in made:
+                        os.mkdir(target, 0o755)
+                        made.add(target)
+                elif member.isfile():
+                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                    out = os.open(target, flags, 0o600)
+                    # Readable by all; runnable by all if its owner could run it.
+                    os.fchmod(out, 0o755 if member.mode & 0o100 else 0o644)
+                    with os.fdopen(out, "wb") as file:
+                        source = tar.extractfile(member)
+                        assert source is not None
+                        shutil.copyfileobj(source, file, CHUNK)
+                    written += member.size
+                elif member.issym():
+                    os.symlink(member.linkname, target)
+                elif member.islnk():
+                    source_path = into.joinpath(*_parts(member.linkname))
+                    info = os.lstat(source_path)
+                    if not stat.S_ISREG(info.st_mode) or source_path.parent not in made:
+                        raise NotKept(f"{member.name[:100]!r} links to what is not a file of it")
+                    os.link(source_path, target, follow_symlinks=False)
+                # Devices, fifos and the like are not kept.
+    except tarfile.ReadError as exc:
+        if written == 0 and "empty" in str(exc):
+            return 0  # nothing to keep
+        raise NotKept(f"what setup made is not a plain archive ({exc})") from None
+    except (tarfile.TarError, OSError) as exc:
+        raise NotKept(f"what setup made could not be kept ({type(exc).__name__}: {exc})") from None
+    finally:
+        with contextlib.suppress(OSError):
+            while os.read(fd, CHUNK):  # let the writer finish, whatever is left is dropped
+                pass
+        os.close(fd)
+    return written
 
 
 def _discard(path: Path) -> None:
