@@ -9,12 +9,13 @@ import os
 import stat
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from reporun.worker.sandbox import _brought
-from reporun.worker.setup import NotKept, receive, setup_key
+from reporun.worker.setup import NotKept, SetupCache, receive, setup_key
 
 
 def _archive(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
@@ -153,3 +154,13 @@ def test_the_key_follows_what_pins_the_install(tmp_path: Path) -> None:
     changed = key()
     (tmp_path / "requirements.txt").write_text("a==2\n")  # a lock file: counted
     assert key() != changed
+
+
+async def test_what_crashed_setups_left_is_swept(tmp_path: Path) -> None:
+    cache = SetupCache(tmp_path / "cache")
+    old = cache.staging("alice", "k1")
+    fresh = cache.staging("alice", "k2")
+    day_ago = time.time() - 2 * 86400
+    os.utime(old, (day_ago, day_ago))
+    await cache.tidy()
+    assert not old.exists() and fresh.is_dir()

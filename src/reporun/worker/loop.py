@@ -39,7 +39,8 @@ CANCEL_POLL = 0.25
 # lease is no longer renewed by then: once a reaper has taken the job back, the write changes
 # nothing and the job runs again elsewhere.
 REPORT_DEADLINE = 300.0
-# How often unused runtime roots are looked for (also after each preparation).
+# How often unused runtime roots and leftovers of setups are looked for (roots also after each
+# preparation).
 TIDY_EVERY = 3600.0
 
 
@@ -151,11 +152,9 @@ class Worker:
             asyncio.create_task(
                 self._every("reap", self.lease_seconds / 4, self._reap), name="reaper"
             ),
+            # Unused runtime roots, and what crashed setups and preparations left.
+            asyncio.create_task(self._every("tidy", TIDY_EVERY, self._tidy), name="tidy"),
         ]
-        if self.runtimes.images:
-            side.append(
-                asyncio.create_task(self._every("tidy", TIDY_EVERY, self.roots.tidy), name="tidy")
-            )
         try:
             while not stop.is_set() and not retire.is_set():
                 job = await self._claim()
@@ -236,6 +235,11 @@ class Worker:
             state=self.state,
             current_job=self.current.id if self.current else None,
         )
+
+    async def _tidy(self) -> None:
+        if self.runtimes.images:
+            await self.roots.tidy()
+        await self.setups.tidy()
 
     async def _reap(self) -> None:
         if reaped := await self.queue.reap():
