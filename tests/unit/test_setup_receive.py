@@ -164,3 +164,14 @@ async def test_what_crashed_setups_left_is_swept(tmp_path: Path) -> None:
     os.utime(old, (day_ago, day_ago))
     await cache.tidy()
     assert not old.exists() and fresh.is_dir()
+
+
+async def test_a_result_too_big_to_keep_serves_its_own_job_only(tmp_path: Path) -> None:
+    cache = SetupCache(tmp_path / "cache", max_bytes=10)
+    scratch = cache.staging("alice", "k")
+    (scratch / "kept" / ".venv").mkdir()
+    (scratch / "kept" / ".venv" / "big").write_bytes(b"x" * 100)
+    kept = await cache.keep("alice", "k", scratch, 100)
+    assert kept is not None and kept.only_now and (kept.path / ".venv" / "big").is_file()
+    kept.release()
+    assert not scratch.exists() and await cache.find("alice", "k") is None

@@ -45,6 +45,17 @@ class Watch:
 
 
 @dataclass(frozen=True, slots=True)
+class SetupDone:
+    """How a setup phase went: how the job ended if it did, the kept result (held), the
+    phase's seconds, and whether its output was cut at the log limit."""
+
+    ended: Outcome | None
+    kept: Kept | None
+    seconds: float
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Parts:
     """What a run uses of its worker."""
 
@@ -93,6 +104,7 @@ class Runner:
         except (NotOffered, BadRepoConfig) as exc:
             return Outcome(JobStatus.FAILED, reason=exc.message)
         kept: Kept | None = None
+        setup_cut = False  # the setup's output was cut at the log limit
         held = await unless(watch.stop, self.parts.roots.hold(runtime))
         try:
             if watch.stop.is_set():
@@ -107,14 +119,13 @@ class Runner:
                 return outcome_of(None, watch, limits.timeout)
             world = World(root=root)
             if setup is not None:
-                ended, kept, seconds = await self._setup(
-                    job, setup, workspace, limits, world, log, watch
-                )
-                if ended is not None or watch.stop.is_set():
-                    return ended or outcome_of(None, watch, limits.timeout)
+                done = await self._setup(job, setup, workspace, limits, world, log, watch)
+                kept, setup_cut = done.kept, done.truncated
+                if done.ended is not None or watch.stop.is_set():
+                    return done.ended or outcome_of(None, watch, limits.timeout)
                 # The command has what is left of the job's time.
                 limits = limits.model_copy(
-                    update={"timeout": max(1, limits.timeout - math.ceil(seconds))}
+                    update={"timeout": max(1, limits.timeout - math.ceil(done.seconds))}
                 )
                 world = replace(world, bring=kept.path if kept else None)
             mode = limits.network
@@ -135,7 +146,7 @@ class Runner:
                 held.release()
             if kept is not None:
                 kept.release()
-        await log.close(truncated=result.truncated)
+        await log.close(truncated=result.truncated or setup_cut)
         logger.info(
             "job ran",
             extra={
@@ -157,9 +168,8 @@ class Runner:
         world: World,
         log: LogWriter,
         watch: Watch,
-    ) -> tuple[Outcome | None, Kept | None, float]:
-        """The setup phase, or what an earlier job of the project kept of it: how the job
-        ended if it did, the kept result (held), and the phase's seconds."""
+    ) -> SetupDone:
+        """The setup phase, or what an earlier job of the project kept of it."""
         digest = world.root.digest if world.root else None
         key = await asyncio.to_thread(
             lambda: setup_key(
@@ -174,7 +184,7 @@ class Runner:
                 f"reporun: setup skipped ({seconds:.2f} s): kept from an earlier job "
                 f"({_megabytes(found.size)}); {setup}\n".encode()
             )
-            return None, found, seconds
+            return SetupDone(None, found, seconds)
         await log.write(f"reporun: setup (network registries): {setup}\n".encode())
         scratch = self.parts.setups.staging(job.owner, key)
         phase = limits.model_copy(update={"network": "registries"})
@@ -203,24 +213,31 @@ class Runner:
             if ended is None or ended.status is not JobStatus.SUCCEEDED:
                 await self.parts.setups.discard(scratch)
                 await log.close(truncated=ran.truncated)
-                if ended is not None and ended.status is not JobStatus.CANCELLED:
+                if ended is not None and ended.status is JobStatus.TIMED_OUT:
+                    ended = replace(ended, reason=f"setup {ended.reason}")
+                elif ended is not None and ended.status is not JobStatus.CANCELLED:
                     ended = replace(ended, reason=f"setup failed: {ended.reason}")
-                return ended, None, time.monotonic() - began
+                return SetupDone(ended, None, time.monotonic() - began)
             kept = await self.parts.setups.keep(job.owner, key, scratch, size)
         except NotKept as exc:
             await self.parts.setups.discard(scratch)
             await log.write(f"reporun: {exc}\n".encode())
             await log.close(truncated=False)
-            return Outcome(JobStatus.FAILED, reason=f"setup failed: {exc}"), None, 0.0
+            return SetupDone(Outcome(JobStatus.FAILED, reason=f"setup failed: {exc}"), None, 0.0)
         except BaseException:
             # The receiver ends by itself (the writer is gone); what it says is not needed.
             receiving.add_done_callback(lambda done: done.cancelled() or done.exception())
             await asyncio.shield(self.parts.setups.discard(scratch))
             raise
         seconds = time.monotonic() - began
-        what = f"kept {_megabytes(kept.size)} for the next jobs" if kept else "nothing to keep"
+        if kept is None:
+            what = "nothing to keep"
+        elif kept.only_now:
+            what = f"{_megabytes(kept.size)} is more than this worker keeps: for this job only"
+        else:
+            what = f"kept {_megabytes(kept.size)} for the next jobs"
         await log.write(f"reporun: setup took {seconds:.2f} s; {what}\n".encode())
-        return None, kept, seconds
+        return SetupDone(None, kept, seconds, truncated=ran.truncated)
 
 
 def outcome_of(result: RunResult | None, watch: Watch, timeout: int) -> Outcome | None:

@@ -123,12 +123,19 @@ def setup_key(
 
 
 class Kept(Hold):
-    """A kept setup result a job uses (its lock held shared): the directory of its entries."""
+    """A kept setup result a job uses (its lock held shared): the directory of its entries.
+    `only_now`: too big for the cache, it serves this job alone and goes on `release`."""
 
-    def __init__(self, path: Path, fd: int, size: int) -> None:
+    def __init__(self, path: Path, fd: int, size: int, *, only_now: bool = False) -> None:
         super().__init__(fd)
         self.path = path
         self.size = size
+        self.only_now = only_now
+
+    def release(self) -> None:
+        super().release()
+        if self.only_now:
+            shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
 class SetupCache:
@@ -175,10 +182,12 @@ class SetupCache:
 
     async def keep(self, owner: str, key: str, scratch: Path, size: int) -> Kept | None:
         """Put a setup phase's results (received into `scratch`) in place, held for the job's
-        command; None when it made nothing to keep, or more than this cache may hold."""
-        if size > self.max_bytes or not os.listdir(scratch / KEPT):
+        command; None when it made nothing. More than the cache may hold serves this job only."""
+        if not os.listdir(scratch / KEPT):
             await self.discard(scratch)
             return None
+        if size > self.max_bytes:
+            return Kept(scratch / KEPT, os.open(scratch, os.O_RDONLY), size, only_now=True)
         place = scratch.parent / key
         (scratch / READY).write_text(json.dumps({"bytes": size, "at": time.time()}))
         fd = open_lock(scratch.parent / f"{key}.lock")
