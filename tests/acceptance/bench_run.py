@@ -19,6 +19,8 @@ from tests.harness.processes import require_tool
 SMOKE = (
     "--quick",
     "--no-cli",
+    # The runtimes section has its own smoke test (test_bench_runtimes.py, --only runtimes).
+    "--no-runtimes",
     *("--jobs", "4", "--latency-jobs", "3", "--posts", "16"),
     *("--pg-jobs", "6", "--pg-load-jobs", "30", "--pg-rows", "2000", "--pg-requests", "20"),
 )
