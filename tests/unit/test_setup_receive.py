@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import stat
+import subprocess
 import tarfile
 import threading
 import time
@@ -174,4 +175,39 @@ async def test_a_result_too_big_to_keep_serves_its_own_job_only(tmp_path: Path) 
     kept = await cache.keep("alice", "k", scratch, 100)
     assert kept is not None and kept.only_now and (kept.path / ".venv" / "big").is_file()
     kept.release()
+    await cache.discard(kept.path.parent)  # what the job's run does after it
     assert not scratch.exists() and await cache.find("alice", "k") is None
+
+
+def test_sparse_members_huge_headers_and_odd_names_are_refused(tmp_path: Path) -> None:
+    # A sparse member (GNU tar's own) declares far more than its archive carries.
+    holes = tmp_path / "holes"
+    with holes.open("wb") as file:
+        file.truncate(64 << 20)
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(
+        ["tar", "--sparse", "-cf", str(archive), "-C", str(tmp_path), "holes"], check=True
+    )
+    assert archive.stat().st_size < 1 << 20
+    (tmp_path / "a").mkdir()
+    with pytest.raises(NotKept):
+        _send(archive.read_bytes(), tmp_path / "a", max_bytes=8 << 20)
+    assert not (tmp_path / "a" / "holes").exists()
+    # A PAX header read whole into memory: not a big one.
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("big-header")
+        info.pax_headers = {"comment": "x" * 200_000}
+        tar.addfile(info, io.BytesIO(b""))
+    (tmp_path / "b").mkdir()
+    with pytest.raises(NotKept, match="header of"):
+        _send(out.getvalue(), tmp_path / "b", max_bytes=1 << 22)
+    # A NUL inside a name: the job's fault, said as such.
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("a")
+        info.pax_headers = {"path": "a\x00b"}  # where a NUL can travel
+        tar.addfile(info, io.BytesIO(b""))
+    (tmp_path / "c").mkdir()
+    with pytest.raises(NotKept):
+        _send(out.getvalue(), tmp_path / "c")

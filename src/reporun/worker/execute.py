@@ -5,6 +5,7 @@ the worker's loop (worker/loop.py) claims, watches and reports around it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -146,6 +147,8 @@ class Runner:
                 held.release()
             if kept is not None:
                 kept.release()
+                if kept.only_now:  # too big to keep: it served this job
+                    await asyncio.shield(self.parts.setups.discard(kept.path.parent))
         await log.close(truncated=result.truncated or setup_cut)
         logger.info(
             "job ran",
@@ -208,28 +211,33 @@ class Runner:
                     )
             finally:
                 os.close(write)  # the job is gone: the archive has ended
-            size = await receiving
+            try:
+                size, not_kept = await receiving, None
+            except NotKept as exc:
+                size, not_kept = 0, exc
+            seconds = time.monotonic() - began
             ended = outcome_of(ran, watch, limits.timeout)
-            if ended is None or ended.status is not JobStatus.SUCCEEDED:
+            if ended is None or ended.status is not JobStatus.SUCCEEDED:  # how it ended first
                 await self.parts.setups.discard(scratch)
                 await log.close(truncated=ran.truncated)
                 if ended is not None and ended.status is JobStatus.TIMED_OUT:
                     ended = replace(ended, reason=f"setup {ended.reason}")
                 elif ended is not None and ended.status is not JobStatus.CANCELLED:
                     ended = replace(ended, reason=f"setup failed: {ended.reason}")
-                return SetupDone(ended, None, time.monotonic() - began)
+                return SetupDone(ended, None, seconds)
+            if not_kept is not None:
+                await self.parts.setups.discard(scratch)
+                await log.write(f"reporun: {not_kept}\n".encode())
+                await log.close(truncated=ran.truncated)
+                failed = Outcome(JobStatus.FAILED, reason=f"setup failed: {not_kept}")
+                return SetupDone(failed, None, seconds)
             kept = await self.parts.setups.keep(job.owner, key, scratch, size)
-        except NotKept as exc:
-            await self.parts.setups.discard(scratch)
-            await log.write(f"reporun: {exc}\n".encode())
-            await log.close(truncated=False)
-            return SetupDone(Outcome(JobStatus.FAILED, reason=f"setup failed: {exc}"), None, 0.0)
         except BaseException:
-            # The receiver ends by itself (the writer is gone); what it says is not needed.
-            receiving.add_done_callback(lambda done: done.cancelled() or done.exception())
+            # The writer is gone: the receiver ends soon; let it, then clear its directory.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(receiving)
             await asyncio.shield(self.parts.setups.discard(scratch))
             raise
-        seconds = time.monotonic() - began
         if kept is None:
             what = "nothing to keep"
         elif kept.only_now:

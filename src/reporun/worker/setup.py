@@ -60,7 +60,18 @@ LOCK_FILES = (
 )
 HASHED_MAX = 16 * 1024 * 1024
 CHUNK = 64 * 1024
-ENTRIES_MAX = 500_000  # a bigger file named by the command counts by its size alone
+ENTRIES_MAX = 500_000
+# Long names and PAX headers are read whole: none longer than this.
+HEADER_MAX = 64 * 1024
+LONG_HEADERS = frozenset(
+    {
+        tarfile.XHDTYPE,
+        tarfile.XGLTYPE,
+        tarfile.SOLARIS_XHDTYPE,
+        tarfile.GNUTYPE_LONGNAME,
+        tarfile.GNUTYPE_LONGLINK,
+    }
+)  # a bigger file named by the command counts by its size alone
 READY = "ready"
 KEPT = "kept"
 TRASH = ".trash-"
@@ -124,18 +135,14 @@ def setup_key(
 
 class Kept(Hold):
     """A kept setup result a job uses (its lock held shared): the directory of its entries.
-    `only_now`: too big for the cache, it serves this job alone and goes on `release`."""
+    `only_now`: too big for the cache, it serves this job alone (then `SetupCache.discard`
+    its directory's parent)."""
 
     def __init__(self, path: Path, fd: int, size: int, *, only_now: bool = False) -> None:
         super().__init__(fd)
         self.path = path
         self.size = size
         self.only_now = only_now
-
-    def release(self) -> None:
-        super().release()
-        if self.only_now:
-            shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
 class SetupCache:
@@ -177,7 +184,7 @@ class SetupCache:
         prepare_work_dir(owner_dir, setting="REPORUN_SETUP_CACHE_DIR")
         scratch = owner_dir / f".{key}.{os.getpid()}.{secrets.token_hex(4)}"
         os.mkdir(scratch, 0o711)
-        os.mkdir(scratch / KEPT, 0o755)
+        _mkdir(scratch / KEPT)
         return scratch
 
     async def keep(self, owner: str, key: str, scratch: Path, size: int) -> Kept | None:
@@ -199,14 +206,21 @@ class SetupCache:
                 if os.path.lexists(place):
                     await asyncio.to_thread(_discard, place)
                 os.rename(scratch, place)
-            # Held from here on: no eviction between keeping it and using it.
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            # Held from here on (flock changes a lock by letting it go: look again).
+            await flock(fd, fcntl.LOCK_SH)
+            if not self._ready(place):
+                os.close(fd)
+                return None
             os.utime(place / READY)
         except BaseException:
             os.close(fd)
             raise
         kept = Kept(place / KEPT, fd, size)
-        await asyncio.to_thread(self._evict)
+        try:
+            await asyncio.to_thread(self._evict)
+        except BaseException:
+            kept.release()
+            raise
         return kept
 
     async def tidy(self) -> None:
@@ -248,9 +262,10 @@ class SetupCache:
             if total <= self.max_bytes:
                 break
             with try_lock(place.with_name(f"{place.name}.lock")) as mine:
-                if not mine:  # a job is using it
+                if not mine or not self._ready(place):  # in use, or gone already
                     continue
-                _discard(place)
+                with contextlib.suppress(OSError):
+                    _discard(place)
             total -= size
             logger.info(
                 "a kept setup result removed", extra={"action": "setup_evicted", "bytes": size}
@@ -274,7 +289,7 @@ class _Capped(io.RawIOBase):
         data = os.read(self.fd, min(len(buffer), CHUNK))
         self.left -= len(data)
         if self.left < 0:
-            raise NotKept("what setup made is larger than the job's disk limit")
+            raise NotKept("what setup made is larger than twice the job's disk limit")
         buffer[: len(data)] = data
         return len(data)
 
@@ -286,6 +301,20 @@ def _parts(name: str) -> tuple[str, ...]:
     return parts
 
 
+class _Member(tarfile.TarInfo):
+    """A member whose long-name or PAX header, read whole into memory by tarfile, is small."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> Any:
+        if self.type in LONG_HEADERS and self.size > HEADER_MAX:
+            raise NotKept(f"what setup made has a header of {self.size} bytes")
+        return super()._proc_member(tar)  # type: ignore[misc]
+
+
+def _mkdir(path: Path) -> None:
+    os.mkdir(path, 0o700)
+    os.chmod(path, 0o755)  # whatever the umask: the next jobs' uids read it
+
+
 def receive(fd: int, into: Path, *, max_bytes: int, max_entries: int = ENTRIES_MAX) -> int:
     """Unpack the archive a setup phase writes to `fd` (closed at the end) into `into` (an
     empty directory of this user's), trusting nothing of it: names stay inside, no link is
@@ -295,21 +324,25 @@ def receive(fd: int, into: Path, *, max_bytes: int, max_entries: int = ENTRIES_M
     made = {into}
     written = 0
     try:
-        with tarfile.open(fileobj=io.BufferedReader(_Capped(fd, max_bytes)), mode="r|") as tar:
+        stream = io.BufferedReader(_Capped(fd, max_bytes))
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=_Member) as tar:
             for count, member in enumerate(tar, 1):
+                tar.members.clear()  # type: ignore[attr-defined]  # a stream's: not needed again
                 if count > max_entries:
                     raise NotKept(f"what setup made has more than {max_entries} entries")
+                if member.sparse is not None or written + member.size > max_bytes:
+                    raise NotKept("what setup made is larger than twice the job's disk limit")
                 parts = _parts(member.name)
                 target = into.joinpath(*parts)
                 parent = into
                 for part in parts[:-1]:  # every directory on the way one made here
                     parent = parent / part
                     if parent not in made:
-                        os.mkdir(parent, 0o755)
+                        _mkdir(parent)
                         made.add(parent)
                 if member.isdir():
                     if target not in made:
-                        os.mkdir(target, 0o755)
+                        _mkdir(target)
                         made.add(target)
                 elif member.isfile():
                     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -334,7 +367,9 @@ def receive(fd: int, into: Path, *, max_bytes: int, max_entries: int = ENTRIES_M
         if written == 0 and "empty" in str(exc):
             return 0  # nothing to keep
         raise NotKept(f"what setup made is not a plain archive ({exc})") from None
-    except (tarfile.TarError, OSError) as exc:
+    except NotKept:
+        raise
+    except Exception as exc:  # an archive's surprises (a NUL in a name...) are the job's
         raise NotKept(f"what setup made could not be kept ({type(exc).__name__}: {exc})") from None
     finally:
         with contextlib.suppress(OSError):
