@@ -130,3 +130,44 @@ def multi_platform(layout: Path, *, base: str = "base", ref: str = "multi") -> s
     digest = _blob(layout, data)
     _tag(layout, ref, {"mediaType": INDEX, "digest": digest, "size": len(data)})
     return digest
+
+
+def tiny_layout(layout: Path, ref: str = "base") -> None:
+    """An OCI layout of one small image, written by hand: /etc/reporun-runtime, an Env, no
+    system (a root's preparation, not a job's run, is what it is for)."""
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    layer = _layer(
+        [
+            Member("etc", tarfile.DIRTYPE, 0o755),
+            Member("etc/reporun-runtime", data=b"reporun-test-runtime\n"),
+            Member("opt", tarfile.DIRTYPE, 0o755),
+        ]
+    )
+    layer_digest = _blob(layout, layer)
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": ["PATH=/usr/bin:/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        }
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": _blob(layout, config),
+                "size": len(config),
+            },
+            "layers": [{"mediaType": LAYER, "digest": layer_digest, "size": len(layer)}],
+        }
+    ).encode()
+    _tag(
+        layout,
+        ref,
+        {"mediaType": MANIFEST, "digest": _blob(layout, manifest), "size": len(manifest)},
+    )

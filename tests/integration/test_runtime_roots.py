@@ -25,7 +25,7 @@ from reporun.worker import images
 from reporun.worker.images import RuntimeUnavailable, parse_env
 from reporun.worker.runtimes import READY, RootStore
 from reporun.worker.sandbox import job_environment
-from tests.oci_image import Member, add_layer, layout_of, multi_platform
+from tests.oci_image import Member, add_layer, multi_platform, tiny_layout
 
 # security.capability of `setcap cap_net_raw+ep` (VFS_CAP_REVISION_2).
 CAPABILITY = bytes.fromhex("0000000200200000000000000000000000000000")
@@ -51,9 +51,11 @@ def prepared(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 
 @pytest.fixture
-def layout(tmp_path: Path, runtime_image: str) -> Path:
+def layout(tmp_path: Path) -> Path:
+    """A small image (the store's work is the same for any size; a job's run is tested with
+    the real runtime image in test_runtimes.py)."""
     path = tmp_path / "layout"
-    layout_of(runtime_image, path)
+    tiny_layout(path)
     return path
 
 

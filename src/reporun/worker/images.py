@@ -5,8 +5,8 @@ files, then everything that could give a host user more than reading is taken ou
 A reference is looked up first (`inspect`: its digest, the key of its root, and its layers). A
 registry image is then fetched by that digest, so a tag that moves meanwhile cannot change what
 is unpacked; an image from disk (`oci-archive:`, `oci:`, `docker-archive:`) is checked after
-the copy to have the configuration the look-up saw (the image's ID, which no conversion between
-manifest formats or compressions changes).
+the copy to have the configuration the look-up saw (its JSON, which no conversion between
+manifest formats or compressions changes, though skopeo may write it again).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Inspected:
     """What a look-up of a reference found."""
 
     digest: str
-    config: str | None = None  # the digest of the image's config (its ID), for images from disk
+    config: str | None = None  # what identifies the image's config, for images from disk
 
 
 async def run_tool(*argv: str, timeout: float) -> bytes:
@@ -94,6 +94,16 @@ async def _raw_config(image: str) -> bytes:
     return await run_tool("skopeo", "inspect", "--config", "--raw", image, timeout=INSPECT_TIMEOUT)
 
 
+def _config_id(raw: bytes) -> str:
+    """What identifies an image's config, however a copy spelt its JSON (skopeo writes a
+    converted image's config again, compact)."""
+    try:
+        canonical = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":"))
+    except ValueError:
+        raise RuntimeUnavailable("an image's config is not JSON") from None
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
 async def inspect(image: str) -> Inspected:
     """What `image` names now: the digest of its manifest (or of its list of platforms)."""
     found = _json(
@@ -104,7 +114,7 @@ async def inspect(image: str) -> Inspected:
         raise RuntimeUnavailable(f"{image} has an unexpected digest {digest[:80]!r}")
     if image.startswith("docker://"):  # fetched by that digest: nothing to compare
         return Inspected(digest)
-    return Inspected(digest, "sha256:" + hashlib.sha256(await _raw_config(image)).hexdigest())
+    return Inspected(digest, _config_id(await _raw_config(image)))
 
 
 def pinned(image: str, digest: str) -> str:
@@ -192,7 +202,7 @@ async def unpack(image: str, looked_up: Inspected, scratch: Path) -> None:
     source = pinned(image, looked_up.digest)
     await run_tool("skopeo", "copy", "--quiet", source, layout, timeout=PREPARE_TIMEOUT)
     raw = await _raw_config(layout)
-    copied = "sha256:" + hashlib.sha256(raw).hexdigest()
+    copied = _config_id(raw)
     if looked_up.config is not None and copied != looked_up.config:  # replaced on disk since
         raise RuntimeUnavailable(f"{image} changed while it was fetched; try again")
     config = _json(raw, "the copy's config")
