@@ -30,7 +30,7 @@ from tests.harness.ports import free_port
 
 SERVER_DIR = Path(__file__).resolve().parent / "oidc"
 NPM_TIMEOUT = 300.0
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0  # a deadline for failing: the machine may be loaded by npm and podman
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 AUDIENCE_URN = "urn:audience:"
 
@@ -49,15 +49,18 @@ def _tool(name: str) -> str:
 
 
 def ensure_node_modules(directory: Path = SERVER_DIR) -> None:
-    """`npm ci` (or `npm install` without a lockfile) once; a lock keeps parallel runs apart."""
-    if (directory / "node_modules" / "oidc-provider" / "package.json").is_file():
+    """`npm ci` (or `npm install` without a lockfile) once; a lock keeps parallel runs apart,
+    and a mark written when npm is done tells a whole install from one under way (another
+    test process starting node on half-written modules would hang)."""
+    done = directory / "node_modules" / ".installed-for-reporun-tests"
+    if done.is_file():
         return
     npm = _tool("npm")
     digest = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
     lock_path = Path(tempfile.gettempdir()) / f"reporun-oidc-npm-{digest}.lock"
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (directory / "node_modules" / "oidc-provider" / "package.json").is_file():
+        if done.is_file():
             return
         command = "ci" if (directory / "package-lock.json").is_file() else "install"
         env = {
@@ -86,6 +89,7 @@ def ensure_node_modules(directory: Path = SERVER_DIR) -> None:
                 f"npm {command} in {directory} failed ({result.returncode}):\n"
                 f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
             )
+        done.write_text("npm " + command + "\n")
 
 
 class TokenError(AssertionError):
