@@ -8,11 +8,34 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import secrets
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 LOCK_POLL = 0.2
+# What is being deleted is first renamed to this prefix, so it is gone from its place at once.
+TRASH = ".trash-"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename `path` to a trash name beside it (under its lock): its place is free at once."""
+    trash = path.with_name(f"{TRASH}{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    os.rename(path, trash)
+    return trash
+
+
+def remove(path: Path) -> None:
+    """Delete what `set_aside` moved (a link or a file is unlinked, not followed)."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def discard(path: Path) -> None:
+    remove(set_aside(path))
 
 
 def owned_dir(path: Path) -> bool:

@@ -27,7 +27,17 @@ from pathlib import Path
 
 from reporun.runtimes import Runtime
 from reporun.worker.images import Inspected, RuntimeUnavailable, inspect, parse_env, unpack
-from reporun.worker.places import Hold, flock, open_lock, owned_dir, try_lock
+from reporun.worker.places import (
+    TRASH,
+    Hold,
+    discard,
+    flock,
+    open_lock,
+    owned_dir,
+    remove,
+    set_aside,
+    try_lock,
+)
 from reporun.worker.workdir import prepare_work_dir
 
 __all__ = ["Root", "RootStore", "RuntimeUnavailable"]
@@ -35,7 +45,6 @@ __all__ = ["Root", "RootStore", "RuntimeUnavailable"]
 logger = logging.getLogger("reporun.worker")
 
 READY = "ready"
-TRASH = ".trash-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +219,7 @@ class RootStore:
                 await unpack(runtime.image, looked_up, scratch)
                 (scratch / READY).write_text(looked_up.digest + "\n")
                 if os.path.lexists(place):  # a leftover that is not a ready root
-                    await asyncio.to_thread(self._discard, place)
+                    await asyncio.to_thread(discard, place)
                 os.rename(scratch, place)
             finally:
                 await asyncio.to_thread(shutil.rmtree, scratch, True)
@@ -226,15 +235,6 @@ class RootStore:
         finally:
             os.close(lock)  # lets the lock go
         await self.tidy(keep=place)
-
-    def _discard(self, path: Path) -> None:
-        """Move `path` out of the way at once (under its lock), then delete it."""
-        trash = self.directory / f"{TRASH}{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
-        os.rename(path, trash)
-        if trash.is_symlink() or not trash.is_dir():
-            trash.unlink()
-        else:
-            shutil.rmtree(trash, ignore_errors=True)
 
     async def tidy(self, *, keep: Path | None = None) -> None:
         """Remove roots no job used for `keep_days`, and what crashed preparations left."""
@@ -256,13 +256,12 @@ class RootStore:
             place = name[1:].split(".")[0] if scratch else name
             if not scratch and not self._stale(path, cutoff):
                 continue
-            trash = self.directory / f"{TRASH}{name}.{os.getpid()}.{secrets.token_hex(4)}"
             with try_lock(self.directory / f"{place}.lock") as mine:
                 # Looked at again under the lock: a job may have just used it.
                 if not mine or not (scratch or self._stale(path, cutoff)):
                     continue
-                os.rename(path, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+                trash = set_aside(path)
+            remove(trash)
             logger.info(
                 f"runtime root {name} removed",
                 extra={"action": "runtime_removed", "digest": place},

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from reporun.worker.places import Hold, flock, open_lock, owned_dir, try_lock
+from reporun.worker.places import Hold, discard, flock, open_lock, owned_dir, try_lock
 from reporun.worker.workdir import prepare_work_dir
 
 logger = logging.getLogger("reporun.worker")
@@ -74,7 +74,6 @@ LONG_HEADERS = frozenset(
 )  # a bigger file named by the command counts by its size alone
 READY = "ready"
 KEPT = "kept"
-TRASH = ".trash-"
 
 
 def _digest_of(workspace: Path, name: str) -> str | None:
@@ -204,7 +203,7 @@ class SetupCache:
                 await self.discard(scratch)
             else:
                 if os.path.lexists(place):
-                    await asyncio.to_thread(_discard, place)
+                    await asyncio.to_thread(discard, place)
                 os.rename(scratch, place)
             # Held from here on (flock changes a lock by letting it go: look again).
             await flock(fd, fcntl.LOCK_SH)
@@ -265,7 +264,7 @@ class SetupCache:
                 if not mine or not self._ready(place):  # in use, or gone already
                     continue
                 with contextlib.suppress(OSError):
-                    _discard(place)
+                    discard(place)
             total -= size
             logger.info(
                 "a kept setup result removed", extra={"action": "setup_evicted", "bytes": size}
@@ -377,9 +376,3 @@ def receive(fd: int, into: Path, *, max_bytes: int, max_entries: int = ENTRIES_M
                 pass
         os.close(fd)
     return written
-
-
-def _discard(path: Path) -> None:
-    trash = path.with_name(f"{TRASH}{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    os.rename(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
