@@ -7,14 +7,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYSDEPS_STAMP := $(VENV)/.sysdeps
 # The tools the sandbox, the tests' git server, PostgreSQL, the OIDC provider, the browser
-# tests (chromium, driven by playwright) and image runtimes (skopeo, umoci) need, each with the
-# Debian package that brings it.
+# tests (chromium, driven by playwright), image runtimes (skopeo, umoci) and network mode `open`
+# (slirp4netns) need, each with the Debian package that brings it.
 # Only missing ones are installed: a machine's nodejs may come from elsewhere with its own npm,
 # and Debian's npm would conflict with it.
 DEB_TOOLS := bwrap:bubblewrap git:git prlimit:util-linux setpriv:util-linux curl:curl \
              psql:postgresql node:nodejs npm:npm ip:iproute2 \
              podman:podman docker-compose:docker-compose debootstrap:debootstrap iptables:iptables \
-             chromium:chromium skopeo:skopeo umoci:umoci
+             chromium:chromium skopeo:skopeo umoci:umoci \
+             slirp4netns:slirp4netns
 # Checked by name: podman's runtime and network stack (not on PATH, or podman would pick crun
 # and CNI instead). Everything comes without Recommends (docker-compose would pull in docker.io).
 DEB_PACKAGES := runc netavark aardvark-dns catatonit

@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     # inside the company). Loopback, link-local and this host's addresses never.
     egress_hosts: Annotated[list[str], NoDecode] = list(DEFAULT_EGRESS_HOSTS)
     egress_private_hosts: Annotated[list[str], NoDecode] = []
+    # Network mode `open` (an isolated network of the job's own, through slirp4netns, with
+    # private, link-local and this host's addresses still refused): for whom. `admins` means
+    # every admin; other entries are user names. Empty (the default): for nobody.
+    network_open: Annotated[list[str], NoDecode] = []
     # Where a worker keeps what setup phases made (default: beside its work dir), and at most
     # how many bytes of it (the least recently used go first).
     setup_cache_path: Path | None = Field(None, validation_alias="REPORUN_SETUP_CACHE_DIR")
@@ -194,6 +198,7 @@ class Settings(BaseSettings):
         "trusted_hosts",
         "egress_hosts",
         "egress_private_hosts",
+        "network_open",
         "oidc_algorithms",
         "docker_security_opt",
         mode="before",

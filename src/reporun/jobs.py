@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from reporun.errors import IllegalTransition, InvalidInput, NotOffered
+from reporun.errors import IllegalTransition, InvalidInput
 from reporun.runtimes import Catalog
 from reporun.urlpolicy import RepoUrl, UrlPolicy, parse_repo_url
 
@@ -121,6 +121,9 @@ class JobSpec(BaseModel):
     # Whether the worker may clone it from a local path, file:// or a loopback address: only
     # an admin's job on a server that allows local sources (`Submissions.submit` sets it).
     local_sources: bool = False
+    # Whether it may have network mode `open` (asked for in the request or its reporun.toml):
+    # only where the operator allows it, for its owner (`Submissions.submit` sets it).
+    network_open: bool = False
     # The runtime the request named (checked against the server's); None: reporun.toml's, else
     # the server's default, chosen by the worker.
     runtime: str | None = None
@@ -174,6 +177,7 @@ class Job(BaseModel):
     env: dict[str, str] = {}
     cancel_requested: bool = False
     local_sources: bool = False  # see JobSpec; a row from before the field: not allowed
+    network_open: bool = False  # see JobSpec
     # The runtime the request named (None: reporun.toml's or the default); from its start, the
     # one it runs in, with its image's digest.
     runtime_requested: str | None = None
@@ -202,7 +206,6 @@ REF_PATTERN = re.compile(r"^[A-Za-z0-9._/+-]{1,255}$")
 # A job's network: nothing at all; only the egress proxy to named registries; an isolated
 # network of its own (operator-allowed).
 NETWORK_MODES = ("none", "registries", "open")
-OFFERED_NETWORK_MODES = ("none", "registries")
 # What `registries` reaches unless the operator names others (REPORUN_EGRESS_HOSTS): the
 # Python, npm, Debian, crates and Go module registries.
 DEFAULT_EGRESS_HOSTS = (
@@ -231,6 +234,39 @@ class LimitRange:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenNetwork:
+    """Who may have network mode `open` (REPORUN_NETWORK_OPEN): every admin, the users it
+    names, or nobody (the default)."""
+
+    admins: bool = False
+    users: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, entries: Iterable[str]) -> OpenNetwork:
+        names = {entry.strip() for entry in entries if entry.strip()}
+        return cls(admins="admins" in names, users=frozenset(names - {"admins"}))
+
+    @property
+    def offered(self) -> bool:
+        return self.admins or bool(self.users)
+
+    def allows(self, owner: str, *, admin: bool) -> bool:
+        return (admin and self.admins) or owner in self.users
+
+    def modes(self) -> list[str]:
+        """The network modes a request may name on this server."""
+        return list(NETWORK_MODES) if self.offered else ["none", "registries"]
+
+    def refusal(self) -> str:
+        if not self.offered:
+            return "network 'open' is not offered by this server (use registries)"
+        who = " and ".join(
+            (["admins"] if self.admins else []) + (["the users it names"] if self.users else [])
+        )
+        return f"network 'open' is only for {who} on this server (use registries)"
+
+
+@dataclass(frozen=True, slots=True)
 class JobRules:
     """What a submission may ask for on this server (`wiring.job_rules`, from the settings)."""
 
@@ -244,6 +280,7 @@ class JobRules:
     env_max_bytes: int
     command_max_bytes: int
     runtimes: Catalog = field(default_factory=lambda: Catalog({}))
+    open_network: OpenNetwork = field(default_factory=lambda: OpenNetwork())
 
 
 def check_ref(ref: str) -> str:
@@ -334,14 +371,11 @@ def resolve_limits(
 
 
 def check_network(mode: str, *, field: str) -> str:
-    """A network mode a job may have; InvalidInput naming `field` otherwise."""
+    """One of the network modes; InvalidInput naming `field` otherwise. Whether the job may
+    have `open` is its owner's (`Submissions.submit`, `JobSpec.network_open`)."""
     if mode not in NETWORK_MODES:
         raise InvalidInput(
             f"network {mode[:40]!r} is not one of {', '.join(NETWORK_MODES)}", field=field
-        )
-    if mode not in OFFERED_NETWORK_MODES:
-        raise NotOffered(
-            "network 'open' is not offered by this server (use registries)", field=field
         )
     return mode
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reporun.errors import Forbidden
+from reporun.errors import Forbidden, NotOffered
 from reporun.jobs import Job, JobRules, build_spec
 from reporun.localrepo import check_local_repo, local_path
 from reporun.queue import QueueBackend
@@ -50,7 +50,8 @@ class Submissions:
     ) -> Job:
         """Check, store and enqueue a job; InvalidInput naming the field (RepoUnusable for a
         local path that is no repository with commits), Forbidden for a local repository from a
-        non-admin, or QuotaExceeded."""
+        non-admin, NotOffered for network `open` where its owner may not have it, or
+        QuotaExceeded."""
         rules = self.config.rules
         spec, url = build_spec(
             repo=repo,
@@ -64,6 +65,9 @@ class Submissions:
             network=network,
             setup=setup,
         )
+        may_open = rules.open_network.allows(owner, admin=admin)
+        if spec.limits.network == "open" and not may_open:
+            raise NotOffered(rules.open_network.refusal(), field="network")
         policy = rules.url_policy
         addresses = await _addresses(url, policy)
         if not admin and policy.allow_local and is_local(url, addresses, policy):
@@ -71,7 +75,9 @@ class Submissions:
             raise Forbidden(OPERATORS_ONLY, field="repo")
         # The worker checks the host again when it clones, by then perhaps resolving to
         # loopback: only the job's own flag lets it through there.
-        spec = spec.model_copy(update={"local_sources": admin and policy.allow_local})
+        spec = spec.model_copy(
+            update={"local_sources": admin and policy.allow_local, "network_open": may_open}
+        )
         if url.scheme == "file":
             await check_local_repo(local_path(url.url), ref=spec.ref)
         quota = self.config.admin_quota if admin else self.config.quota

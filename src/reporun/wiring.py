@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from reporun.config import Settings
 from reporun.errors import ConfigError
-from reporun.jobs import JobRules, LimitRange
+from reporun.jobs import JobRules, LimitRange, OpenNetwork
 from reporun.queue import QueueBackend, QueueConfig
 from reporun.queue.sql import SqlQueue
 from reporun.store import Store
@@ -46,6 +46,7 @@ def job_rules(settings: Settings) -> JobRules:
         env_max_bytes=settings.env_max_bytes,
         command_max_bytes=settings.command_max_bytes,
         runtimes=settings.catalog,
+        open_network=OpenNetwork.of(settings.network_open),
     )
 
 

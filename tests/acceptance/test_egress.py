@@ -1,7 +1,11 @@
 """Network modes for real: a worker on a host of the suite's own (a network namespace with no
 route out, so nothing could leave this machine even if the proxy were wrong) runs jobs that
 try to reach a package index the test serves on another such host, hosts off the list, a
-private address, the cloud metadata address, the worker host's loopback and DNS."""
+private address, the cloud metadata address, the worker host's loopback and DNS.
+
+The index host also has a public-looking address (198.51.100.10, a documentation range) and
+serves DNS; the worker host has one of its own (203.0.113.7) with a service on it: what an
+`open` job may reach, and what it may not."""
 
 from __future__ import annotations
 
@@ -123,6 +127,68 @@ http.server.ThreadingHTTPServer((sys.argv[1], 8080), Index).serve_forever()
 """
 
 
+# The index host's DNS server: an A record for each NAME=ADDRESS argument, NXDOMAIN else.
+DNS = r"""
+import socket, struct, sys
+answers = dict(argument.split("=") for argument in sys.argv[2:])
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+server.bind((sys.argv[1], 53))
+while True:
+    query, peer = server.recvfrom(512)
+    at, labels = 12, []
+    while query[at]:
+        labels.append(query[at + 1 : at + 1 + query[at]].decode().lower())
+        at += 1 + query[at]
+    kind = struct.unpack(">H", query[at + 1 : at + 3])[0]
+    question, address = query[12 : at + 5], answers.get(".".join(labels))
+    head = struct.pack(">H", struct.unpack(">H", query[:2])[0])
+    if address and kind == 1:
+        record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(address)
+        server.sendto(head + struct.pack(">HHHHH", 0x8180, 1, 1, 0, 0) + question + record, peer)
+    else:
+        code = 0 if address else 3  # no AAAA record, or no such name
+        server.sendto(head + struct.pack(">HHHHH", 0x8180 | code, 1, 0, 0, 0) + question, peer)
+"""
+
+PUBLIC = "198.51.100.10"  # the index host's public-looking address
+OWN = "203.0.113.7"  # the worker host's own public-looking address, a service on port 8090
+
+OPEN_PROBES = r"""
+import socket, struct, urllib.request
+
+def get(label, url):
+    try:
+        with urllib.request.urlopen(url, timeout=20) as response:
+            print(label, "ok", response.read().decode().strip())
+    except Exception as exc:
+        print(label, "refused", type(getattr(exc, "reason", exc)).__name__)
+
+def connect(label, host, port):
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        print(label, "ok")
+    except OSError as exc:
+        print(label, "refused", type(exc).__name__)
+
+get("public", "http://PUBLIC:8080/hello.txt")
+get("named", "http://public.test:8080/hello.txt")  # a name, through slirp4netns' DNS
+connect("private", "INDEX", 8080)  # the same index, by its private address
+connect("gateway", "GATEWAY", PGPORT)  # where the workers' PostgreSQL listens
+connect("metadata", "169.254.169.254", 80)
+connect("hostloop", "10.0.2.2", 8090)  # slirp4netns' way to the worker host's loopback
+connect("own", "OWN", 8090)  # the worker host's own address
+connect("inside", "inside.test", 5432)  # a name that resolves to a private address
+# The routes that refuse these are out of the job's reach: RTM_DELROUTE of 10.0.0.0/8.
+with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as s:
+    body = (struct.pack("BBBBBBBBI", socket.AF_INET, 8, 0, 0, 254, 4, 0, 8, 0)
+            + struct.pack("HH", 8, 1) + socket.inet_aton("10.0.0.0"))
+    s.send(struct.pack("IHHII", 16 + len(body), 25, 0x1 | 0x4, 1, 0) + body)
+    error = -struct.unpack("i", s.recv(4096)[16:20])[0]
+    print("routes", "kept" if error else "deleted", error)
+print(open("/etc/resolv.conf").read().split()[1])
+"""
+
+
 def _wheel(path: Path) -> str:
     """A wheel of the package `reporun_hello` (what a setup phase installs), by hand; its
     sha256."""
@@ -176,6 +242,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
             f"127.0.0.1 localhost\n{index_ip} index.test\n127.0.0.1 sneaky.test\n"
             f"{hosts.gateway} db.test\n"
         )
+        (etc / "resolv.conf").write_text(f"nameserver {index_ip}\n")
+        # Public-looking addresses: the index host's, routed to from the worker host, and
+        # the worker host's own.
+        worker_host, index_host = hosts.names
+        for command in (
+            ["-n", index_host, "addr", "add", f"{PUBLIC}/32", "dev", "eth0"],
+            ["-n", worker_host, "route", "add", f"{PUBLIC}/32", "via", index_ip],
+            ["-n", worker_host, "addr", "add", f"{OWN}/32", "dev", "lo"],
+        ):
+            subprocess.run(["ip", *command], check=True, capture_output=True, timeout=30)
         cert, key = tmp_path / "index.pem", tmp_path / "index.key"
         subprocess.run(
             [
@@ -199,11 +275,33 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         served = tmp_path / "served"
         serve_index(served)
         index = processes.start(
-            [*hosts.prefix(1), "python3", "-c", INDEX, index_ip, str(cert), str(key), str(served)],
+            [*hosts.prefix(1), "python3", "-c", INDEX, "0.0.0.0", str(cert), str(key), str(served)],
             {"PATH": "/usr/bin:/bin"},
             tmp_path / "index.log",
         )
-        net = Network(tmp_path, processes, hosts)
+        names = (f"public.test={PUBLIC}", f"inside.test={hosts.gateway}")
+        processes.start(
+            [*hosts.prefix(1), "python3", "-c", DNS, index_ip, *names],
+            {"PATH": "/usr/bin:/bin"},
+            tmp_path / "dns.log",
+        )
+        # A service of the worker host's own, on every address it has.
+        processes.start(
+            [
+                *hosts.prefix(0),
+                "python3",
+                "-m",
+                "http.server",
+                "8090",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                str(served),
+            ],
+            {"PATH": "/usr/bin:/bin"},
+            tmp_path / "own.log",
+        )
+        net = Network(tmp_path, processes, hosts, REPORUN_NETWORK_OPEN="admins")
         try:
             net.worker(
                 0,
@@ -214,6 +312,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
                 REPORUN_EGRESS_PRIVATE_HOSTS="index.test,sneaky.test",
                 REPORUN_RUNTIMES=f"py={runtime_archive()}",
                 REPORUN_RUNTIMES_DIR=str(ROOTS),
+                REPORUN_NETWORK_OPEN="admins",
             )
             yield net
         finally:
@@ -370,3 +469,56 @@ def test_a_registries_job_out_of_time_leaves_nothing_behind(world: Network) -> N
     ) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert left == [], left
+
+
+@pytest.mark.parametrize("runtime", ["host", "py"])
+def test_open_reaches_public_addresses_and_nothing_of_the_hosts(
+    world: Network, runtime: str
+) -> None:
+    """An `open` job (an admin's, on a server that offers it to admins) reaches a public
+    address, and a name through slirp4netns' DNS; not a private address, the gateway, the
+    metadata address, the worker host's loopback or own address, nor a name that resolves to
+    a private address; and it cannot remove the routes that refuse them. Nothing of its
+    network outlives it."""
+    script = (
+        OPEN_PROBES.replace("PUBLIC", PUBLIC)
+        .replace("INDEX", f"{world.hosts.subnet}.11")
+        .replace("GATEWAY", world.hosts.gateway)
+        .replace("OWN", OWN)
+        .replace("PGPORT", str(world.postgres.port))
+    )
+    files = {"probes.py": script, "run.sh": "#!/bin/sh\npython3 probes.py\n"}
+    files["reporun.toml"] = f'runtime = "{runtime}"\n'  # the worker's runtimes, not the API's
+    submitted = world.api.submit(world.git.make_repo(files), network="open")
+    job = world.wait(submitted["id"], {"succeeded", "failed"})
+    log = world.api.log(job["id"]).decode(errors="replace")
+    assert job["status"] == "succeeded", (job, log, world.logs())
+    assert job["network"] == "open" and job["runtime"] == runtime
+    lines = log.splitlines()
+    results = {line.split()[0]: line for line in lines if not line.startswith("reporun:")}
+    assert results["public"] == "public ok hello-from-index", lines
+    assert results["named"] == "named ok hello-from-index", lines
+    for refused in ("private", "gateway", "metadata", "hostloop", "own", "inside"):
+        assert results[refused] == f"{refused} refused PermissionError", lines
+    assert results["routes"] == "routes kept 1", lines  # EPERM
+    assert "10.0.2.3" in results, lines  # its resolv.conf: slirp4netns' DNS
+    deadline = time.monotonic() + 10
+    while (left := processes_with("slirp4netns")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == [], left
+
+
+def test_a_reporun_toml_asking_for_open_needs_its_owner_allowed(world: Network) -> None:
+    repo = world.git.make_repo(
+        {"reporun.toml": 'network = "open"\n', "run.sh": "#!/bin/sh\necho never\n"}
+    )
+    alice = world.server.blocking_client(world.server.mint("alice"), poll=0.1)
+    try:
+        job = alice.wait(alice.submit(repo)["id"], {"succeeded", "failed"}, explain=world.logs)
+    finally:
+        alice.close()
+    assert job["status"] == "failed", job
+    assert job["reason"] == (
+        "reporun.toml: network 'open' is not allowed to this job's owner on this server "
+        "(use registries)"
+    )

@@ -21,7 +21,9 @@ from tests.netns import Hosts
 
 
 class Network:
-    def __init__(self, tmp_path: Path, processes: Processes, hosts: Hosts) -> None:
+    def __init__(
+        self, tmp_path: Path, processes: Processes, hosts: Hosts, **server_env: str
+    ) -> None:
         self.tmp_path = tmp_path
         self.hosts = hosts
         self.postgres = Postgres()
@@ -39,6 +41,7 @@ class Network:
             REPORUN_ALLOWED_SCHEMES="https,git",
             REPORUN_TRUSTED_HOSTS=hosts.gateway,
             REPORUN_POLL_INTERVAL="0.1",
+            **server_env,
         )
         self.worker_env = {
             "REPORUN_LOG_LEVEL": "INFO",

@@ -260,6 +260,60 @@ async def test_local_repositories_on_serve_are_for_admin_tokens_only(
         assert (await store.get_job(uuid.UUID(admitted.json()["id"]))).local_sources is True
 
 
+async def test_network_open_is_for_whom_the_operator_names(
+    settings,  # type: ignore[no-untyped-def]
+    store,
+    api: Api,
+) -> None:
+    """`open` on a server that offers it to admins and to carol: theirs; anyone else's
+    request is a 422 naming `network`, saying for whom it is. The job records whether it may
+    have it (the worker checks a reporun.toml's `open` against that)."""
+    import httpx as _httpx
+
+    from reporun.api.app import create_app
+    from reporun.api.auth import LocalAuth
+    from reporun.api.server import build_services
+
+    body = {"repo": REPO, "network": "open"}
+    # The default server offers it to nobody, and says so; its OpenAPI leaves it out.
+    refused = await api.client.post("/v1/jobs", json=body, headers=api.headers("root", "admin"))
+    assert assert_problem(refused, 422, "network")["detail"] == (
+        "network 'open' is not offered by this server (use registries)"
+    )
+    spec = (await api.client.get("/openapi.json")).json()
+    modes = spec["components"]["schemas"]["JobCreate"]["properties"]["network"]["anyOf"][0]
+    assert modes["enum"] == ["none", "registries"]
+
+    offered = settings.model_copy(update={"network_open": ["admins", "carol"]})
+    auth = LocalAuth(offered.secret_key.get_secret_value(), store.tokens)
+    app = create_app(build_services(offered, store, auth))
+
+    async def headers(name: str, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {(await auth.issue(name, role)).token}"}
+
+    async with _httpx.AsyncClient(
+        transport=_httpx.ASGITransport(app=app), base_url="http://t"
+    ) as c:
+        for name, role in (("root", "admin"), ("carol", "user")):
+            admitted = await c.post("/v1/jobs", json=body, headers=await headers(name, role))
+            assert admitted.status_code == 202, admitted.text
+            assert admitted.json()["network"] == "open"
+            assert "network_open" not in admitted.json()
+            assert (await store.get_job(uuid.UUID(admitted.json()["id"]))).network_open is True
+        alice = await headers("alice", "user")
+        refused = await c.post("/v1/jobs", json=body, headers=alice)
+        assert assert_problem(refused, 422, "network")["detail"] == (
+            "network 'open' is only for admins and the users it names on this server "
+            "(use registries)"
+        )
+        # What she may submit is marked as not allowed it, should her reporun.toml ask.
+        plain = await c.post("/v1/jobs", json={"repo": REPO}, headers=alice)
+        assert (await store.get_job(uuid.UUID(plain.json()["id"]))).network_open is False
+        spec = (await c.get("/openapi.json")).json()
+        modes = spec["components"]["schemas"]["JobCreate"]["properties"]["network"]["anyOf"][0]
+        assert modes["enum"] == ["none", "registries", "open"]
+
+
 async def test_health_needs_no_token(api: Api) -> None:
     assert (await api.client.get("/healthz")).status_code == 200
     assert (await api.client.get("/healthcheck")).status_code == 200

@@ -22,9 +22,9 @@ import pytest
 from reporun.errors import ConfigError
 from reporun.runtimes import Runtime
 from reporun.worker import images
+from reporun.worker.bwrap import job_environment
 from reporun.worker.images import RuntimeUnavailable, parse_env
 from reporun.worker.runtimes import READY, RootStore
-from reporun.worker.sandbox import job_environment
 from tests.oci_image import Member, add_layer, multi_platform, tiny_layout
 
 # security.capability of `setcap cap_net_raw+ep` (VFS_CAP_REVISION_2).

@@ -53,18 +53,24 @@ def test_toml_timeout_and_network(tmp_path: Path) -> None:
     entry = pick_entry(workspace(tmp_path, {"reporun.toml": toml, "main.py": ""}), None)
     assert (entry.timeout, entry.network) == (9, "registries")
     limits = Limits(timeout=600, memory=1 << 30, processes=64, log=1 << 20, disk=1 << 30)
-    chosen = limits_with(limits, entry, timeout_max=3600)
+    chosen = limits_with(limits, entry, timeout_max=3600, may_open=False)
     assert (chosen.timeout, chosen.network) == (9, "registries")
     # What the request set stays.
     asked = limits.model_copy(update={"network": "none", "network_set": True})
-    assert limits_with(asked, entry, timeout_max=3600).network == "none"
+    assert limits_with(asked, entry, timeout_max=3600, may_open=False).network == "none"
     other = tmp_path / "other"
     other.mkdir()
     wants_open = pick_entry(
         workspace(other, {"reporun.toml": 'network = "open"\n', "main.py": ""}), None
     )
-    with pytest.raises(NotOffered, match=r"^reporun\.toml: network 'open' is not offered"):
-        limits_with(limits, wants_open, timeout_max=3600)
+    # `open` only for a job whose owner the server allowed it at submission.
+    with pytest.raises(NotOffered, match=r"^reporun\.toml: network 'open' is not allowed to"):
+        limits_with(limits, wants_open, timeout_max=3600, may_open=False)
+    assert limits_with(limits, wants_open, timeout_max=3600, may_open=True).network == "open"
+    # A request's own `open` (checked at submission) is checked again where it runs.
+    opened = limits.model_copy(update={"network": "open", "network_set": True})
+    with pytest.raises(NotOffered, match=r"^network 'open' is not allowed to"):
+        limits_with(opened, entry, timeout_max=3600, may_open=False)
 
 
 def test_nothing_to_run(tmp_path: Path) -> None:

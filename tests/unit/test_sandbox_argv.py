@@ -8,8 +8,8 @@ import pytest
 
 from reporun.errors import SandboxError
 from reporun.jobs import Limits
-from reporun.worker.netjail import netjail_argv
-from reporun.worker.sandbox import bwrap_argv, job_environment
+from reporun.worker.bwrap import bwrap_argv, job_environment
+from reporun.worker.netjail import REFUSED_RANGES, TUN_NAMESPACE, open_jail, proxy_jail
 
 LIMITS = Limits(timeout=60, memory=256 << 20, processes=32, log=1 << 20, disk=64 << 20)
 
@@ -79,14 +79,57 @@ def test_without_root_no_uid_switch() -> None:
 
 
 def test_registries_runs_in_the_jails_network_with_the_proxy_named() -> None:
-    jail = netjail_argv("/usr/bin/python3", Path("/run/e.sock"))
+    jail = proxy_jail("/usr/bin/python3", Path("/run/e.sock"))
     args = argv(limits=LIMITS.model_copy(update={"network": "registries"}), jail=jail)
     # As the job's uid, the jail first (it makes the network namespace), then the limits.
     assert args.index("setpriv") < args.index("/usr/bin/python3") < args.index("prlimit")
-    assert args[args.index("/usr/bin/python3") + 5] == "/run/e.sock"
+    at = args.index("/usr/bin/python3") + 5
+    assert args[at : at + 2] == ["proxy", "/run/e.sock"]
     assert "--share-net" in args and "--unshare-all" in args
     env = {args[i + 1]: args[i + 2] for i, a in enumerate(args) if a == "--setenv"}
     assert env["HTTPS_PROXY"] == env["http_proxy"] == "http://127.0.0.1:3128"
     assert env["PIP_PROXY"] == env["npm_config_https_proxy"] == "http://127.0.0.1:3128"
     plain = {args[i + 1] for i, a in enumerate(argv()) if a == "--setenv"}
     assert "HTTPS_PROXY" not in plain
+
+
+def test_open_runs_in_the_jails_network_behind_slirp4netns_with_its_resolver() -> None:
+    jail = open_jail("/usr/bin/python3", "/usr/bin/slirp4netns")
+    limits = LIMITS.model_copy(update={"network": "open"})
+    args = argv(limits=limits, jail=jail, resolv_fd=7, before=TUN_NAMESPACE)
+    # Root makes the tun node's namespace, then the job's uid the network, then the limits.
+    assert args[: len(TUN_NAMESPACE)] == list(TUN_NAMESPACE)
+    assert args.index("setpriv") < args.index("/usr/bin/python3") < args.index("prlimit")
+    at = args.index("/usr/bin/python3") + 5
+    assert args[at : at + 3] == ["open", "/usr/bin/slirp4netns", ",".join(REFUSED_RANGES)]
+    assert "--share-net" in args
+    assert args[args.index("--ro-bind-data") : args.index("--ro-bind-data") + 3] == [
+        "--ro-bind-data",
+        "7",
+        "/etc/resolv.conf",
+    ]
+    env = {args[i + 1]: args[i + 2] for i, a in enumerate(args) if a == "--setenv"}
+    assert "HTTPS_PROXY" not in env  # no proxy: the job's own connections
+    with pytest.raises(SandboxError, match="open"):
+        argv(limits=limits)
+
+
+def test_open_refuses_every_range_a_host_keeps_to_itself() -> None:
+    import ipaddress
+
+    refused = [ipaddress.ip_network(network) for network in REFUSED_RANGES]
+    for address in (
+        "10.1.2.3",
+        "172.20.0.1",
+        "192.168.1.1",
+        "100.64.0.1",
+        "127.0.0.1",
+        "169.254.169.254",
+        "0.0.0.0",
+        "224.0.0.1",
+        "255.255.255.255",
+        "10.0.2.2",
+    ):
+        assert any(ipaddress.ip_address(address) in network for network in refused), address
+    for address in ("198.51.100.10", "8.8.8.8", "151.101.0.223"):
+        assert not any(ipaddress.ip_address(address) in network for network in refused)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reporun.worker.sandbox import _brought
+from reporun.worker.bwrap import brought
 from reporun.worker.setup import NotKept, SetupCache, receive, setup_key
 
 
@@ -125,7 +125,7 @@ def test_kept_links_are_made_again_inside_the_sandbox_not_bound(tmp_path: Path) 
     (kept / "lib").mkdir()
     workspace.mkdir()
     (workspace / "lib").mkdir()  # the checkout has its own: not covered
-    assert _brought(kept, workspace) == [
+    assert brought(kept, workspace) == [
         ("--symlink", "/etc", ".venv"),
         ("--ro-bind", str(kept / "node_modules"), "node_modules"),
     ]

@@ -30,7 +30,6 @@ from reporun.errors import (
     ReporunError,
     RepoUnusable,
 )
-from reporun.jobs import OFFERED_NETWORK_MODES
 
 logger = logging.getLogger("reporun.api")
 
@@ -275,11 +274,12 @@ def document(app: FastAPI) -> None:
             for branch in runtime.get("anyOf", [runtime]):
                 if branch.get("type") == "string":
                     branch["enum"] = names
-            # The network modes it offers (`open` is refused, 422, until it is).
+            # The network modes it offers (`open` only where the operator allows it).
+            modes = app.state.services.submissions.config.rules.open_network.modes()
             network = components["JobCreate"]["properties"]["network"]
             for branch in network.get("anyOf", [network]):
                 if "enum" in branch:
-                    branch["enum"] = list(OFFERED_NETWORK_MODES)
+                    branch["enum"] = modes
             if app.state.services.config.metrics_public:
                 # This server serves /metrics without a token (REPORUN_METRICS_PUBLIC).
                 metrics = schema["paths"]["/metrics"]["get"]

@@ -181,8 +181,9 @@ class JobOut(BaseModel):
     @classmethod
     def of(cls, job: Job) -> JobOut:
         return cls(
-            # local_sources is the worker's business: the job's repo already tells its kind.
-            **job.model_dump(exclude={"limits", "env", "local_sources"}),
+            # local_sources and network_open are the worker's business: the job's repo and
+            # network already tell what was asked.
+            **job.model_dump(exclude={"limits", "env", "local_sources", "network_open"}),
             wait_seconds=job.wait_seconds,
             run_seconds=job.run_seconds,
             limits=LimitsOut(

@@ -51,6 +51,9 @@ class MemoryQueue:
             limits=spec.limits,
             env=spec.env,
             local_sources=spec.local_sources,
+            network_open=spec.network_open,
+            runtime_requested=spec.runtime,
+            setup=spec.setup,
         )
         self.jobs[job.id] = job
         self.tags[job.id] = max(head, last + 1 if last is not None else 0)

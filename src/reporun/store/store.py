@@ -166,6 +166,7 @@ class Store:
             "env": spec.env,
             "limits": spec.limits.model_dump(),
             "local_sources": spec.local_sources,
+            "network_open": spec.network_open,
             "runtime_requested": spec.runtime,
             "setup": spec.setup,
             "status": JobStatus.QUEUED.value,

@@ -61,6 +61,8 @@ jobs = sa.Table(
     sa.Column("log_truncated", sa.Boolean, nullable=False, server_default=sa.false()),
     # Whether its worker may clone from a local path or a loopback address (JobSpec).
     sa.Column("local_sources", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Whether it may have network mode `open` (JobSpec).
+    sa.Column("network_open", sa.Boolean, nullable=False, server_default=sa.false()),
     # The runtime asked for (null: none named); from the start, the one it runs in and its
     # image's digest.
     sa.Column("runtime_requested", sa.String(64)),

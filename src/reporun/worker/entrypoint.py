@@ -110,15 +110,21 @@ def pick_entry(workspace: Path, requested: str | None) -> Entry:
     return Entry(chosen, timeout, network, runtime, setup)
 
 
-def limits_with(limits: Limits, entry: Entry, *, timeout_max: int) -> Limits:
+def limits_with(limits: Limits, entry: Entry, *, timeout_max: int, may_open: bool) -> Limits:
     """A job's limits with what its reporun.toml asks for where the request did not say;
-    NotOffered (saying reporun.toml) for a network mode this server does not give."""
+    NotOffered (saying reporun.toml) for network `open` when the job may not have it
+    (`may_open`: the server allowed it to its owner at submission)."""
     changes: dict[str, object] = {}
     if entry.timeout is not None and not limits.timeout_set:
         changes["timeout"] = min(entry.timeout, timeout_max)
     if entry.network is not None and not limits.network_set:
-        try:
-            changes["network"] = check_network(entry.network, field="network")
-        except NotOffered as exc:
-            raise NotOffered(f"{TOML_NAME}: {exc.message}", field="network") from None
-    return limits.model_copy(update=changes) if changes else limits
+        changes["network"] = check_network(entry.network, field="network")
+    chosen = limits.model_copy(update=changes) if changes else limits
+    if chosen.network == "open" and not may_open:
+        where = f"{TOML_NAME}: " if "network" in changes else ""
+        raise NotOffered(
+            f"{where}network 'open' is not allowed to this job's owner on this server "
+            "(use registries)",
+            field="network",
+        )
+    return chosen

@@ -100,7 +100,9 @@ class Runner:
         except (CheckoutError, NoEntryPoint, BadRepoConfig) as exc:
             return Outcome(JobStatus.FAILED, reason=exc.message)
         try:
-            limits = limits_with(job.limits, entry, timeout_max=self.parts.timeout_max)
+            limits = limits_with(
+                job.limits, entry, timeout_max=self.parts.timeout_max, may_open=job.network_open
+            )
             runtime = self.parts.runtimes.choose(job.runtime_requested, entry.runtime)
         except (NotOffered, BadRepoConfig) as exc:
             return Outcome(JobStatus.FAILED, reason=exc.message)

@@ -29,7 +29,7 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
         )
         if value is not None
     }
-    return SandboxConfig(kind=settings.sandbox, **uids)
+    return SandboxConfig(kind=settings.sandbox, open_network=bool(settings.network_open), **uids)
 
 
 def worker_config(settings: Settings) -> WorkerConfig:
