@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -15,40 +16,61 @@ from reporun.store.engine import sqlite_file
 from reporun.store.migrate import is_current
 from reporun.worker.egress import EgressPolicy, egress_for
 from reporun.worker.main import sandbox_config
+from reporun.worker.netjail import helper_python
 from reporun.worker.runtimes import RootStore, RuntimeUnavailable
 from reporun.worker.sandbox import Bubblewrap, World
 from reporun.worker.uids import UidPool
+
+
+class ProbeFailed(Exception):
+    """A probe job that could not be run (its message says why)."""
+
+
+async def _probe(settings: Settings, command: str, network: str = "none") -> tuple[int | None, str]:
+    """Run `command` as a small job of network `network` in this host's sandbox; its exit
+    code and output. Any failure to run it raises, with what it printed."""
+    config = sandbox_config(settings)
+    sandbox = Bubblewrap(UidPool(config.uid_base, config.uid_count))
+    output = bytearray()
+
+    async def keep(chunk: bytes) -> None:
+        output.extend(chunk)
+
+    limits = Limits(
+        timeout=20, memory=256 << 20, processes=32, log=4096, disk=16 << 20, network=network
+    )
+    policy = EgressPolicy.of(settings.egress_hosts, settings.egress_private_hosts)
+    with tempfile.TemporaryDirectory(prefix="reporun-doctor-") as tmp:
+        Path(tmp).chmod(0o755)
+        workspace = Path(tmp) / "ws"
+        workspace.mkdir(mode=0o755)
+        try:
+            async with egress_for(network, policy, Path(tmp) / "egress", keep) as socket:
+                result = await sandbox.run(
+                    workspace=workspace,
+                    command=command,
+                    env={},
+                    limits=limits,
+                    on_output=keep,
+                    stop=asyncio.Event(),
+                    world=World(egress=socket),
+                )
+        except Exception as exc:
+            said = output.decode(errors="replace").strip()[:300]
+            raise ProbeFailed(f"{exc} (output: {said})") from None
+    return result.exit_code, output.decode(errors="replace")
 
 
 async def _sandbox_works(settings: Settings) -> str | None:
     problems = Bubblewrap.problems()
     if problems:
         return "; ".join(problems)
-    output = bytearray()
-
-    async def keep(chunk: bytes) -> None:
-        output.extend(chunk)
-
-    config = sandbox_config(settings)
-    limits = Limits(timeout=20, memory=256 << 20, processes=32, log=4096, disk=16 << 20)
-    with tempfile.TemporaryDirectory(prefix="reporun-doctor-") as tmp:
-        workspace = Path(tmp) / "ws"
-        workspace.mkdir(mode=0o755)
-        Path(tmp).chmod(0o755)
-        try:
-            result = await Bubblewrap(UidPool(config.uid_base, config.uid_count)).run(
-                workspace=workspace,
-                command="echo sandbox-ok",
-                env={},
-                limits=limits,
-                on_output=keep,
-                stop=asyncio.Event(),
-            )
-        except Exception as exc:
-            return f"{exc} (output: {output.decode(errors='replace').strip()[:300]})"
-    if result.exit_code != 0 or b"sandbox-ok" not in output:
-        text = output.decode(errors="replace").strip()[:300]
-        return f"bubblewrap exited {result.exit_code}: {text or 'no output'}"
+    try:
+        code, text = await _probe(settings, "echo sandbox-ok")
+    except ProbeFailed as exc:
+        return str(exc)
+    if code != 0 or "sandbox-ok" not in text:
+        return f"bubblewrap exited {code}: {text.strip()[:300] or 'no output'}"
     return None
 
 
@@ -59,48 +81,42 @@ EGRESS_PROBE = (
     "s.sendall(b'CONNECT 169.254.169.254:80 HTTP/1.1\\r\\n\\r\\n'); "
     'print(s.recv(100).split()[1].decode())"'
 )
+# From an `open` job, connect to the cloud metadata address: its routes must refuse it there
+# (EACCES, before anything leaves).
+OPEN_PROBE = (
+    'python3 -c "import socket\n'
+    "try:\n socket.create_connection(('169.254.169.254', 80), 10); print('reached')\n"
+    "except OSError as e:\n print('errno', e.errno)\""
+)
 
 
 async def _egress_works(settings: Settings) -> str | None:
     """Whether a `registries` job gets its network namespace and reaches the proxy, which
     refuses what it must."""
-    config = sandbox_config(settings)
-    sandbox = Bubblewrap(UidPool(config.uid_base, config.uid_count))
-    if sandbox.python is None:
+    if helper_python() is None:
         return "no Python every uid may run (/usr/bin/python3) to make a job's network with"
-    output = bytearray()
+    try:
+        code, text = await _probe(settings, EGRESS_PROBE, "registries")
+    except ProbeFailed as exc:
+        return str(exc)
+    if code != 0 or "403" not in text or "egress to 169.254.169.254:80 refused" not in text:
+        return f"the probe through the proxy exited {code}: {text.strip()[:300]}"
+    return None
 
-    async def keep(chunk: bytes) -> None:
-        output.extend(chunk)
 
-    limits = Limits(
-        timeout=20, memory=256 << 20, processes=32, log=4096, disk=16 << 20, network="registries"
-    )
-    policy = EgressPolicy.of(settings.egress_hosts, settings.egress_private_hosts)
-    with tempfile.TemporaryDirectory(prefix="reporun-doctor-") as tmp:
-        Path(tmp).chmod(0o755)
-        workspace = Path(tmp) / "ws"
-        workspace.mkdir(mode=0o755)
-        try:
-            async with egress_for("registries", policy, Path(tmp) / "egress", keep) as socket:
-                result = await sandbox.run(
-                    workspace=workspace,
-                    command=EGRESS_PROBE,
-                    env={},
-                    limits=limits,
-                    on_output=keep,
-                    stop=asyncio.Event(),
-                    world=World(egress=socket),
-                )
-        except Exception as exc:
-            return f"{exc} (output: {output.decode(errors='replace').strip()[:300]})"
-    text = output.decode(errors="replace")
-    if (
-        result.exit_code != 0
-        or "403" not in text
-        or "egress to 169.254.169.254:80 refused" not in text
-    ):
-        return f"the probe through the proxy exited {result.exit_code}: {text.strip()[:300]}"
+async def _open_works(settings: Settings) -> str | None:
+    """Whether an `open` job gets its network (slirp4netns) and its routes refuse what they
+    must."""
+    config = sandbox_config(settings)
+    problems = Bubblewrap(UidPool(config.uid_base, config.uid_count)).open_problems()
+    if problems:
+        return "; ".join(problems)
+    try:
+        code, text = await _probe(settings, OPEN_PROBE, "open")
+    except ProbeFailed as exc:
+        return str(exc)
+    if code != 0 or f"errno {errno.EACCES}" not in text:
+        return f"the probe of 169.254.169.254 exited {code}: {text.strip()[:300]}"
     return None
 
 
@@ -162,6 +178,12 @@ async def diagnose(settings: Settings) -> bool:
             egress = await _egress_works(settings)
             report("network mode registries (its own namespace, the egress proxy)", egress)
             print(f"-     egress hosts: {', '.join(settings.egress_hosts) or 'none'}")
+            if settings.network_open:
+                opened = await _open_works(settings)
+                report("network mode open (slirp4netns, private ranges refused)", opened)
+                print(f"-     network open for: {', '.join(settings.network_open)}")
+            else:
+                print("-     network mode open: offered to nobody (REPORUN_NETWORK_OPEN)")
     await _runtimes(settings, report)
     path = sqlite_file(settings.db_url)
     if path is not None and not path.is_file():

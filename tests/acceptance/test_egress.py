@@ -24,6 +24,7 @@ import pytest
 from tests.acceptance.test_many_hosts import Network
 from tests.conftest import processes_with
 from tests.harness.processes import Processes, require_tool
+from tests.harness.server import REPORUN
 from tests.netns import Hosts
 from tests.runtime_image import ROOTS, runtime_archive
 
@@ -522,3 +523,20 @@ def test_a_reporun_toml_asking_for_open_needs_its_owner_allowed(world: Network) 
         "reporun.toml: network 'open' is not allowed to this job's owner on this server "
         "(use registries)"
     )
+
+
+def test_doctor_probes_network_open_where_it_is_offered(world: Network) -> None:
+    """On the worker host (no route out), `reporun doctor` runs an `open` job against the
+    metadata address, which its routes refuse."""
+    env = {**world.server.env, **world.worker_env, "REPORUN_NETWORK_OPEN": "admins"}
+    env["REPORUN_DATA_DIR"] = str(world.tmp_path / "doctor")
+    result = subprocess.run(
+        [*world.hosts.prefix(0), *REPORUN, "doctor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok    network mode open (slirp4netns, private ranges refused)" in result.stdout
+    assert "-     network open for: admins" in result.stdout

@@ -155,7 +155,10 @@ def submit(
         str | None,
         typer.Option(
             metavar="MODE",
-            help="none, or registries: only a proxy to the server's package registries.",
+            help=(
+                "none; registries: only a proxy to the server's package registries; open: a "
+                "network of its own (where the server allows it you)."
+            ),
             show_default="reporun.toml's, else none",
         ),
     ] = None,
