@@ -51,7 +51,7 @@ REFUSED_RANGES = (
 
 # Standalone (it runs in /usr/bin/python3 -I -S, with nothing of reporun importable).
 HELPER = r"""
-import ctypes, fcntl, os, select, signal, socket, struct, sys, threading
+import ctypes, fcntl, os, resource, select, signal, socket, struct, sys, threading
 # proxy SOCKET PORT -- ARGV..., or open SLIRP4NETNS RANGES -- ARGV...
 mode, arg, third, argv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[5:]
 libc = ctypes.CDLL(None, use_errno=True)
@@ -102,6 +102,7 @@ if mode == "open":
         if os.read(go_r, 1) != b"1":  # the namespace is made (or the helper gave up)
             os._exit(0)
         os.set_inheritable(ready_w, True)
+        resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))  # outside the job's
         os.closerange(3, ready_w)
         os.closerange(ready_w + 1, 1 << 16)
         os.execv(arg, [arg, "--configure", "--mtu=65520", "--disable-host-loopback",
