@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -126,6 +127,10 @@ class Settings(BaseSettings):
     # private, link-local and this host's addresses still refused): for whom. `admins` means
     # every admin; other entries are user names. Empty (the default): for nobody.
     network_open: Annotated[list[str], NoDecode] = []
+    # What such a job may not reach besides the private, shared, link-local, loopback,
+    # multicast and reserved ranges and this host's own addresses: IPv4 networks (a company's
+    # public address space, a VPN's routes).
+    network_open_refused: Annotated[list[IPv4Network], NoDecode] = []
     # Where a worker keeps what setup phases made (default: beside its work dir), and at most
     # how many bytes of it (the least recently used go first).
     setup_cache_path: Path | None = Field(None, validation_alias="REPORUN_SETUP_CACHE_DIR")
@@ -199,6 +204,7 @@ class Settings(BaseSettings):
         "egress_hosts",
         "egress_private_hosts",
         "network_open",
+        "network_open_refused",
         "oidc_algorithms",
         "docker_security_opt",
         mode="before",

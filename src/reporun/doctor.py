@@ -7,6 +7,7 @@ import errno
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from reporun.config import Settings
@@ -16,10 +17,20 @@ from reporun.store.engine import sqlite_file
 from reporun.store.migrate import is_current
 from reporun.worker.egress import EgressPolicy, egress_for
 from reporun.worker.main import sandbox_config
-from reporun.worker.netjail import helper_python
+from reporun.worker.names import names_for
+from reporun.worker.netjail import helper_python, refused_networks
 from reporun.worker.runtimes import RootStore, RuntimeUnavailable
 from reporun.worker.sandbox import Bubblewrap, World
 from reporun.worker.uids import UidPool
+
+
+def _bubblewrap(settings: Settings) -> Bubblewrap:
+    config = sandbox_config(settings)
+    return Bubblewrap(
+        UidPool(config.uid_base, config.uid_count),
+        open_network=config.open_network,
+        open_refused=config.open_refused,
+    )
 
 
 class ProbeFailed(Exception):
@@ -29,8 +40,7 @@ class ProbeFailed(Exception):
 async def _probe(settings: Settings, command: str, network: str = "none") -> tuple[int | None, str]:
     """Run `command` as a small job of network `network` in this host's sandbox; its exit
     code and output. Any failure to run it raises, with what it printed."""
-    config = sandbox_config(settings)
-    sandbox = Bubblewrap(UidPool(config.uid_base, config.uid_count))
+    sandbox = _bubblewrap(settings)
     output = bytearray()
 
     async def keep(chunk: bytes) -> None:
@@ -45,7 +55,11 @@ async def _probe(settings: Settings, command: str, network: str = "none") -> tup
         workspace = Path(tmp) / "ws"
         workspace.mkdir(mode=0o755)
         try:
-            async with egress_for(network, policy, Path(tmp) / "egress", keep) as socket:
+            refused = partial(refused_networks, sandbox.open_refused)
+            async with (
+                egress_for(network, policy, Path(tmp) / "egress", keep) as socket,
+                names_for(network, refused, Path(tmp) / "egress", keep) as names,
+            ):
                 result = await sandbox.run(
                     workspace=workspace,
                     command=command,
@@ -53,7 +67,7 @@ async def _probe(settings: Settings, command: str, network: str = "none") -> tup
                     limits=limits,
                     on_output=keep,
                     stop=asyncio.Event(),
-                    world=World(egress=socket),
+                    world=World(egress=socket, names=names),
                 )
         except Exception as exc:
             said = output.decode(errors="replace").strip()[:300]
@@ -107,8 +121,7 @@ async def _egress_works(settings: Settings) -> str | None:
 async def _open_works(settings: Settings) -> str | None:
     """Whether an `open` job gets its network (slirp4netns) and its routes refuse what they
     must."""
-    config = sandbox_config(settings)
-    problems = Bubblewrap(UidPool(config.uid_base, config.uid_count)).open_problems()
+    problems = _bubblewrap(settings).open_problems()
     if problems:
         return "; ".join(problems)
     try:

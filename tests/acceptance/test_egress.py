@@ -179,6 +179,7 @@ connect("metadata", "169.254.169.254", 80)
 connect("hostloop", "10.0.2.2", 8090)  # slirp4netns' way to the worker host's loopback
 connect("own", "OWN", 8090)  # the worker host's own address
 connect("inside", "inside.test", 5432)  # a name that resolves to a private address
+connect("dnsalias", "10.0.2.3", 53)  # slirp4netns' way to the host's resolver
 # The routes that refuse these are out of the job's reach: RTM_DELROUTE of 10.0.0.0/8.
 with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as s:
     body = (struct.pack("BBBBBBBBI", socket.AF_INET, 8, 0, 0, 254, 4, 0, 8, 0)
@@ -187,6 +188,7 @@ with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as s:
     error = -struct.unpack("i", s.recv(4096)[16:20])[0]
     print("routes", "kept" if error else "deleted", error)
 print(open("/etc/resolv.conf").read().split()[1])
+print("localhost", socket.gethostbyname("localhost"))  # from its /etc/hosts
 """
 
 
@@ -390,6 +392,8 @@ def test_none_reaches_nothing(world: Network) -> None:
 
 # In the command line of a registries job's network helper (and its forwarder).
 JAIL_MARK = "the job's network could not be made"
+# In the command line of an open job's slirp4netns.
+SLIRP_MARK = "--disable-host-loopback --disable-dns"
 
 SETUP = (
     "python3 -m venv .venv && .venv/bin/pip install --disable-pip-version-check -q "
@@ -499,12 +503,19 @@ def test_open_reaches_public_addresses_and_nothing_of_the_hosts(
     results = {line.split()[0]: line for line in lines if not line.startswith("reporun:")}
     assert results["public"] == "public ok hello-from-index", lines
     assert results["named"] == "named ok hello-from-index", lines
-    for refused in ("private", "gateway", "metadata", "hostloop", "own", "inside"):
+    for refused in ("private", "gateway", "metadata", "hostloop", "own", "dnsalias"):
         assert results[refused] == f"{refused} refused PermissionError", lines
+    # A name of the inside is given no address (and the job's log says so).
+    assert results["inside"] == "inside refused gaierror", lines
+    assert (
+        f"reporun: name inside.test given no address: it resolves to {world.hosts.gateway}, "
+        "which this job may not reach"
+    ) in lines, lines
     assert results["routes"] == "routes kept 1", lines  # EPERM
-    assert "10.0.2.3" in results, lines  # its resolv.conf: slirp4netns' DNS
+    assert results["localhost"] == "localhost 127.0.0.1", lines
+    assert "127.0.0.1" in results, lines  # its resolv.conf: the relay to the worker's names
     deadline = time.monotonic() + 10
-    while (left := processes_with("slirp4netns")) and time.monotonic() < deadline:
+    while (left := processes_with(SLIRP_MARK)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert left == [], left
 

@@ -297,3 +297,27 @@ async def test_a_log_under_its_limit_has_no_marker(
     assert len(expected) < 4000
     assert (job["status"], job["log_truncated"]) == ("succeeded", False)
     assert await api.log(job["id"]) == expected
+
+
+async def test_an_open_job_on_a_worker_that_does_not_offer_open_fails_saying_so(
+    api: Api,
+    store,
+    git_server: GitServer,
+    start_worker: WorkerFactory,  # type: ignore[no-untyped-def]
+) -> None:
+    """A job allowed `open` by the API (a server that offers it) meets a worker without
+    REPORUN_NETWORK_OPEN: it fails with the reason, neither run without its network nor
+    handed from worker to worker."""
+    from reporun.jobs import JobSpec, Limits
+    from reporun.worker.execute import NOT_OPEN
+
+    repo = git_server.make_repo({"run.sh": "#!/bin/sh\necho never\n"})
+    limits = Limits(
+        timeout=30, memory=256 * MiB, processes=32, log=MiB, disk=64 * MiB, network="open"
+    )
+    spec = JobSpec(repo=repo, limits=limits, network_open=True)
+    created = await store.create_job(spec, "root")
+    start_worker()
+    job = await api.wait(str(created.id))
+    assert (job["status"], job["reason"], job["attempts"]) == ("failed", NOT_OPEN, 1), job
+    assert b"never" not in await api.log(job["id"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -94,14 +95,20 @@ def test_registries_runs_in_the_jails_network_with_the_proxy_named() -> None:
 
 
 def test_open_runs_in_the_jails_network_behind_slirp4netns_with_its_resolver() -> None:
-    jail = open_jail("/usr/bin/python3", "/usr/bin/slirp4netns")
+    refused = [ip_network(network) for network in REFUSED_RANGES]
+    jail = open_jail("/usr/bin/python3", Path("/run/n.sock"), "/usr/bin/slirp4netns", refused)
     limits = LIMITS.model_copy(update={"network": "open"})
-    args = argv(limits=limits, jail=jail, resolv_fd=7, before=TUN_NAMESPACE)
+    args = argv(limits=limits, jail=jail, data=[(7, "/etc/resolv.conf")], before=TUN_NAMESPACE)
     # Root makes the tun node's namespace, then the job's uid the network, then the limits.
     assert args[: len(TUN_NAMESPACE)] == list(TUN_NAMESPACE)
     assert args.index("setpriv") < args.index("/usr/bin/python3") < args.index("prlimit")
     at = args.index("/usr/bin/python3") + 5
-    assert args[at : at + 3] == ["open", "/usr/bin/slirp4netns", ",".join(REFUSED_RANGES)]
+    assert args[at : at + 4] == [
+        "open",
+        "/run/n.sock",
+        "/usr/bin/slirp4netns",
+        ",".join(REFUSED_RANGES),
+    ]
     assert "--share-net" in args
     assert args[args.index("--ro-bind-data") : args.index("--ro-bind-data") + 3] == [
         "--ro-bind-data",

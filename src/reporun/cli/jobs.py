@@ -157,7 +157,7 @@ def submit(
             metavar="MODE",
             help=(
                 "none; registries: only a proxy to the server's package registries; open: a "
-                "network of its own (where the server allows it you)."
+                "network of its own (where the server allows it to you)."
             ),
             show_default="reporun.toml's, else none",
         ),

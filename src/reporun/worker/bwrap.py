@@ -123,11 +123,11 @@ def bwrap_argv(
     keep: int | None = None,
     bring: Sequence[tuple[str, str, str]] = (),
     before: Sequence[str] = (),
-    resolv_fd: int | None = None,
+    data: Sequence[tuple[int, str]] = (),
 ) -> list[str]:
     """The whole command line: what runs as root first (`before`), drop to the job's uid,
     make its network (`jail`, for modes `registries` and `open`), set rlimits, enter
-    bubblewrap (`resolv_fd`: what the job's /etc/resolv.conf says, on a descriptor)."""
+    bubblewrap (`data`: files made from what a descriptor holds, and where they go)."""
     argv: list[str] = [*before]
     if uid is not None:
         argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
@@ -164,8 +164,8 @@ def bwrap_argv(
         argv += _image_binds(root.path)
     else:
         argv += _system_binds()
-    if resolv_fd is not None:
-        argv += ["--ro-bind-data", str(resolv_fd), "/etc/resolv.conf"]
+    for fd, path in data:
+        argv += ["--ro-bind-data", str(fd), path]
     argv += [
         "--proc",
         "/proc",

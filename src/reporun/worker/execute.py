@@ -11,6 +11,8 @@ import math
 import os
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
+from ipaddress import IPv4Network
 from pathlib import Path
 
 from reporun.errors import CheckoutError, NotOffered
@@ -21,6 +23,8 @@ from reporun.tasks import unless
 from reporun.worker.checkout import Mirrors
 from reporun.worker.egress import EgressPolicy, egress_for
 from reporun.worker.entrypoint import BadRepoConfig, NoEntryPoint, limits_with, pick_entry
+from reporun.worker.names import names_for
+from reporun.worker.netjail import refused_networks
 from reporun.worker.output import LogWriter
 from reporun.worker.process import RunResult
 from reporun.worker.runtimes import RootStore
@@ -28,6 +32,8 @@ from reporun.worker.sandbox import Sandbox, World
 from reporun.worker.setup import KEPT, Kept, NotKept, SetupCache, receive, setup_key
 
 logger = logging.getLogger("reporun.worker")
+
+NOT_OPEN = "network 'open' is not offered by this worker (REPORUN_NETWORK_OPEN is not set on it)"
 
 
 def _megabytes(size: int) -> str:
@@ -70,6 +76,8 @@ class Parts:
     egress: EgressPolicy
     egress_dir: Path
     timeout_max: int
+    open_network: bool = False
+    open_refused: tuple[IPv4Network, ...] = ()
 
 
 class Runner:
@@ -106,6 +114,8 @@ class Runner:
             runtime = self.parts.runtimes.choose(job.runtime_requested, entry.runtime)
         except (NotOffered, BadRepoConfig) as exc:
             return Outcome(JobStatus.FAILED, reason=exc.message)
+        if limits.network == "open" and not self.parts.open_network:
+            return Outcome(JobStatus.FAILED, reason=NOT_OPEN)
         kept: Kept | None = None
         setup_cut = False  # the setup's output was cut at the log limit
         held = await unless(watch.stop, self.parts.roots.hold(runtime))
@@ -131,10 +141,12 @@ class Runner:
                     update={"timeout": max(1, limits.timeout - math.ceil(done.seconds))}
                 )
                 world = replace(world, bring=kept.path if kept else None)
-            mode = limits.network
-            async with egress_for(
-                mode, self.parts.egress, self.parts.egress_dir, log.write
-            ) as egress:
+            mode, directory = limits.network, self.parts.egress_dir
+            refused = partial(refused_networks, self.parts.open_refused)
+            async with (
+                egress_for(mode, self.parts.egress, directory, log.write) as egress,
+                names_for(mode, refused, directory, log.write) as names,
+            ):
                 result = await self.parts.sandbox.run(
                     workspace=workspace,
                     command=entry.command,
@@ -142,7 +154,7 @@ class Runner:
                     limits=limits,
                     on_output=log.write,
                     stop=watch.stop,
-                    world=replace(world, egress=egress),
+                    world=replace(world, egress=egress, names=names),
                 )
         finally:
             if held is not None:

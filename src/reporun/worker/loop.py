@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 from pathlib import Path
 
 from reporun.errors import SandboxError
@@ -70,6 +71,10 @@ class WorkerConfig:
     # The runtimes a job may run in, and where their roots are prepared.
     runtimes: Catalog = field(default_factory=lambda: Catalog({}))
     runtimes_dir: Path | None = None
+    # Whether this worker gives network `open` (REPORUN_NETWORK_OPEN is set), and what such a
+    # job may not reach besides netjail.REFUSED_RANGES and this host's addresses.
+    open_network: bool = False
+    open_refused: tuple[IPv4Network, ...] = ()
 
 
 class Worker:
@@ -109,6 +114,8 @@ class Worker:
                 egress=config.egress,
                 egress_dir=self.egress_dir,
                 timeout_max=config.timeout_max,
+                open_network=config.open_network,
+                open_refused=config.open_refused,
             )
         )
         self.lease_seconds = queue.config.lease_seconds

@@ -29,7 +29,12 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
         )
         if value is not None
     }
-    return SandboxConfig(kind=settings.sandbox, open_network=bool(settings.network_open), **uids)
+    return SandboxConfig(
+        settings.sandbox,
+        open_network=bool(settings.network_open),
+        open_refused=tuple(settings.network_open_refused),
+        **uids,
+    )
 
 
 def worker_config(settings: Settings) -> WorkerConfig:
@@ -46,6 +51,8 @@ def worker_config(settings: Settings) -> WorkerConfig:
         setup_cache_max=settings.setup_cache_max,
         runtimes=settings.catalog,
         runtimes_dir=settings.runtimes_dir,
+        open_network=bool(settings.network_open),
+        open_refused=tuple(settings.network_open_refused),
     )
 
 

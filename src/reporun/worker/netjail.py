@@ -22,18 +22,24 @@ new, as for any job.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
+from collections.abc import Sequence
+from ipaddress import IPv4Network
 from pathlib import Path
 
 PROXY_PORT = 3128
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
-# What an `open` job's /etc/resolv.conf says: slirp4netns' DNS, which asks the host's.
-OPEN_RESOLV_CONF = b"nameserver 10.0.2.3\noptions edns0\n"
+# What an `open` job's /etc/resolv.conf says: the helper's relay to the worker's name server
+# (worker/names.py), never the host's resolver.
+OPEN_RESOLV_CONF = b"nameserver 127.0.0.1\n"
 TUN = Path("/dev/net/tun")
+LOCAL_ROUTE = re.compile(r"^/(\d+) host LOCAL$")
 # Refused to an `open` job, besides the host's own addresses: this network, private,
-# shared (CGNAT), loopback, link-local (cloud metadata), IETF, benchmarking, multicast and
-# reserved ranges, and slirp4netns' gateway (the host itself).
+# shared (CGNAT), loopback, link-local (cloud metadata), IETF, 6to4 relays, benchmarking,
+# multicast and reserved ranges, Azure's host service address, and slirp4netns' gateway (the
+# host itself) and its DNS (off: the worker answers a job's names).
 REFUSED_RANGES = (
     "0.0.0.0/8",
     "10.0.0.0/8",
@@ -42,38 +48,46 @@ REFUSED_RANGES = (
     "169.254.0.0/16",
     "172.16.0.0/12",
     "192.0.0.0/24",
+    "192.88.99.0/24",
     "192.168.0.0/16",
     "198.18.0.0/15",
     "224.0.0.0/4",
     "240.0.0.0/4",
+    "168.63.129.16/32",
     "10.0.2.2/32",
+    "10.0.2.3/32",
 )
 
 # Standalone (it runs in /usr/bin/python3 -I -S, with nothing of reporun importable).
+# Its arguments: `proxy SOCKET -- ARGV...`, or `open SOCKET SLIRP4NETNS NETWORKS -- ARGV...`.
 HELPER = r"""
 import ctypes, fcntl, os, resource, select, signal, socket, struct, sys, threading
-# proxy SOCKET PORT -- ARGV..., or open SLIRP4NETNS RANGES -- ARGV...
-mode, arg, third, argv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[5:]
+end = sys.argv.index("--")
+mode, path, extra, argv = sys.argv[1], sys.argv[2], sys.argv[3:end], sys.argv[end + 1:]
 libc = ctypes.CDLL(None, use_errno=True)
 def fail(what, errno=None):
     errno = ctypes.get_errno() if errno is None else errno
     sys.stderr.write("reporun: the job's network could not be made: %s%s\n"
                      % (what, ": " + os.strerror(errno) if errno else ""))
     sys.exit(125)
-def quiet():  # never hold the job's output open
+def child(keep):  # a process that dies with the job, holding only the descriptors `keep`
+    parent = os.getpid()
+    if os.fork() != 0:
+        return False
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the job
+    if os.getppid() != parent:
+        os._exit(0)
     null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
+    for fd in (0, 1, 2):  # never hold the job's output open
         os.dup2(null, fd)
-def own_addresses():  # the host's, read before leaving its network
-    found, last = set(), None
-    with open("/proc/net/fib_trie") as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("|--"):
-                last = line.split()[1]
-            elif line == "/32 host LOCAL" and last:
-                found.add(last + "/32")
-    return sorted(found)
+    for fd in keep:
+        os.set_inheritable(fd, True)
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
+    return True
 def prohibit(networks):  # RTM_NEWROUTE of type RTN_PROHIBIT in the main table, per network
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as s:
         s.bind((0, 0))
@@ -85,30 +99,38 @@ def prohibit(networks):  # RTM_NEWROUTE of type RTN_PROHIBIT in the main table, 
             s.send(struct.pack("IHHII", 16 + len(body), 24, 0x1 | 0x4 | 0x400 | 0x100, seq, 0)
                    + body)
             reply = s.recv(4096)
-            if struct.unpack("H", reply[4:6])[0] == 2 and struct.unpack("i", reply[16:20])[0]:
-                fail("route " + network, -struct.unpack("i", reply[16:20])[0])
-uid, gid, parent = os.getuid(), os.getgid(), os.getpid()
+            kind, error = struct.unpack("H", reply[4:6])[0], struct.unpack("i", reply[16:20])[0]
+            if kind != 2 or error:  # anything but NLMSG_ERROR saying 0 is a failure
+                fail("route " + network, -error if kind == 2 else 0)
+def relay(data):  # one exchange with the worker: a length-prefixed message, then the answer
+    with socket.socket(socket.AF_UNIX) as upstream:
+        upstream.settimeout(30)
+        upstream.connect(path)
+        upstream.sendall(struct.pack(">H", len(data)) + data)
+        answer = b""
+        while len(answer) < 2 or len(answer) < 2 + struct.unpack(">H", answer[:2])[0]:
+            chunk = upstream.recv(4096)
+            if not chunk:
+                raise OSError("closed")
+            answer += chunk
+        return answer[2:2 + struct.unpack(">H", answer[:2])[0]]
+uid, gid, job = os.getuid(), os.getgid(), os.getpid()
 if mode == "open":
-    refused = third.split(",") + own_addresses()
+    slirp, networks = extra[0], extra[1].split(",")
     ready, ready_w = os.pipe()
+    said, said_w = os.pipe()  # what slirp4netns says, should it fail
     go_r, go = os.pipe()
-    if os.fork() == 0:
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the job
-        if os.getppid() != parent:
-            os._exit(0)
-        quiet()
-        os.close(go)
-        os.close(ready)
+    if child((ready_w, said_w, go_r)):
+        os.dup2(said_w, 2)
         if os.read(go_r, 1) != b"1":  # the namespace is made (or the helper gave up)
             os._exit(0)
-        os.set_inheritable(ready_w, True)
         resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))  # outside the job's
-        os.closerange(3, ready_w)
-        os.closerange(ready_w + 1, 1 << 16)
-        os.execv(arg, [arg, "--configure", "--mtu=65520", "--disable-host-loopback",
-                       "--enable-seccomp", "--ready-fd=%d" % ready_w, str(parent), "tap0"])
-    os.close(go_r)
-    os.close(ready_w)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+        os.execv(slirp, [slirp, "--configure", "--mtu=65520", "--disable-host-loopback",
+                         "--disable-dns", "--enable-seccomp", "--ready-fd=%d" % ready_w,
+                         str(job), "tap0"])
+    for fd in (go_r, ready_w, said_w):
+        os.close(fd)
 if libc.unshare(0x10000000 | 0x40000000) != 0:  # CLONE_NEWUSER | CLONE_NEWNET
     fail("unshare")
 try:
@@ -124,61 +146,80 @@ try:
         os.write(go, b"1")
         os.close(go)
         if not select.select([ready], [], [], 30)[0] or os.read(ready, 1) != b"1":
-            fail("slirp4netns did not start", 0)
+            os.set_blocking(said, False)
+            try:
+                why = os.read(said, 2000).decode(errors="replace").strip().splitlines()
+            except OSError:
+                why = []
+            fail("slirp4netns did not start" + (" (%s)" % why[-1] if why else ""), 0)
         os.close(ready)
-        prohibit(refused)
-        os.execvp(argv[0], argv)
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", int(third)))
-    listener.listen(64)
+        os.close(said)
+        prohibit(networks)
+        # The job's names: 127.0.0.1:53 (UDP), each query answered by the worker.
+        listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        listener.bind(("127.0.0.1", 53))
+    else:  # the job's proxy: 127.0.0.1:3128, each connection relayed to the worker's
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", int(extra[0])))
+        listener.listen(64)
 except OSError as exc:
     fail(type(exc).__name__, exc.errno or 0)
-slots = threading.BoundedSemaphore(64)  # connections at once; the proxy caps them too
-if os.fork() == 0:
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: gone with the job
-    if os.getppid() != parent:
-        os._exit(0)
-    quiet()
-    os.closerange(3, listener.fileno())
-    os.closerange(listener.fileno() + 1, 1 << 16)
-    def pipe(a, b):
+slots = threading.BoundedSemaphore(64)  # at once; the worker caps them too
+def spawn(target, *args):
+    if not slots.acquire(blocking=False):
+        return False
+    def run():
         try:
-            while True:
-                data = a.recv(65536)
-                if not data:
-                    break
-                b.sendall(data)
-        except OSError:
-            pass
-        try:
-            b.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-    def relay(client):
-        upstream = socket.socket(socket.AF_UNIX)
-        try:
-            upstream.connect(arg)
-            back = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
-            back.start()
-            pipe(client, upstream)
-            back.join()
-        except (OSError, RuntimeError):
-            pass
+            target(*args)
         finally:
-            client.close()
-            upstream.close()
             slots.release()
+    try:
+        threading.Thread(target=run, daemon=True).start()
+    except RuntimeError:  # no thread to be had
+        slots.release()
+        return False
+    return True
+def pipe(a, b):
+    try:
+        while True:
+            data = a.recv(65536)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    try:
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+def connection(client):
+    upstream = socket.socket(socket.AF_UNIX)
+    try:
+        upstream.connect(path)
+        back = threading.Thread(target=pipe, args=(upstream, client), daemon=True)
+        back.start()
+        pipe(client, upstream)
+        back.join()
+    except (OSError, RuntimeError):
+        pass
+    finally:
+        client.close()
+        upstream.close()
+def query(data, peer):
+    try:
+        listener.sendto(relay(data), peer)
+    except (OSError, struct.error):
+        pass
+if child((listener.fileno(),)):
     while True:
-        client, _ = listener.accept()
-        if not slots.acquire(blocking=False):
-            client.close()
-            continue
-        try:
-            threading.Thread(target=relay, args=(client,), daemon=True).start()
-        except RuntimeError:  # no thread to be had: this connection goes
-            client.close()
-            slots.release()
+        if mode == "open":
+            data, peer = listener.recvfrom(4096)
+            spawn(query, data, peer)
+        else:
+            client, _ = listener.accept()
+            if not spawn(connection, client):
+                client.close()
 listener.close()
 os.execvp(argv[0], argv)
 """
@@ -208,9 +249,35 @@ def proxy_jail(python: str, proxy_socket: Path) -> list[str]:
     return [python, "-I", "-S", "-c", HELPER, "proxy", str(proxy_socket), str(PROXY_PORT), "--"]
 
 
-def open_jail(python: str, slirp: str) -> list[str]:
-    """What goes before an `open` job's prlimit and bubblewrap (ending in `--`)."""
-    return [python, "-I", "-S", "-c", HELPER, "open", slirp, ",".join(REFUSED_RANGES), "--"]
+def open_jail(
+    python: str, names_socket: Path, slirp: str, refused: Sequence[IPv4Network]
+) -> list[str]:
+    """What goes before an `open` job's prlimit and bubblewrap (ending in `--`): its network
+    behind `slirp`, with routes refusing `refused`, and its names from the worker's name
+    server on `names_socket`."""
+    networks = ",".join(str(network) for network in refused)
+    return [python, "-I", "-S", "-c", HELPER, "open", str(names_socket), slirp, networks, "--"]
+
+
+def host_networks() -> list[IPv4Network]:
+    """This host's own IPv4 addresses (and local routes), from /proc/net/fib_trie: what an
+    `open` job must not reach through slirp4netns, which connects from here."""
+    found: set[IPv4Network] = set()
+    last = None
+    with open("/proc/net/fib_trie") as trie:
+        for line in trie:
+            line = line.strip()
+            if line.startswith("|--"):
+                last = line.split()[1]
+            elif last and (local := LOCAL_ROUTE.match(line)):
+                found.add(IPv4Network(f"{last}/{local[1]}", strict=False))
+    return sorted(found)
+
+
+def refused_networks(extra: Sequence[IPv4Network] = ()) -> list[IPv4Network]:
+    """What an `open` job may not reach: REFUSED_RANGES, the operator's `extra`
+    (REPORUN_NETWORK_OPEN_REFUSED) and this host's own addresses, as they are now."""
+    return [*(IPv4Network(network) for network in REFUSED_RANGES), *extra, *host_networks()]
 
 
 def tun_usable_by_all() -> bool:

@@ -16,8 +16,9 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -31,6 +32,7 @@ from reporun.worker.netjail import (
     helper_python,
     open_jail,
     proxy_jail,
+    refused_networks,
     tun_usable_by_all,
 )
 from reporun.worker.process import OutputSink, RunResult, run_process
@@ -39,16 +41,20 @@ from reporun.worker.uids import DEFAULT_UID_BASE, DEFAULT_UID_COUNT, UidPool, sw
 
 logger = logging.getLogger("reporun.worker")
 
+# An image's /etc/hosts when it brings none (harden leaves an empty one): localhost.
+HOSTS = b"127.0.0.1 localhost\n::1 localhost\n"
+
 
 @dataclass(frozen=True, slots=True)
 class World:
     """What surrounds a job's command beyond its checkout: the image runtime's root (None:
-    the host's system), the egress proxy's socket (network mode `registries`), for a setup
-    phase the directory what it adds is kept in, and for a command after one the directory
-    whose entries are bound read-only into its workspace."""
+    the host's system), the egress proxy's socket (network mode `registries`) or the name
+    server's (`open`), for a setup phase the directory what it adds is kept in, and for a
+    command after one the directory whose entries are bound read-only into its workspace."""
 
     root: Root | None = None
     egress: Path | None = None
+    names: Path | None = None
     keep: int | None = None  # the descriptor a setup phase writes what it made to, as tar
     bring: Path | None = None
 
@@ -59,8 +65,10 @@ class SandboxConfig:
     # The uids jobs run as when the worker is root.
     uid_base: int = DEFAULT_UID_BASE
     uid_count: int = DEFAULT_UID_COUNT
-    # Whether this server gives network `open` to anyone: then the worker must be able to.
+    # Whether this server gives network `open` to anyone: then the worker must be able to;
+    # and what such a job may not reach besides netjail.REFUSED_RANGES and this host.
     open_network: bool = False
+    open_refused: tuple[IPv4Network, ...] = ()
 
 
 class Sandbox(Protocol):
@@ -91,6 +99,23 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+def _data_fd(stack: contextlib.ExitStack, content: bytes) -> int:
+    """A descriptor to read `content` from (a pipe: a few bytes, it holds them), closed with
+    `stack`."""
+    read, write = os.pipe()
+    stack.callback(os.close, read)
+    os.write(write, content)
+    os.close(write)
+    return read
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
 def _processes_of(uid: int) -> int:
     count = 0
     for entry in os.scandir("/proc"):
@@ -103,9 +128,17 @@ def _processes_of(uid: int) -> int:
 class Bubblewrap:
     name = "bwrap"
 
-    def __init__(self, uids: UidPool | None = None) -> None:
+    def __init__(
+        self,
+        uids: UidPool | None = None,
+        *,
+        open_network: bool = False,
+        open_refused: Sequence[IPv4Network] = (),
+    ) -> None:
         self.root = os.geteuid() == 0
         self.uids = uids if uids is not None else UidPool()
+        self.open_network = open_network
+        self.open_refused = tuple(open_refused)
         # The network namespace of a `registries` or `open` job is made with it, as the
         # job's uid; an `open` job's network is served by slirp4netns.
         self.python = helper_python()
@@ -131,9 +164,11 @@ class Bubblewrap:
             found.append("slirp4netns is not installed (Debian: apt-get install slirp4netns)")
         if not TUN.exists():
             found.append(f"{TUN} is missing (the tun module: modprobe tun)")
-        elif not tun_usable_by_all() and not self.root:
-            found.append(f"only root may open {TUN}, and the worker does not run as root")
-        if self.root and not tun_usable_by_all():
+        if not self.root:
+            # slirp4netns runs beside the sandbox as the job's uid: on a worker that is not
+            # root, that is the worker's own, whose secrets it could read if a job broke it.
+            found.append("the worker does not run as root (jobs would share its uid)")
+        elif not tun_usable_by_all():
             found += [
                 f"{tool} is not installed"
                 for tool in ("unshare", "mount", "mknod")
@@ -141,19 +176,22 @@ class Bubblewrap:
             ]
         return found
 
-    def _jail(self, limits: Limits, egress: Path | None) -> list[str] | None:
+    def _jail(self, limits: Limits, world: World) -> list[str] | None:
         """The network helper's command line for a job's network mode (None: no network)."""
         if limits.network == "registries":
-            if egress is None or self.python is None:
+            if world.egress is None or self.python is None:
                 raise SandboxError(
                     "network mode registries needs the egress proxy and a Python every uid may run"
                 )
-            return proxy_jail(self.python, egress)
+            return proxy_jail(self.python, world.egress)
         if limits.network == "open":
+            if not self.open_network:
+                raise SandboxError("network mode open is not offered by this worker")
             problems = self.open_problems()
-            if problems or self.python is None or self.slirp is None:
+            if problems or self.python is None or self.slirp is None or world.names is None:
                 raise SandboxError("network mode open cannot be had here: " + "; ".join(problems))
-            return open_jail(self.python, self.slirp)
+            refused = refused_networks(self.open_refused)
+            return open_jail(self.python, world.names, self.slirp, refused)
         return None
 
     async def run(
@@ -167,7 +205,7 @@ class Bubblewrap:
         stop: asyncio.Event,
         world: World = World(),
     ) -> RunResult:
-        jail = self._jail(limits, world.egress)
+        jail = self._jail(limits, world)
         with contextlib.ExitStack() as stack:
             if self.root:
                 uid: int | None = stack.enter_context(self.uids.take())
@@ -180,14 +218,13 @@ class Bubblewrap:
                 uid, nproc = None, _processes_of(os.getuid()) + limits.processes
             status_read, status_write = os.pipe()
             stack.callback(os.close, status_read)
-            passed = [status_write]
-            resolv: int | None = None
-            if limits.network == "open":  # slirp4netns' DNS (the host's may be on loopback)
-                resolv, resolv_write = os.pipe()
-                stack.callback(os.close, resolv)
-                os.write(resolv_write, OPEN_RESOLV_CONF)  # a few bytes: the pipe holds them
-                os.close(resolv_write)
-                passed.append(resolv)
+            files: dict[str, bytes] = {}
+            if limits.network == "open":  # the relay to the worker's name server
+                files["/etc/resolv.conf"] = OPEN_RESOLV_CONF
+            if world.root is not None and _is_empty(world.root.path / "etc" / "hosts"):
+                files["/etc/hosts"] = HOSTS  # an image's, as a container runtime would write
+            data = [(_data_fd(stack, content), path) for path, content in files.items()]
+            passed = [status_write, *(fd for fd, _ in data)]
             if world.keep is not None:
                 passed.append(world.keep)
             before = (
@@ -208,7 +245,7 @@ class Bubblewrap:
                 keep=world.keep,
                 bring=brought(world.bring, workspace),
                 before=before,
-                resolv_fd=resolv,
+                data=data,
             )
             try:
                 result = await run_process(
@@ -262,7 +299,11 @@ def build_sandbox(config: SandboxConfig) -> Sandbox:
     problems = Bubblewrap.problems()
     if problems:
         raise ConfigError("; ".join(problems))
-    sandbox = Bubblewrap(UidPool(config.uid_base, config.uid_count))
+    sandbox = Bubblewrap(
+        UidPool(config.uid_base, config.uid_count),
+        open_network=config.open_network,
+        open_refused=config.open_refused,
+    )
     if config.open_network and (problems := sandbox.open_problems()):
         raise ConfigError("REPORUN_NETWORK_OPEN is set, but " + "; ".join(problems))
     return sandbox
