@@ -63,7 +63,7 @@ async def test_a_redirect_is_named_and_not_followed(moved_to: str, shown: str) -
         with pytest.raises(ConfigError) as in_jobs:
             await client.jobs(status=None, limit=20, cursor=None)
         with pytest.raises(ConfigError) as in_logs:
-            async for _ in client.logs(JOB_ID, follow=True):
+            async for _ in client.follow(JOB_ID):
                 pass
     wanted = f"{server.url} redirected to {shown.format(port=server.port)}; set REPORUN_URL to it"
     assert in_jobs.value.message == wanted
@@ -86,7 +86,7 @@ async def test_logs_time_out_when_the_server_never_answers(follow: bool) -> None
     async with serving(silent) as server, ApiClient(server.url, "t", timeout=0.3) as client:
         with pytest.raises(ClientError, match=r"^cannot reach .*: no answer within 0\.3 s$"):
             async with asyncio.timeout(20):  # a hang fails the test instead of stalling it
-                async for _ in client.logs(JOB_ID, follow=follow):
+                async for _ in client.follow(JOB_ID) if follow else client.logs(JOB_ID):
                     pass
 
 
@@ -102,10 +102,24 @@ async def test_only_a_followed_log_may_be_quiet_between_chunks() -> None:
     async with serving(answer) as server, ApiClient(server.url, "t", timeout=0.3) as client:
         with pytest.raises(ClientError, match=r": the answer stalled \(nothing for 0\.3 s\)$"):
             async with asyncio.timeout(20):  # a hang fails the test instead of stalling it
-                async for _ in client.logs(JOB_ID, follow=False):
+                async for _ in client.logs(JOB_ID):
                     pass
+    go_on.clear()
+
+    async def events(head: bytes, writer: asyncio.StreamWriter) -> None:
+        def chunk(data: bytes) -> bytes:
+            return b"%x\r\n%s\r\n" % (len(data), data)
+
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(chunk(b'id: 6\nevent: log\ndata: "hello\\n"\n\n'))
+        await writer.drain()
+        await go_on.wait()
+        writer.write(chunk(b': keep-alive\n\nid: 11\nevent: log\ndata: "more\\n"\n\n'))
+        writer.write(chunk(b"event: end\ndata: {}\n\n") + b"0\r\n\r\n")
+
+    async with serving(events) as server, ApiClient(server.url, "t", timeout=0.3) as client:
         got = []
-        async for chunk in client.logs(JOB_ID, follow=True):
+        async for chunk in client.follow(JOB_ID):
             got.append(chunk)
             await asyncio.sleep(1)  # three times the timeout, before the rest is even sent
             go_on.set()

@@ -105,7 +105,7 @@ async def stand_in_worker(store: Store, queue: QueueBackend) -> None:
             await asyncio.sleep(0.05)
             continue
         await queue.started(job, WORKER, Start("0" * 40, "true"))
-        await store.append_log(job.id, 0, b"stand-in worker: nothing ran\n")
+        await store.logs.append(job.id, 0, b"stand-in worker: nothing ran\n")
         await queue.finish(job, WORKER, Outcome(JobStatus.FAILED, 1, "stand-in worker"))
 
 

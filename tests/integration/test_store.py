@@ -123,19 +123,64 @@ async def test_foreign_cursors_are_refused(any_store: Store, cursor: str) -> Non
     assert caught.value.field == "cursor"
 
 
+async def test_log_chunks_know_where_they_begin(any_store: Store) -> None:
+    """Each chunk's byte offset, what a stream resumes from; and every followed log's new
+    chunks in one read."""
+    spec = JobSpec(repo="https://example.org/x.git", limits=LIMITS)
+    job, other = [await any_store.create_job(spec, "a") for _ in range(2)]
+    for seq, data in enumerate((b"one ", b"", b"two ", b"three")):
+        await any_store.logs.append(job.id, seq, data)
+    await any_store.logs.append(other.id, 0, b"elsewhere")
+    chunks = await any_store.logs.read_from(job.id, 0)
+    assert [(c.seq, c.offset, c.data) for c in chunks] == [
+        (0, 0, b"one "),
+        (2, 4, b"two "),
+        (3, 8, b"three"),
+    ]
+    # From inside a chunk: that chunk on; from its end: the next; past the end: nothing.
+    assert [c.seq for c in await any_store.logs.read_from(job.id, 5)] == [2, 3]
+    assert [c.seq for c in await any_store.logs.read_from(job.id, 8)] == [3]
+    assert await any_store.logs.read_from(job.id, 13) == []
+    after = await any_store.logs.read_after({job.id: 2, other.id: -1})
+    assert [(c.seq, c.data) for c in after[job.id]] == [(3, b"three")]
+    assert [c.end for c in after[other.id]] == [9]
+    assert await any_store.logs.read_after({}) == {}
+
+
+async def test_logs_stored_before_offsets_are_given_theirs(empty_db_url: str) -> None:
+    store = Store.open(empty_db_url)
+    try:
+        await upgrade(store.engine, "0013")
+        job = await store.create_job(JobSpec(repo="https://example.org/x.git", limits=LIMITS), "a")
+        old = sa.table(
+            "job_logs",
+            sa.column("job_id", sa.Uuid),
+            sa.column("seq", sa.Integer),
+            sa.column("data", sa.LargeBinary),
+        )
+        async with store.engine.begin() as conn:
+            for seq, data in enumerate((b"ab", b"cde", b"\xff\x00f")):
+                await conn.execute(sa.insert(old).values(job_id=job.id, seq=seq, data=data))
+        await upgrade(store.engine)
+        chunks = await store.logs.read_from(job.id, 0)
+        assert [(c.offset, c.end) for c in chunks] == [(0, 2), (2, 5), (5, 8)]
+    finally:
+        await store.close()
+
+
 async def test_logs_append_in_order_and_reset(any_store: Store) -> None:
     job = await any_store.create_job(JobSpec(repo="https://example.org/x.git", limits=LIMITS), "a")
-    await any_store.append_log(job.id, 0, b"one ")
-    await any_store.append_log(job.id, 1, b"two", truncated=True)
-    assert b"".join(d for _, d in await any_store.read_log(job.id)) == b"one two"
-    assert [s for s, _ in await any_store.read_log(job.id, after=0)] == [1]
+    await any_store.logs.append(job.id, 0, b"one ")
+    await any_store.logs.append(job.id, 1, b"two", truncated=True)
+    assert b"".join(d for _, d in await any_store.logs.read(job.id)) == b"one two"
+    assert [s for s, _ in await any_store.logs.read(job.id, after=0)] == [1]
     shown = await any_store.get_job(job.id)
     assert (shown.log_bytes, shown.log_truncated) == (7, True)
     # A run that does not hold the job (another worker's, an earlier attempt) resets nothing.
-    assert not await any_store.reset_log(job.id, worker="w-lost", attempt=1)
+    assert not await any_store.logs.reset(job.id, worker="w-lost", attempt=1)
     assert (await any_store.get_job(job.id)).log_bytes == 7
-    assert await any_store.reset_log(job.id)
-    assert await any_store.read_log(job.id) == []
+    assert await any_store.logs.reset(job.id)
+    assert await any_store.logs.read(job.id) == []
     assert (await any_store.get_job(job.id)).log_bytes == 0
 
 
@@ -166,10 +211,10 @@ async def test_a_worker_that_lost_the_job_writes_no_log(any_store: Store) -> Non
     job = await any_store.create_job(JobSpec(repo="https://example.org/x.git", limits=LIMITS), "a")
     claimed = await queue.claim("w1")
     assert claimed is not None
-    assert await any_store.append_log(job.id, 0, b"mine", worker="w1", attempt=1)
+    assert await any_store.logs.append(job.id, 0, b"mine", worker="w1", attempt=1)
     await queue.release(claimed, "w1", "test")
-    assert not await any_store.append_log(job.id, 1, b"stale", worker="w1", attempt=1)
-    assert [d for _, d in await any_store.read_log(job.id)] == [b"mine"]
+    assert not await any_store.logs.append(job.id, 1, b"stale", worker="w1", attempt=1)
+    assert [d for _, d in await any_store.logs.read(job.id)] == [b"mine"]
 
 
 async def test_pages_walk_every_job_once_even_with_equal_times(any_store: Store) -> None:

@@ -13,6 +13,7 @@ from reporun import __version__
 from reporun.api import problems
 from reporun.api.deps import Services
 from reporun.api.docs import install_docs
+from reporun.api.events import LogHub
 from reporun.api.metrics import EndedJobs, HttpMetrics
 from reporun.api.routes import health, jobs, legacy, runtimes, workers
 
@@ -78,6 +79,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await app.state.log_hub.close()
         if on_shutdown is not None:
             await on_shutdown()
 
@@ -91,6 +93,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.services = services
+    app.state.log_hub = LogHub(services.store)
     app.state.ended_jobs = EndedJobs()
     app.state.http_metrics = http_metrics = HttpMetrics()
     problems.install(app)

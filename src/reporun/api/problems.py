@@ -268,6 +268,16 @@ def document(app: FastAPI) -> None:
             )
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(definitions["$defs"])
+            # A header is sent or not: never null (an optional one's schema says string only).
+            for operation in (op for path in schema["paths"].values() for op in path.values()):
+                for parameter in operation.get("parameters", []):
+                    branches = parameter["schema"].get("anyOf", [])
+                    if parameter["in"] == "header" and {"type": "null"} in branches:
+                        kept = [b for b in branches if b != {"type": "null"}]
+                        parameter["schema"] = {
+                            **kept[0],
+                            **{k: v for k, v in parameter["schema"].items() if k != "anyOf"},
+                        }
             # The runtimes this server offers: any other name is refused (422).
             names = app.state.services.submissions.config.rules.runtimes.names()
             runtime = components["JobCreate"]["properties"]["runtime"]

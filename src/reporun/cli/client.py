@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -11,6 +13,9 @@ from reporun.cli.proxy import redact
 from reporun.cli.settings import ClientSettings
 from reporun.errors import ClientError, ConfigError
 from reporun.paths import find_admin_token
+
+# A followed log's connection is made again this many times in a row before the CLI gives up.
+RECONNECTS = 5
 
 
 class ApiError(ClientError):
@@ -125,15 +130,12 @@ class ApiClient:
     async def scaling(self, *, limit: int) -> dict[str, Any]:
         return await self._request("GET", "/v1/scaling", params={"limit": limit})
 
-    async def logs(self, job_id: str, *, follow: bool) -> AsyncIterator[bytes]:
-        """The log as it comes. The connection and the answer's head within the client's
-        timeout; between two pieces of a followed log no limit (a job may be quiet for long),
-        of a plain one the client's timeout too."""
-        params = {"follow": "true"} if follow else {}
+    async def logs(self, job_id: str) -> AsyncIterator[bytes]:
+        """The log as it is: the connection, the answer's head and each piece of the body
+        within the client's timeout."""
         path = f"/v1/jobs/{job_id}/logs"
-        between = None if follow else http.DEFAULT
         try:
-            async with self.http.stream("GET", path, params=params, timeout=between) as response:
+            async with self.http.stream("GET", path) as response:
                 if response.status_code >= 400:
                     await response.aread()
                 self._check(response, path)
@@ -141,6 +143,70 @@ class ApiClient:
                     yield chunk
         except http.TransportError as exc:
             raise self._lost(exc) from None
+
+    async def follow(self, job_id: str) -> AsyncIterator[bytes | int]:
+        """The log until the job ends, through its events: each piece of it as bytes, and the
+        attempt's number when a new attempt starts it over. A connection that drops is made
+        again, resuming where the log was (`Last-Event-ID`); between two events no time
+        limit (a job may be quiet for long; the server's comments keep the line alive)."""
+        path = f"/v1/jobs/{job_id}/events"
+        offset: str | None = None
+        losses = 0  # connections lost in a row, after one was made
+        connected = False
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if offset is not None:
+                headers["Last-Event-ID"] = offset
+            try:
+                async with self.http.stream("GET", path, timeout=None, headers=headers) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                    self._check(response, path)
+                    connected = True
+                    async for kind, event_id, data in _events(response.aiter_bytes()):
+                        losses = 0
+                        if event_id is not None:
+                            offset = event_id
+                        if kind == "log":
+                            yield json.loads(data).encode("utf-8", "surrogateescape")
+                        elif kind == "reset":
+                            yield int(json.loads(data)["attempts"])
+                        elif kind == "end":
+                            return
+            except http.TransportError as exc:
+                losses += 1
+                if not connected or losses > RECONNECTS:
+                    raise self._lost(exc) from None
+            await asyncio.sleep(min(0.5 * losses, 3.0))
+
+
+async def _events(body: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, str | None, str]]:
+    """Server-Sent Events off a byte stream: each event's type, id (None: none given) and
+    data (its lines joined)."""
+    pending = b""
+    kind: str = "message"
+    event_id: str | None = None
+    data: list[str] = []
+    async for chunk in body:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            line = raw.rstrip(b"\r").decode("utf-8", "replace")
+            if not line:
+                if data:
+                    yield kind, event_id, "\n".join(data)
+                kind, event_id, data = "message", None, []
+            elif line.startswith(":"):
+                continue
+            else:
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "event":
+                    kind = value
+                elif name == "data":
+                    data.append(value)
+                elif name == "id":
+                    event_id = value
 
 
 def _detail(response: http.Response) -> str:

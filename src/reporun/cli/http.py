@@ -224,6 +224,7 @@ class Client:
         params: Mapping[str, Any] | None = None,
         json: Any = None,
         timeout: float | _Default | None = DEFAULT,
+        headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[Response]:
         """The answer once its headers came; the body is read from it inside the block (a body
         left unread closes the connection). The connection and the answer's head within the
@@ -231,7 +232,7 @@ class Client:
         which may be quiet for long), default the client's."""
         limit = self.timeout if isinstance(timeout, _Default) else timeout
         body = b"" if json is None else jsonlib.dumps(json).encode()
-        head = self._head(method, path, params, body if json is not None else None)
+        head = self._head(method, path, params, body if json is not None else None, headers)
         try:
             reader, writer, response = await self._exchange(method, head + body, limit)
         except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError, ValueError) as exc:
@@ -253,7 +254,12 @@ class Client:
             writer.close()
 
     def _head(
-        self, method: str, path: str, params: Mapping[str, Any] | None, body: bytes | None
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        body: bytes | None,
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
         target = (self.base.path.rstrip("/") + path) or "/"
         if params:
@@ -265,7 +271,7 @@ class Client:
         if self.base.port is not None:
             shown += f":{self.base.port}"
         lines = [f"{method} {target} HTTP/1.1", f"Host: {shown}"]
-        lines += [f"{name}: {value}" for name, value in self.headers.items()]
+        lines += [f"{name}: {value}" for name, value in {**self.headers, **(headers or {})}.items()]
         if self.proxy is not None and self.base.scheme == "http" and self.proxy.username:
             lines.append(f"Proxy-Authorization: {basic_auth(self.proxy)}")
         if body is not None:

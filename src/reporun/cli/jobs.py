@@ -8,13 +8,16 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TextIO
 
 import typer
 
 from reporun.cli import show
 from reporun.cli.base import _job_id, app, fail, run
 from reporun.cli.show import STATES, TERMINAL
+
+if TYPE_CHECKING:
+    from reporun.cli.client import ApiClient
 
 
 # The client ------------------------------------------------------------------------------------
@@ -32,6 +35,16 @@ async def _client() -> AsyncIterator[Any]:
         )
     async with ApiClient(settings.url, token) as client:
         yield client
+
+
+async def _print_followed(client: ApiClient, job_id: str, out: TextIO = sys.stdout) -> None:
+    """A job's log on `out` as it comes, until the job ends; a new attempt said on stderr."""
+    async for piece in client.follow(job_id):
+        if isinstance(piece, int):
+            print(f"reporun: attempt {piece} starts the log over", file=sys.stderr)
+            continue
+        out.buffer.write(piece)
+        out.flush()
 
 
 def _stop_following(job_id: str, doing: str = "following") -> NoReturn:
@@ -208,10 +221,7 @@ def submit(
             try:
                 if follow:
                     # With --json, stdout carries the job alone: the log goes to stderr.
-                    out = sys.stderr if as_json else sys.stdout
-                    async for chunk in client.logs(job_id, follow=True):
-                        out.buffer.write(chunk)
-                        out.flush()
+                    await _print_followed(client, job_id, sys.stderr if as_json else sys.stdout)
                 job = await _wait(client, job_id, progress=not follow)  # the log was progress
             except asyncio.CancelledError:
                 _stop_following(job_id, "following" if follow else "waiting for")
@@ -312,9 +322,12 @@ def logs(
 
         async with _client() as client:
             try:
-                async for chunk in client.logs(job, follow=follow):
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
+                if follow:
+                    await _print_followed(client, job)
+                else:
+                    async for chunk in client.logs(job):
+                        sys.stdout.buffer.write(chunk)
+                        sys.stdout.flush()
             except asyncio.CancelledError:
                 if not follow:
                     raise

@@ -20,11 +20,12 @@ from reporun.jobs import Job, JobSpec, JobStatus
 from reporun.store.dialect import clock, lock_owner, read_clock
 from reporun.store.engine import create_engine
 from reporun.store.figures import Figures
+from reporun.store.logs import Logs
 from reporun.store.moves import job_of, transition
 from reporun.store.outbox import Outbox, OutboxRecords
 from reporun.store.runs import Runs
 from reporun.store.scaling import ScalingRecords
-from reporun.store.tables import job_logs, jobs, workers
+from reporun.store.tables import jobs, workers
 from reporun.store.tokens import TokenRecords
 
 
@@ -132,6 +133,7 @@ class Store:
         self.outbox_rows = OutboxRecords(engine)
         self.runs = Runs(engine, outbox)
         self.figures = Figures(engine)
+        self.logs = Logs(engine)
         self.scaling = ScalingRecords(engine)
         self.tokens = TokenRecords(engine)
 
@@ -233,6 +235,14 @@ class Store:
             raise NotFound(f"no job {job_id}")
         return job_of(row)
 
+    async def get_jobs(self, job_ids: list[uuid.UUID]) -> list[Job]:
+        """Those of the jobs that exist, in one read."""
+        if not job_ids:
+            return []
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(jobs).where(jobs.c.id.in_(job_ids)))
+            return [job_of(row) for row in rows]
+
     async def list_jobs(
         self,
         *,
@@ -284,63 +294,6 @@ class Store:
                 outbox=self.outbox,
             )
         return await self.get_job(job_id)
-
-    # Logs -----------------------------------------------------------------------------------
-    async def append_log(
-        self,
-        job_id: uuid.UUID,
-        seq: int,
-        data: bytes,
-        *,
-        truncated: bool = False,
-        worker: str | None = None,
-        attempt: int | None = None,
-    ) -> bool:
-        """Add a chunk to a job's log; with `worker` and `attempt`, only while that run still
-        holds the job (a worker that lost its lease writes nothing)."""
-        guard: list[sa.ColumnElement[bool]] = [jobs.c.id == job_id]
-        if worker is not None:
-            guard += [jobs.c.worker == worker, jobs.c.status == JobStatus.RUNNING.value]
-        if attempt is not None:
-            guard.append(jobs.c.attempts == attempt)
-        values: dict[str, Any] = {"log_bytes": jobs.c.log_bytes + len(data)}
-        if truncated:
-            values["log_truncated"] = True
-        async with self.engine.begin() as conn:
-            held = await conn.execute(sa.update(jobs).where(*guard).values(**values))
-            if held.rowcount == 0:
-                return False
-            if data:
-                await conn.execute(sa.insert(job_logs).values(job_id=job_id, seq=seq, data=data))
-        return True
-
-    async def reset_log(
-        self, job_id: uuid.UUID, *, worker: str | None = None, attempt: int | None = None
-    ) -> bool:
-        """Forget what earlier runs wrote; with `worker` and `attempt`, only while that run
-        still holds the job (a run that lost it leaves its successor's log alone)."""
-        guard: list[sa.ColumnElement[bool]] = [jobs.c.id == job_id]
-        if worker is not None:
-            guard += [jobs.c.worker == worker, jobs.c.status == JobStatus.RUNNING.value]
-        if attempt is not None:
-            guard.append(jobs.c.attempts == attempt)
-        async with self.engine.begin() as conn:
-            held = await conn.execute(
-                sa.update(jobs).where(*guard).values(log_bytes=0, log_truncated=False)
-            )
-            if held.rowcount == 0:
-                return False
-            await conn.execute(sa.delete(job_logs).where(job_logs.c.job_id == job_id))
-        return True
-
-    async def read_log(self, job_id: uuid.UUID, *, after: int = -1) -> list[tuple[int, bytes]]:
-        stmt = (
-            sa.select(job_logs.c.seq, job_logs.c.data)
-            .where(job_logs.c.job_id == job_id, job_logs.c.seq > after)
-            .order_by(job_logs.c.seq)
-        )
-        async with self.engine.connect() as conn:
-            return [(row.seq, bytes(row.data)) for row in await conn.execute(stmt)]
 
     # Workers --------------------------------------------------------------------------------
     async def worker_heartbeat(

@@ -86,6 +86,8 @@ job_logs = sa.Table(
     sa.Column("job_id", sa.Uuid, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
+    # Where the chunk begins in the job's log, in bytes (a stream resumes from an offset).
+    sa.Column("offset", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 workers = sa.Table(

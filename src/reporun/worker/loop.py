@@ -264,7 +264,7 @@ class Worker:
         outcome: Outcome | None = None
         try:
             if job.attempts > 1 or job.log_bytes:  # what an earlier run wrote
-                await self.store.reset_log(job.id, worker=self.id, attempt=job.attempts)
+                await self.store.logs.reset(job.id, worker=self.id, attempt=job.attempts)
             outcome = await self.runner.execute(job, workspace, watch, log)
         except SandboxError as exc:
             await self._give_back(job, f"sandbox failed: {exc.message}")

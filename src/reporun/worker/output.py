@@ -51,7 +51,7 @@ class LogWriter:
                 return True
             data = bytes(self.buffer)
             try:
-                await self.store.append_log(
+                await self.store.logs.append(
                     self.job.id,
                     self.seq,
                     data,

@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, list, show, logs (optionally followed) and cancel."""
+"""/v1/jobs: submit, list, show, logs (optionally followed), live events and cancel."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from reporun.api.auth import Principal
 from reporun.api.deps import CurrentUser, ServicesDep
+from reporun.api.events import stream
 from reporun.api.problems import responses
 from reporun.api.schemas import JobCreate, JobOut, JobPage
 from reporun.errors import IllegalTransition
@@ -105,7 +106,7 @@ async def logs(
         last = -1
         while True:
             ended = (await store.get_job(job_id)).status.terminal
-            for seq, data in await store.read_log(job_id, after=last):
+            for seq, data in await store.logs.read(job_id, after=last):
                 last = seq
                 yield data
             if not follow or ended:
@@ -113,6 +114,67 @@ async def logs(
             await asyncio.sleep(FOLLOW_POLL)
 
     return StreamingResponse(chunks(), media_type="text/plain; charset=utf-8")
+
+
+EVENTS = """Server-Sent Events (`text/event-stream`): `status` (the job, as `GET /v1/jobs/{id}`
+shows it; first, then on each change), `log` (a JSON string: the log's next text, bytes that
+are not UTF-8 as lone surrogates U+DC80-U+DCFF; the event's id is the byte offset the log has
+reached), `reset` (a new attempt starts the log over), and `end` (the job ended and all of its
+log was sent; the stream closes). A client that reconnects with `Last-Event-ID` resumes where
+it was; `offset` starts at a byte offset, `tail` at that many bytes before the log's end. A
+comment every 15 s keeps a quiet stream open through proxies."""
+
+
+# One event of the stream, as a client takes it.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["status", "log", "reset", "end"]},
+        "data": {"type": "string", "description": "JSON: the job, a string of log, or attempts"},
+        "id": {"type": "string", "description": "the byte offset the log has reached"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["event", "data"],
+}
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="A job's status and log, live, as Server-Sent Events",
+    description=EVENTS,
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {"schema": SSE_EVENT}}},
+        **responses(404, 422),
+    },
+)
+async def events(
+    job_id: uuid.UUID,
+    user: CurrentUser,
+    services: ServicesDep,
+    request: Request,
+    offset: Annotated[int | None, Query(ge=0, le=1 << 62)] = None,
+    tail: Annotated[int | None, Query(ge=0, le=1 << 62)] = None,
+    last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,18}$")] = None,
+) -> StreamingResponse:
+    job = await services.store.get_job(job_id, owner=owner_filter(user))
+    if last_event_id is not None:
+        start = int(last_event_id)
+    elif offset is not None:
+        start = offset
+    elif tail is not None:
+        start = max(0, job.log_bytes - tail)
+    else:
+        start = 0
+    body = stream(
+        services.store,
+        request.app.state.log_hub,
+        job,
+        start,
+        lambda shown: JobOut.of(shown).model_dump_json(),
+    )
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
 
 @router.post(

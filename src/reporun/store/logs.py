@@ -1,0 +1,144 @@
+"""Jobs' logs: chunks in order, each with the byte offset it begins at (a stream resumes
+from an offset), written only by the run that holds the job."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from reporun.jobs import JobStatus
+from reporun.store.tables import job_logs, jobs
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    seq: int
+    offset: int  # where it begins in the log, in bytes
+    data: bytes
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+
+class Logs:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def append(
+        self,
+        job_id: uuid.UUID,
+        seq: int,
+        data: bytes,
+        *,
+        truncated: bool = False,
+        worker: str | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Add a chunk to a job's log; with `worker` and `attempt`, only while that run still
+        holds the job (a worker that lost its lease writes nothing)."""
+        guard: list[sa.ColumnElement[bool]] = [jobs.c.id == job_id]
+        if worker is not None:
+            guard += [jobs.c.worker == worker, jobs.c.status == JobStatus.RUNNING.value]
+        if attempt is not None:
+            guard.append(jobs.c.attempts == attempt)
+        values: dict[str, Any] = {"log_bytes": jobs.c.log_bytes + len(data)}
+        if truncated:
+            values["log_truncated"] = True
+        async with self.engine.begin() as conn:
+            held = await conn.execute(
+                sa.update(jobs).where(*guard).values(**values).returning(jobs.c.log_bytes)
+            )
+            end = held.scalar_one_or_none()
+            if end is None:
+                return False
+            if data:
+                await conn.execute(
+                    sa.insert(job_logs).values(
+                        job_id=job_id, seq=seq, data=data, offset=end - len(data)
+                    )
+                )
+        return True
+
+    async def reset(
+        self, job_id: uuid.UUID, *, worker: str | None = None, attempt: int | None = None
+    ) -> bool:
+        """Forget what earlier runs wrote; with `worker` and `attempt`, only while that run
+        still holds the job (a run that lost it leaves its successor's log alone)."""
+        guard: list[sa.ColumnElement[bool]] = [jobs.c.id == job_id]
+        if worker is not None:
+            guard += [jobs.c.worker == worker, jobs.c.status == JobStatus.RUNNING.value]
+        if attempt is not None:
+            guard.append(jobs.c.attempts == attempt)
+        async with self.engine.begin() as conn:
+            held = await conn.execute(
+                sa.update(jobs).where(*guard).values(log_bytes=0, log_truncated=False)
+            )
+            if held.rowcount == 0:
+                return False
+            await conn.execute(sa.delete(job_logs).where(job_logs.c.job_id == job_id))
+        return True
+
+    async def read_from(self, job_id: uuid.UUID, offset: int) -> list[LogChunk]:
+        """The chunks of a job's log that hold bytes from `offset` on, in order."""
+        stmt = (
+            sa.select(job_logs.c.seq, job_logs.c.offset, job_logs.c.data)
+            .where(
+                job_logs.c.job_id == job_id,
+                job_logs.c.offset + sa.func.length(job_logs.c.data) > offset,
+            )
+            .order_by(job_logs.c.seq)
+        )
+        async with self.engine.connect() as conn:
+            return [
+                LogChunk(row.seq, row.offset, bytes(row.data)) for row in await conn.execute(stmt)
+            ]
+
+    async def read_after(self, after: Mapping[uuid.UUID, int]) -> dict[uuid.UUID, list[LogChunk]]:
+        """For each job, its chunks after seq `after[job]`: one query for every followed log."""
+        if not after:
+            return {}
+        stmt = (
+            sa.select(job_logs.c.job_id, job_logs.c.seq, job_logs.c.offset, job_logs.c.data)
+            .where(
+                sa.or_(
+                    *(
+                        sa.and_(job_logs.c.job_id == job_id, job_logs.c.seq > seq)
+                        for job_id, seq in after.items()
+                    )
+                )
+            )
+            .order_by(job_logs.c.job_id, job_logs.c.seq)
+        )
+        found: dict[uuid.UUID, list[LogChunk]] = {}
+        async with self.engine.connect() as conn:
+            for row in await conn.execute(stmt):
+                found.setdefault(row.job_id, []).append(
+                    LogChunk(row.seq, row.offset, bytes(row.data))
+                )
+        return found
+
+    async def last_seqs(self, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """Each job's last chunk's seq (-1: none yet), in one read."""
+        stmt = (
+            sa.select(job_logs.c.job_id, sa.func.max(job_logs.c.seq))
+            .where(job_logs.c.job_id.in_(job_ids))
+            .group_by(job_logs.c.job_id)
+        )
+        async with self.engine.connect() as conn:
+            found = {row[0]: row[1] for row in await conn.execute(stmt)}
+        return {job_id: found.get(job_id, -1) for job_id in job_ids}
+
+    async def read(self, job_id: uuid.UUID, *, after: int = -1) -> list[tuple[int, bytes]]:
+        stmt = (
+            sa.select(job_logs.c.seq, job_logs.c.data)
+            .where(job_logs.c.job_id == job_id, job_logs.c.seq > after)
+            .order_by(job_logs.c.seq)
+        )
+        async with self.engine.connect() as conn:
+            return [(row.seq, bytes(row.data)) for row in await conn.execute(stmt)]
