@@ -95,12 +95,17 @@ EGRESS_PROBE = (
     "s.sendall(b'CONNECT 169.254.169.254:80 HTTP/1.1\\r\\n\\r\\n'); "
     'print(s.recv(100).split()[1].decode())"'
 )
-# From an `open` job, connect to the cloud metadata address: its routes must refuse it there
-# (EACCES, before anything leaves).
+# From an `open` job, connect to the cloud metadata address (its routes must refuse it,
+# EACCES), and send it a datagram bound to the job's device, past the routes (netfilter must
+# refuse it, EPERM): before anything leaves.
 OPEN_PROBE = (
     'python3 -c "import socket\n'
     "try:\n socket.create_connection(('169.254.169.254', 80), 10); print('reached')\n"
-    "except OSError as e:\n print('errno', e.errno)\""
+    "except OSError as e:\n print('errno', e.errno)\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b'tap0')\n"
+    "try:\n s.sendto(b'x', ('169.254.169.254', 9)); print('sent')\n"
+    "except OSError as e:\n print('bound', e.errno)\""
 )
 
 
@@ -128,7 +133,7 @@ async def _open_works(settings: Settings) -> str | None:
         code, text = await _probe(settings, OPEN_PROBE, "open")
     except ProbeFailed as exc:
         return str(exc)
-    if code != 0 or f"errno {errno.EACCES}" not in text:
+    if code != 0 or f"errno {errno.EACCES}" not in text or f"bound {errno.EPERM}" not in text:
         return f"the probe of 169.254.169.254 exited {code}: {text.strip()[:300]}"
     return None
 

@@ -180,6 +180,23 @@ connect("hostloop", "10.0.2.2", 8090)  # slirp4netns' way to the worker host's l
 connect("own", "OWN", 8090)  # the worker host's own address
 connect("inside", "inside.test", 5432)  # a name that resolves to a private address
 connect("dnsalias", "10.0.2.3", 53)  # slirp4netns' way to the host's resolver
+
+def send(label, address, *options):
+    # A datagram sent past the routes: to a device, or out of an interface for multicast.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for level, name, value in options:
+            s.setsockopt(level, name, value)
+        try:
+            s.sendto(b"x", (address, 9))
+            print(label, "sent")
+        except OSError as exc:
+            print(label, "refused", type(exc).__name__)
+
+tap = socket.inet_aton("10.0.2.100")
+send("bound", "INDEX", (socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"tap0"))
+send("multicast", "239.255.0.1", (socket.IPPROTO_IP, socket.IP_MULTICAST_IF, tap))
+send("broadcast", "10.0.2.255", (socket.SOL_SOCKET, socket.SO_BROADCAST, 1))
+send("gateway2", "10.0.2.2", (socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"tap0"))
 # The routes that refuse these are out of the job's reach: RTM_DELROUTE of 10.0.0.0/8.
 with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as s:
     body = (struct.pack("BBBBBBBBI", socket.AF_INET, 8, 0, 0, 254, 4, 0, 8, 0)
@@ -505,12 +522,15 @@ def test_open_reaches_public_addresses_and_nothing_of_the_hosts(
     assert results["named"] == "named ok hello-from-index", lines
     for refused in ("private", "gateway", "metadata", "hostloop", "own", "dnsalias"):
         assert results[refused] == f"{refused} refused PermissionError", lines
-    # A name of the inside is given no address (and the job's log says so).
+    # Past the routes (a device, multicast, broadcast), netfilter refuses it still.
+    for refused in ("bound", "multicast", "broadcast", "gateway2"):
+        assert results[refused] == f"{refused} refused PermissionError", lines
+    # A name of the inside is as good as none (and the job's log says so, not where it points).
     assert results["inside"] == "inside refused gaierror", lines
     assert (
-        f"reporun: name inside.test given no address: it resolves to {world.hosts.gateway}, "
-        "which this job may not reach"
+        "reporun: name inside.test refused: it resolves only to addresses this job may not reach"
     ) in lines, lines
+    assert world.hosts.gateway not in log.replace(f"{world.hosts.gateway}:", ""), lines
     assert results["routes"] == "routes kept 1", lines  # EPERM
     assert results["localhost"] == "localhost 127.0.0.1", lines
     assert "127.0.0.1" in results, lines  # its resolv.conf: the relay to the worker's names

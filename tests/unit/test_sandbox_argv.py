@@ -10,7 +10,13 @@ import pytest
 from reporun.errors import SandboxError
 from reporun.jobs import Limits
 from reporun.worker.bwrap import bwrap_argv, job_environment
-from reporun.worker.netjail import REFUSED_RANGES, TUN_NAMESPACE, open_jail, proxy_jail
+from reporun.worker.netjail import (
+    REFUSED_RANGES,
+    TUN_NAMESPACE,
+    OpenTools,
+    open_jail,
+    proxy_jail,
+)
 
 LIMITS = Limits(timeout=60, memory=256 << 20, processes=32, log=1 << 20, disk=64 << 20)
 
@@ -96,18 +102,21 @@ def test_registries_runs_in_the_jails_network_with_the_proxy_named() -> None:
 
 def test_open_runs_in_the_jails_network_behind_slirp4netns_with_its_resolver() -> None:
     refused = [ip_network(network) for network in REFUSED_RANGES]
-    jail = open_jail("/usr/bin/python3", Path("/run/n.sock"), "/usr/bin/slirp4netns", refused)
+    tools = OpenTools("/usr/bin/slirp4netns", "/sbin/iptables-restore", "/sbin/ip6tables-restore")
+    jail = open_jail("/usr/bin/python3", Path("/run/n.sock"), tools, refused)
     limits = LIMITS.model_copy(update={"network": "open"})
     args = argv(limits=limits, jail=jail, data=[(7, "/etc/resolv.conf")], before=TUN_NAMESPACE)
     # Root makes the tun node's namespace, then the job's uid the network, then the limits.
     assert args[: len(TUN_NAMESPACE)] == list(TUN_NAMESPACE)
     assert args.index("setpriv") < args.index("/usr/bin/python3") < args.index("prlimit")
     at = args.index("/usr/bin/python3") + 5
-    assert args[at : at + 4] == [
+    assert args[at : at + 6] == [
         "open",
         "/run/n.sock",
         "/usr/bin/slirp4netns",
         ",".join(REFUSED_RANGES),
+        "/sbin/iptables-restore",
+        "/sbin/ip6tables-restore",
     ]
     assert "--share-net" in args
     assert args[args.index("--ro-bind-data") : args.index("--ro-bind-data") + 3] == [

@@ -2,11 +2,12 @@
 
 The job's /etc/resolv.conf names 127.0.0.1, where a relay in its network namespace
 (worker/netjail.py) passes each query through a Unix socket to this server, one per job. It
-answers A queries with what this host resolves (getaddrinfo), leaving out every address the
-job's routes refuse, so a name of the company's own network says nothing of it; IPv6 (AAAA) is
-answered with no address, as the job has none; anything else is not served. The job never
-speaks to the host's resolver (slirp4netns' DNS is off), which may sit on the host's loopback.
-Each name left without an address for that reason is a line in the job's log.
+answers A queries with what this host resolves (getaddrinfo, in threads of its own), leaving
+out every address the job may not reach: a name that has only such addresses is answered as no
+such name, so a name of the company's own network tells nothing of it. IPv6 (AAAA) and other
+types are answered with no record. The job never sends a packet to the host's resolver
+(slirp4netns' DNS is off), which may sit on the host's loopback; the names it asks for are
+resolved as the host resolves them. Each name refused so is a line in the job's log.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import re
 import secrets
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -26,10 +30,12 @@ from reporun.worker.egress import SAID_MAX
 from reporun.worker.workdir import prepare_work_dir
 
 QUERY_MAX = 512
+ANSWER_MAX = 512  # a UDP answer's size: addresses past it are left out
 RESOLVE_TIMEOUT = 10.0
-QUERIES_MAX = 64  # at once, per job
-ANSWERS_MAX = 16  # addresses in an answer: it stays within 512 bytes
-A, AAAA, IN = 1, 28, 1
+QUERIES_MAX = 64  # connections at once, per job
+LOOKUPS_MAX = 4  # lookups at once, per job (a slow one holds a thread until the resolver ends)
+LABEL = re.compile(rb"^[A-Za-z0-9_-]{1,63}$")
+A, IN = 1, 1
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP = 0, 1, 2, 3, 4
 
 
@@ -43,7 +49,7 @@ def parse_query(query: bytes) -> tuple[int, int, str, int, bytes]:
     if len(query) < 17:
         raise BadQuery("short")
     ident, flags, questions = struct.unpack(">HHH", query[:6])
-    if flags & 0x8000 or questions != 1:
+    if questions != 1:
         raise BadQuery("not one question")
     at, labels = 12, []
     while True:
@@ -52,11 +58,9 @@ def parse_query(query: bytes) -> tuple[int, int, str, int, bytes]:
         size = query[at]
         if size == 0:
             break
-        if size > 63 or at + 1 + size > len(query):  # no compression in a question
-            raise BadQuery("bad label")
         label = query[at + 1 : at + 1 + size]
-        if not label.isascii():
-            raise BadQuery("not ASCII")
+        if size > 63 or len(label) != size or not LABEL.match(label):  # no compression either
+            raise BadQuery("bad label")
         labels.append(label.decode().lower())
         at += 1 + size
     if len(query) < at + 5:
@@ -71,12 +75,14 @@ def parse_query(query: bytes) -> tuple[int, int, str, int, bytes]:
 def answer(
     ident: int, flags: int, question: bytes, code: int, addresses: Sequence[str] = ()
 ) -> bytes:
-    """A response to `question`: `code`, with an A record for each of `addresses`."""
+    """A response to `question`: `code`, with an A record for each of `addresses` that fits
+    in ANSWER_MAX bytes; the query's opcode and RD kept, RA set."""
+    given = addresses[: max(0, (ANSWER_MAX - 12 - len(question)) // 16)]
     records = b"".join(
         b"\xc0\x0c" + struct.pack(">HHIH", A, IN, 60, 4) + socket.inet_aton(address)
-        for address in addresses
+        for address in given
     )
-    head = struct.pack(">HHHHHH", ident, 0x8080 | (flags & 0x0100) | code, 1, len(addresses), 0, 0)
+    head = struct.pack(">HHHHHH", ident, 0x8080 | (flags & 0x7900) | code, 1, len(given), 0, 0)
     return head + question + records
 
 
@@ -95,6 +101,7 @@ class NameServer:
         self._server: asyncio.Server | None = None
         self._said: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lookups = ThreadPoolExecutor(LOOKUPS_MAX, thread_name_prefix="reporun-names")
 
     async def __aenter__(self) -> NameServer:
         with contextlib.suppress(FileNotFoundError):
@@ -109,6 +116,8 @@ class NameServer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A lookup still running ends with the resolver's own timeout, in its thread.
+        self._lookups.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -136,46 +145,47 @@ class NameServer:
                 await writer.wait_closed()
 
     async def respond(self, query: bytes) -> bytes | None:
-        """The answer to one query (None: not even an id to answer to)."""
+        """The answer to one query (None: none to give, to a response or to no header)."""
+        if len(query) < 12 or query[2] & 0x80:
+            return None
+        ident, flags = struct.unpack(">HH", query[:4])
+        if flags & 0x7800:  # an opcode other than QUERY
+            return struct.pack(">HHHHHH", ident, 0x8080 | (flags & 0x7900) | NOTIMP, 0, 0, 0, 0)
         try:
             ident, flags, name, kind, question = parse_query(query)
         except BadQuery:
-            if len(query) < 12:
-                return None
-            return struct.pack(
-                ">HHHHHH", struct.unpack(">H", query[:2])[0], 0x8080 | FORMERR, 0, 0, 0, 0
-            )
-        if kind == AAAA:
-            return answer(ident, flags, question, NOERROR)  # the job has no IPv6
-        if kind != A:
-            return answer(ident, flags, question, NOTIMP)
+            return struct.pack(">HHHHHH", ident, 0x8080 | FORMERR, 0, 0, 0, 0)
+        if kind != A:  # AAAA: the job has no IPv6; other types: none served
+            return answer(ident, flags, question, NOERROR)
         loop = asyncio.get_running_loop()
+        lookup = partial(socket.getaddrinfo, name, None, socket.AF_INET, socket.SOCK_STREAM)
         try:
             async with asyncio.timeout(RESOLVE_TIMEOUT):
-                found = await loop.getaddrinfo(name, None, family=socket.AF_INET)
+                found = await loop.run_in_executor(self._lookups, lookup)
         except socket.gaierror as exc:
             gone = exc.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5))
             return answer(ident, flags, question, NXDOMAIN if gone else SERVFAIL)
-        except (OSError, TimeoutError, UnicodeError):
+        except (OSError, TimeoutError, UnicodeError, RuntimeError):
             return answer(ident, flags, question, SERVFAIL)
         addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
-        given = [a for a in addresses if not self._is_refused(a)][:ANSWERS_MAX]
-        if addresses and not given:
-            await self._say(name, addresses[0])
+        given = [a for a in addresses if not self._is_refused(a)]
+        if addresses and not given:  # as if there were no such name: nothing of the inside
+            await self._say(name)
+            return answer(ident, flags, question, NXDOMAIN)
         return answer(ident, flags, question, NOERROR, given)
 
     def _is_refused(self, address: str) -> bool:
         ip = ipaddress.IPv4Address(address)
         return any(ip in network for network in self.refused)
 
-    async def _say(self, name: str, address: str) -> None:
+    async def _say(self, name: str) -> None:
         if name in self._said or len(self._said) >= SAID_MAX:
             return
-        self._said.add(name)
+        self._said.add(name)  # letters, digits, - and _ only (parse_query)
         with contextlib.suppress(Exception):
             await self.say(
-                f"reporun: name {name} given no address: it resolves to {address}, which this "
-                "job may not reach\n".encode()
+                f"reporun: name {name} refused: it resolves only to addresses this job may "
+                "not reach\n".encode()
             )
 
 
@@ -192,6 +202,6 @@ async def names_for(
         yield None
         return
     prepare_work_dir(directory)
-    path = directory / f"{secrets.token_hex(8)}.names.sock"
+    path = directory / f"{secrets.token_hex(8)}.dns"  # as long as a proxy's socket name
     async with NameServer(refused(), path, say) as server:
         yield server.path

@@ -5,11 +5,15 @@
 namespace stops).
 
 `open`: besides loopback a tap device, behind which slirp4netns (running outside, as the job's
-uid, with no way to the host's loopback) makes the job's connections from the worker host as
-its own. Routes of type prohibit, set before the job starts and out of its reach (it runs in a
-user namespace below the one that owns the network), refuse every private, shared, link-local,
-loopback, multicast and reserved range and each of the host's own addresses: the job reaches
-public addresses, and names through slirp4netns' DNS at 10.0.2.3.
+uid, with no way to the host's loopback and its DNS off) makes the job's connections from the
+worker host as its own. Set before the job starts and out of its reach (it runs in a user
+namespace below the one that owns the network): routes of type prohibit, which fail a
+connection to a refused address at once, and netfilter rules (by iptables-restore, given
+CAP_NET_ADMIN for that alone), which hold whatever a socket asks (a device of its own, an
+interface for multicast): only unicast to an address not refused leaves, and no IPv6. Refused
+are every private, shared, link-local, loopback, multicast and reserved range, the operator's
+additions and each of the host's own addresses. On 127.0.0.1:53 a relay passes the job's DNS
+queries to the worker's name server (worker/names.py).
 
 The helper's command line (`proxy_jail`, `open_jail`) goes in front of a job's prlimit and
 bubblewrap: a small program, run as the job's uid with the host's Python before the sandbox
@@ -23,9 +27,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -61,7 +67,7 @@ REFUSED_RANGES = (
 # Standalone (it runs in /usr/bin/python3 -I -S, with nothing of reporun importable).
 # Its arguments: `proxy SOCKET -- ARGV...`, or `open SOCKET SLIRP4NETNS NETWORKS -- ARGV...`.
 HELPER = r"""
-import ctypes, fcntl, os, resource, select, signal, socket, struct, sys, threading
+import ctypes, fcntl, os, resource, select, signal, socket, struct, subprocess, sys, threading
 end = sys.argv.index("--")
 mode, path, extra, argv = sys.argv[1], sys.argv[2], sys.argv[3:end], sys.argv[end + 1:]
 libc = ctypes.CDLL(None, use_errno=True)
@@ -102,6 +108,33 @@ def prohibit(networks):  # RTM_NEWROUTE of type RTN_PROHIBIT in the main table, 
             kind, error = struct.unpack("H", reply[4:6])[0], struct.unpack("i", reply[16:20])[0]
             if kind != 2 or error:  # anything but NLMSG_ERROR saying 0 is a failure
                 fail("route " + network, -error if kind == 2 else 0)
+class Caps(ctypes.Structure):  # one half of capget/capset's data (version 3)
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+def capabilities(inheritable=0, clear=False):  # of this process, in its user namespace
+    head, data = struct.pack("Ii", 0x20080522, 0), (Caps * 2)()
+    if libc.capget(head, data) != 0:
+        fail("capget")
+    for half in data:
+        half.inheritable = inheritable
+        if clear:
+            half.effective = half.permitted = 0
+    if libc.capset(head, data) != 0:
+        fail("capset")
+def netfilter(tool, rules):  # the rules, by iptables-restore given CAP_NET_ADMIN (12) only
+    capabilities(inheritable=1 << 12)
+    if libc.prctl(47, 2, 12, 0, 0) != 0:  # PR_CAP_AMBIENT_RAISE
+        fail("prctl")
+    try:
+        done = subprocess.run([tool, "-w", "10"], input=rules.encode(), env={},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        fail(tool + ": " + type(exc).__name__, 0)
+    finally:
+        libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+        capabilities()
+    if done.returncode != 0:
+        fail("%s: %s" % (tool, done.stderr.decode(errors="replace").strip()[-300:]), 0)
 def relay(data):  # one exchange with the worker: a length-prefixed message, then the answer
     with socket.socket(socket.AF_UNIX) as upstream:
         upstream.settimeout(30)
@@ -116,16 +149,29 @@ def relay(data):  # one exchange with the worker: a length-prefixed message, the
         return answer[2:2 + struct.unpack(">H", answer[:2])[0]]
 uid, gid, job = os.getuid(), os.getgid(), os.getpid()
 if mode == "open":
-    slirp, networks = extra[0], extra[1].split(",")
+    slirp, networks, restore, restore6 = extra[0], extra[1].split(","), extra[2], extra[3]
+    # What leaves by the tap, whatever the socket asks (a device, an interface for multicast):
+    # unicast to an address not refused; no IPv6 at all.
+    rules = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+             "-A OUTPUT -o lo -j ACCEPT\n-A OUTPUT -m addrtype ! --dst-type UNICAST -j DROP\n"
+             + "".join("-A OUTPUT -d %s -j REJECT --reject-with icmp-admin-prohibited\n" % n
+                       for n in networks)
+             + "COMMIT\n")
+    rules6 = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+              "-A OUTPUT -o lo -j ACCEPT\n-A OUTPUT -j DROP\nCOMMIT\n")
     ready, ready_w = os.pipe()
     said, said_w = os.pipe()  # what slirp4netns says, should it fail
     go_r, go = os.pipe()
     if child((ready_w, said_w, go_r)):
         os.dup2(said_w, 2)
+        os.close(said_w)
         if os.read(go_r, 1) != b"1":  # the namespace is made (or the helper gave up)
             os._exit(0)
+        os.close(go_r)
         resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))  # outside the job's
-        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        files = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
         os.execv(slirp, [slirp, "--configure", "--mtu=65520", "--disable-host-loopback",
                          "--disable-dns", "--enable-seccomp", "--ready-fd=%d" % ready_w,
                          str(job), "tap0"])
@@ -154,7 +200,9 @@ try:
             fail("slirp4netns did not start" + (" (%s)" % why[-1] if why else ""), 0)
         os.close(ready)
         os.close(said)
-        prohibit(networks)
+        prohibit(networks)  # a refused address fails at once, with EACCES
+        netfilter(restore, rules)
+        netfilter(restore6, rules6)
         # The job's names: 127.0.0.1:53 (UDP), each query answered by the worker.
         listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         listener.bind(("127.0.0.1", 53))
@@ -207,11 +255,18 @@ def connection(client):
         client.close()
         upstream.close()
 def query(data, peer):
+    if len(data) < 12:
+        return
     try:
-        listener.sendto(relay(data), peer)
-    except (OSError, struct.error):
+        answer = relay(data)
+    except (OSError, struct.error):  # no answer from the worker: SERVFAIL, not silence
+        answer = data[:2] + b"\x81\x82" + data[4:6] + b"\0" * 6 + data[12:]
+    try:
+        listener.sendto(answer, peer)
+    except OSError:
         pass
 if child((listener.fileno(),)):
+    capabilities(clear=True)  # it only relays bytes: none of the network's to have
     while True:
         if mode == "open":
             data, peer = listener.recvfrom(4096)
@@ -249,14 +304,35 @@ def proxy_jail(python: str, proxy_socket: Path) -> list[str]:
     return [python, "-I", "-S", "-c", HELPER, "proxy", str(proxy_socket), str(PROXY_PORT), "--"]
 
 
+@dataclass(frozen=True, slots=True)
+class OpenTools:
+    """The programs an `open` job's network is made with (absolute paths)."""
+
+    slirp: str
+    restore: str  # iptables-restore
+    restore6: str  # ip6tables-restore
+
+    @classmethod
+    def find(cls) -> OpenTools | None:
+        found = [shutil.which(name) for name in ("slirp4netns", "iptables-restore")]
+        restore6 = shutil.which("ip6tables-restore")
+        if None in found or restore6 is None:
+            return None
+        return cls(str(found[0]), str(found[1]), restore6)
+
+
 def open_jail(
-    python: str, names_socket: Path, slirp: str, refused: Sequence[IPv4Network]
+    python: str, names_socket: Path, tools: OpenTools, refused: Sequence[IPv4Network]
 ) -> list[str]:
     """What goes before an `open` job's prlimit and bubblewrap (ending in `--`): its network
-    behind `slirp`, with routes refusing `refused`, and its names from the worker's name
-    server on `names_socket`."""
+    behind slirp4netns, with routes and netfilter rules refusing `refused` (and every packet
+    that is not unicast, and IPv6), and its names from the worker's name server on
+    `names_socket`."""
     networks = ",".join(str(network) for network in refused)
-    return [python, "-I", "-S", "-c", HELPER, "open", str(names_socket), slirp, networks, "--"]
+    return [
+        *(python, "-I", "-S", "-c", HELPER, "open", str(names_socket), tools.slirp, networks),
+        *(tools.restore, tools.restore6, "--"),
+    ]
 
 
 def host_networks() -> list[IPv4Network]:

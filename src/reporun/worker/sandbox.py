@@ -29,6 +29,7 @@ from reporun.worker.netjail import (
     OPEN_RESOLV_CONF,
     TUN,
     TUN_NAMESPACE,
+    OpenTools,
     helper_python,
     open_jail,
     proxy_jail,
@@ -41,6 +42,9 @@ from reporun.worker.uids import DEFAULT_UID_BASE, DEFAULT_UID_COUNT, UidPool, sw
 
 logger = logging.getLogger("reporun.worker")
 
+# What a job's network helper may run beside it as its uid (its relay's threads, two per
+# proxied connection, slirp4netns): not taken from the job's own process limit.
+HELPER_THREADS = 132
 # An image's /etc/hosts when it brings none (harden leaves an empty one): localhost.
 HOSTS = b"127.0.0.1 localhost\n::1 localhost\n"
 
@@ -140,9 +144,9 @@ class Bubblewrap:
         self.open_network = open_network
         self.open_refused = tuple(open_refused)
         # The network namespace of a `registries` or `open` job is made with it, as the
-        # job's uid; an `open` job's network is served by slirp4netns.
+        # job's uid; an `open` job's network is served by slirp4netns, and filtered.
         self.python = helper_python()
-        self.slirp = shutil.which("slirp4netns")
+        self.open_tools = OpenTools.find()
 
     @staticmethod
     def problems() -> list[str]:
@@ -160,8 +164,11 @@ class Bubblewrap:
         found = []
         if self.python is None:
             found.append("no Python that every uid may run (/usr/bin/python3)")
-        if self.slirp is None:
-            found.append("slirp4netns is not installed (Debian: apt-get install slirp4netns)")
+        if self.open_tools is None:
+            found.append(
+                "slirp4netns, iptables-restore and ip6tables-restore are needed (Debian: "
+                "apt-get install slirp4netns iptables)"
+            )
         if not TUN.exists():
             found.append(f"{TUN} is missing (the tun module: modprobe tun)")
         if not self.root:
@@ -188,10 +195,11 @@ class Bubblewrap:
             if not self.open_network:
                 raise SandboxError("network mode open is not offered by this worker")
             problems = self.open_problems()
-            if problems or self.python is None or self.slirp is None or world.names is None:
+            tools = self.open_tools
+            if problems or self.python is None or tools is None or world.names is None:
                 raise SandboxError("network mode open cannot be had here: " + "; ".join(problems))
             refused = refused_networks(self.open_refused)
-            return open_jail(self.python, world.names, self.slirp, refused)
+            return open_jail(self.python, world.names, tools, refused)
         return None
 
     async def run(
@@ -209,13 +217,14 @@ class Bubblewrap:
         with contextlib.ExitStack() as stack:
             if self.root:
                 uid: int | None = stack.enter_context(self.uids.take())
-                nproc = limits.processes
+                nproc = limits.processes + (HELPER_THREADS if jail else 0)
                 os.chmod(workspace, 0o755)
                 if world.keep is not None and uid is not None:  # reopened as the job's uid
                     os.fchown(world.keep, uid, uid)
             else:
                 # The process limit counts every process of this user: add what already runs.
                 uid, nproc = None, _processes_of(os.getuid()) + limits.processes
+                nproc += HELPER_THREADS if jail else 0
             status_read, status_write = os.pipe()
             stack.callback(os.close, status_read)
             files: dict[str, bytes] = {}
