@@ -13,6 +13,12 @@
   each, the whole of setup and command; the setup runs with network none here (the proxy
   adds nothing to what is measured).
 
+- network: the same trivial job on the host's system in each network mode, alternating: `none`
+  (no network namespace of reporun's own), `registries` (the namespace with the proxy's
+  forwarder, and the proxy in the worker) and `open` (slirp4netns, its routes and netfilter
+  rules, and the name server's relay); median of --runtime-rounds each, as ratios to `none`.
+  Nothing connects anywhere.
+
 The image is the tests' runtime image (tests/runtime_image.py: Debian with Python, built with
 podman from a local base), as an OCI archive.
 """
@@ -31,6 +37,9 @@ from tests.runtime_image import runtime_archive
 
 from reporun.jobs import Limits
 from reporun.runtimes import Runtime
+from reporun.worker.egress import EgressPolicy, egress_dir, egress_for
+from reporun.worker.names import names_for
+from reporun.worker.netjail import refused_networks
 from reporun.worker.runtimes import RootStore
 from reporun.worker.sandbox import Bubblewrap, World
 from reporun.worker.setup import KEPT, SetupCache, receive
@@ -52,22 +61,29 @@ async def _run_once(
     keep: int | None = None,
     bring: Path | None = None,
     check: bytes = b"ok",
+    network: str = "none",
+    sockets: Path | None = None,
 ) -> float:
     output = bytearray()
 
     async def collect(chunk: bytes) -> None:
         output.extend(chunk)
 
+    limits = LIMITS.model_copy(update={"network": network})
     began = time.perf_counter()
-    result = await sandbox.run(
-        workspace=workspace,
-        command=command,
-        env={},
-        limits=LIMITS,
-        on_output=collect,
-        stop=asyncio.Event(),
-        world=World(root=root, keep=keep, bring=bring),
-    )
+    async with (
+        egress_for(network, EgressPolicy(), sockets or workspace.parent, collect) as egress,
+        names_for(network, refused_networks, sockets or workspace.parent, collect) as names,
+    ):
+        result = await sandbox.run(
+            workspace=workspace,
+            command=command,
+            env={},
+            limits=limits,
+            on_output=collect,
+            stop=asyncio.Event(),
+            world=World(root=root, keep=keep, bring=bring, egress=egress, names=names),
+        )
     seconds = time.perf_counter() - began
     if result.exit_code != 0 or check not in output:
         raise RuntimeError(f"the bench job failed: {bytes(output)[-300:]!r}")
@@ -99,6 +115,7 @@ async def measure(root: Path, rounds: int) -> dict[str, Any]:
         sandbox, workspace, prepared, root / "setups", rounds=3 if rounds >= 5 else 1
     )
     shutil.rmtree(roots_dir, ignore_errors=True)
+    network = await _network_times(root, workspace, rounds)
     median = {name: statistics.median(values) for name, values in times.items()}
     return {
         "rounds": rounds,
@@ -108,7 +125,21 @@ async def measure(root: Path, rounds: int) -> dict[str, Any]:
         "prepare_cold": cold,
         "prepare_lookup": statistics.median(lookups),
         "setup": setup,
+        "network": network,
     }
+
+
+async def _network_times(root: Path, workspace: Path, rounds: int) -> dict[str, float]:
+    """The trivial job in each network mode, alternating: the median of each."""
+    sandbox = Bubblewrap(open_network=True)
+    modes = ["none", "registries"] + ([] if sandbox.open_problems() else ["open"])
+    sockets = egress_dir(root / "work")  # a short enough path for a Unix socket
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(rounds):
+        for mode in modes:
+            seconds = await _run_once(sandbox, workspace, None, network=mode, sockets=sockets)
+            times[mode].append(seconds)
+    return {mode: statistics.median(values) for mode, values in times.items()}
 
 
 SETUP = "python3 -m venv .venv"
@@ -159,6 +190,11 @@ def table(result: dict[str, Any]) -> list[str]:
         f" up again: {result['prepare_lookup']:.3f} s (median of 5)",
         f"  a job with setup ({SETUP}), run: {result['setup']['miss']:.2f} s; its result found"
         f" kept: {result['setup']['hit']:.3f} s (median of {result['setup']['rounds']} each)",
+        "  network modes, the host's system, p50: "
+        + ", ".join(
+            f"{mode} {seconds:.3f} s ({seconds / result['network']['none']:.2f}x)"
+            for mode, seconds in result["network"].items()
+        ),
     ]
 
 
@@ -175,4 +211,12 @@ def summary(result: dict[str, Any] | None) -> list[str]:
         f"summary: runtimes setup miss={result['setup']['miss']:.2f} s"
         f" hit={result['setup']['hit']:.3f} s"
         f" ratio={result['setup']['miss'] / result['setup']['hit']:.0f}",
+        "summary: runtimes network "
+        + " ".join(f"{mode}={seconds:.3f} s" for mode, seconds in result["network"].items())
+        + " "
+        + " ".join(
+            f"{mode}/none={seconds / result['network']['none']:.2f}"
+            for mode, seconds in result["network"].items()
+            if mode != "none"
+        ),
     ]

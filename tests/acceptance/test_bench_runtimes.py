@@ -19,6 +19,8 @@ def test_bench_runtimes_reports_host_image_and_preparation(
     assert "summary: runtimes run host=" in out and " image=" in out, out
     assert "summary: runtimes prepare cold=" in out, out
     assert "summary: runtimes setup miss=" in out, out
+    # Each network mode's trivial job, as a ratio to none's (this machine gives open).
+    assert "summary: runtimes network none=" in out and "open/none=" in out, out
     result = json.loads((tmp_path / "bench.json").read_text())["runtimes"]
     assert set(result["median"]) == {"host", "image"} and result["rounds"] == 2
     assert result["prepare_cold"] > 0 and result["prepare_lookup"] > 0
