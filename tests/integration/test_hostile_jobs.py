@@ -139,6 +139,36 @@ async def test_cannot_connect_to_the_host(
     assert log.count("refused") == 4
 
 
+async def test_only_unix_ip_and_netlink_sockets_and_no_namespaces_of_its_own(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory
+) -> None:
+    """vsock reaches a virtual machine's host past every network namespace (this machine is
+    one: /dev/vsock); the kernel's crypto sockets are attack surface; a user namespace of the
+    job's own would give it CAP_NET_ADMIN there. Each is refused, 32-bit calls included."""
+    start_worker()
+    job, log = await run_script(
+        api,
+        git_server,
+        "python3 - <<'EOF'\n"
+        "import ctypes, socket\n"
+        "for name, family in (('vsock', 40), ('alg', 38), ('bluetooth', 31), ('inet', 2),"
+        " ('unix', 1)):\n"
+        "    try:\n"
+        "        socket.socket(family, socket.SOCK_STREAM if family != 31 else 1).close()\n"
+        "        print(name, 'made')\n"
+        "    except OSError as exc:\n"
+        "        print(name, 'refused', exc.errno)\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print('userns', libc.unshare(0x10000000), ctypes.get_errno())\n"
+        "EOF\n",
+    )
+    assert job["status"] == "succeeded", (job, log)
+    lines = set(log.splitlines())
+    assert {"vsock refused 97", "alg refused 97", "bluetooth refused 97"} <= lines, log
+    assert {"inet made", "unix made"} <= lines, log
+    assert "userns -1 28" in lines, log  # ENOSPC: no user namespace may be made
+
+
 async def test_cannot_write_outside_its_workspace_and_tmp(
     api: Api, git_server: GitServer, start_worker: WorkerFactory
 ) -> None:

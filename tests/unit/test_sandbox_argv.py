@@ -149,3 +149,32 @@ def test_open_refuses_every_range_a_host_keeps_to_itself() -> None:
         assert any(ipaddress.ip_address(address) in network for network in refused), address
     for address in ("198.51.100.10", "8.8.8.8", "151.101.0.223"):
         assert not any(ipaddress.ip_address(address) in network for network in refused)
+
+
+def test_the_hosts_own_networks_and_gateways_are_refused_to_open() -> None:
+    """Read from this host: its loopback, each address, each network it is on, each gateway."""
+    import socket
+    import struct
+
+    from reporun.worker.netjail import host_networks, refused_networks
+
+    found = host_networks()
+    assert ip_network("127.0.0.0/8") in found
+    with open("/proc/net/route") as routes:
+        gateways = {
+            socket.inet_ntoa(struct.pack("<I", int(fields[2], 16)))
+            for fields in (line.split() for line in list(routes)[1:])
+            if fields[2] != "00000000"
+        }
+    assert {ip_network(f"{g}/32") for g in gateways} <= set(found)
+    extra = ip_network("203.0.113.0/24")
+    assert extra in refused_networks([extra])
+
+
+def test_the_seccomp_filter_is_whole_and_known_machines_only() -> None:
+    from reporun.worker.seccomp import socket_filter
+
+    program = socket_filter("x86_64")
+    assert program is not None and len(program) % 8 == 0 and len(program) // 8 < 64
+    assert socket_filter("aarch64") is not None
+    assert socket_filter("mips") is None

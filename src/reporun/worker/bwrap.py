@@ -124,6 +124,7 @@ def bwrap_argv(
     bring: Sequence[tuple[str, str, str]] = (),
     before: Sequence[str] = (),
     data: Sequence[tuple[int, str]] = (),
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """The whole command line: what runs as root first (`before`), drop to the job's uid,
     make its network (`jail`, for modes `registries` and `open`), set rlimits, enter
@@ -146,6 +147,10 @@ def bwrap_argv(
         "--",
         "bwrap",
         "--unshare-all",
+        # A user namespace of its own, and none further inside (each would give the job
+        # CAP_NET_ADMIN and the kernel's namespaced code to attack).
+        "--unshare-user",
+        "--disable-userns",
         # The namespace the jail made: loopback and the proxy's forwarder (`registries`), or
         # loopback and the tap of slirp4netns (`open`).
         *(["--share-net"] if networked else []),
@@ -157,6 +162,8 @@ def bwrap_argv(
     ]
     if status_fd is not None:
         argv += ["--json-status-fd", str(status_fd)]
+    if seccomp_fd is not None:  # worker/seccomp.py: the socket families a job may have
+        argv += ["--seccomp", str(seccomp_fd)]
     proxy = proxy_environment() if limits.network == "registries" else {}
     for name, value in job_environment({**proxy, **env}, root.env if root else None).items():
         argv += ["--setenv", name, value]

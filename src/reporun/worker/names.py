@@ -34,7 +34,7 @@ ANSWER_MAX = 512  # a UDP answer's size: addresses past it are left out
 RESOLVE_TIMEOUT = 10.0
 QUERIES_MAX = 64  # connections at once, per job
 LOOKUPS_MAX = 4  # lookups at once, per job (a slow one holds a thread until the resolver ends)
-LABEL = re.compile(rb"^[A-Za-z0-9_-]{1,63}$")
+LABEL = re.compile(rb"[A-Za-z0-9_-]{1,63}")
 A, IN = 1, 1
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP = 0, 1, 2, 3, 4
 
@@ -59,7 +59,7 @@ def parse_query(query: bytes) -> tuple[int, int, str, int, bytes]:
         if size == 0:
             break
         label = query[at + 1 : at + 1 + size]
-        if size > 63 or len(label) != size or not LABEL.match(label):  # no compression either
+        if size > 63 or len(label) != size or not LABEL.fullmatch(label):  # no compression either
             raise BadQuery("bad label")
         labels.append(label.decode().lower())
         at += 1 + size
@@ -131,11 +131,11 @@ class NameServer:
         try:
             async with asyncio.timeout(RESOLVE_TIMEOUT + 5):
                 size = struct.unpack(">H", await reader.readexactly(2))[0]
-                if size <= QUERY_MAX:
-                    response = await self.respond(await reader.readexactly(size))
-                    if response is not None:
-                        writer.write(struct.pack(">H", len(response)) + response)
-                        await writer.drain()
+                response = await self.respond(await reader.readexactly(size))
+                # An empty answer: none to give (the relay sends nothing back).
+                answer_bytes = response or b""
+                writer.write(struct.pack(">H", len(answer_bytes)) + answer_bytes)
+                await writer.drain()
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
             pass
         finally:
@@ -146,7 +146,7 @@ class NameServer:
 
     async def respond(self, query: bytes) -> bytes | None:
         """The answer to one query (None: none to give, to a response or to no header)."""
-        if len(query) < 12 or query[2] & 0x80:
+        if len(query) < 12 or len(query) > QUERY_MAX or query[2] & 0x80:
             return None
         ident, flags = struct.unpack(">HH", query[:4])
         if flags & 0x7800:  # an opcode other than QUERY

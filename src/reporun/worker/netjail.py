@@ -28,7 +28,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import stat
+import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +43,8 @@ PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 # (worker/names.py), never the host's resolver.
 OPEN_RESOLV_CONF = b"nameserver 127.0.0.1\n"
 TUN = Path("/dev/net/tun")
-LOCAL_ROUTE = re.compile(r"^/(\d+) host LOCAL$")
+# A local route (an address of the host's), or the route to a network it is on.
+HOST_ROUTE = re.compile(r"^/(\d+) (?:host LOCAL|link UNICAST)$")
 # Refused to an `open` job, besides the host's own addresses: this network, private,
 # shared (CGNAT), loopback, link-local (cloud metadata), IETF, 6to4 relays, benchmarking,
 # multicast and reserved ranges, Azure's host service address, and slirp4netns' gateway (the
@@ -115,18 +118,23 @@ def capabilities(inheritable=0, clear=False):  # of this process, in its user na
     head, data = struct.pack("Ii", 0x20080522, 0), (Caps * 2)()
     if libc.capget(head, data) != 0:
         fail("capget")
-    for half in data:
-        half.inheritable = inheritable
-        if clear:
+    data[0].inheritable, data[1].inheritable = inheritable, 0
+    if clear:
+        for half in data:
             half.effective = half.permitted = 0
     if libc.capset(head, data) != 0:
         fail("capset")
+def harden():  # nothing gained by exec: no bounding set, no new privileges
+    for cap in range(64):
+        libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP (past the last one: EINVAL)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        fail("no_new_privs")
 def netfilter(tool, rules):  # the rules, by iptables-restore given CAP_NET_ADMIN (12) only
     capabilities(inheritable=1 << 12)
     if libc.prctl(47, 2, 12, 0, 0) != 0:  # PR_CAP_AMBIENT_RAISE
         fail("prctl")
     try:
-        done = subprocess.run([tool, "-w", "10"], input=rules.encode(), env={},
+        done = subprocess.run([tool], input=rules.encode(), env={},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as exc:
         fail(tool + ": " + type(exc).__name__, 0)
@@ -257,8 +265,12 @@ def connection(client):
 def query(data, peer):
     if len(data) < 12:
         return
+    if data[2] & 0x80:  # a response: none is answered
+        return
     try:
         answer = relay(data)
+        if not answer:  # the worker gives none
+            return
     except (OSError, struct.error):  # no answer from the worker: SERVFAIL, not silence
         answer = data[:2] + b"\x81\x82" + data[4:6] + b"\0" * 6 + data[12:]
     try:
@@ -266,7 +278,10 @@ def query(data, peer):
     except OSError:
         pass
 if child((listener.fileno(),)):
-    capabilities(clear=True)  # it only relays bytes: none of the network's to have
+    # It only relays bytes: none of the network's capabilities, nothing to trace it by.
+    harden()
+    libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    capabilities(clear=True)
     while True:
         if mode == "open":
             data, peer = listener.recvfrom(4096)
@@ -276,6 +291,7 @@ if child((listener.fileno(),)):
             if not spawn(connection, client):
                 client.close()
 listener.close()
+harden()
 os.execvp(argv[0], argv)
 """
 
@@ -314,11 +330,12 @@ class OpenTools:
 
     @classmethod
     def find(cls) -> OpenTools | None:
-        found = [shutil.which(name) for name in ("slirp4netns", "iptables-restore")]
-        restore6 = shutil.which("ip6tables-restore")
-        if None in found or restore6 is None:
+        # The nf_tables ones: iptables-legacy cannot work in a user namespace of the job's.
+        names = ("slirp4netns", "iptables-nft-restore", "ip6tables-nft-restore")
+        slirp, restore, restore6 = (shutil.which(name) for name in names)
+        if slirp is None or restore is None or restore6 is None:
             return None
-        return cls(str(found[0]), str(found[1]), restore6)
+        return cls(slirp, restore, restore6)
 
 
 def open_jail(
@@ -336,8 +353,9 @@ def open_jail(
 
 
 def host_networks() -> list[IPv4Network]:
-    """This host's own IPv4 addresses (and local routes), from /proc/net/fib_trie: what an
-    `open` job must not reach through slirp4netns, which connects from here."""
+    """This host's own IPv4 addresses and local routes, the networks it is on and its
+    gateways (/proc/net/fib_trie, /proc/net/route): what an `open` job must not reach
+    through slirp4netns, which connects from here."""
     found: set[IPv4Network] = set()
     last = None
     with open("/proc/net/fib_trie") as trie:
@@ -345,8 +363,14 @@ def host_networks() -> list[IPv4Network]:
             line = line.strip()
             if line.startswith("|--"):
                 last = line.split()[1]
-            elif last and (local := LOCAL_ROUTE.match(line)):
-                found.add(IPv4Network(f"{last}/{local[1]}", strict=False))
+            elif last and (route := HOST_ROUTE.match(line)):
+                found.add(IPv4Network(f"{last}/{route[1]}", strict=False))
+    with open("/proc/net/route") as routes:
+        for line in list(routes)[1:]:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] != "00000000":
+                gateway = socket.inet_ntoa(struct.pack("<I", int(fields[2], 16)))
+                found.add(IPv4Network(f"{gateway}/32"))
     return sorted(found)
 
 

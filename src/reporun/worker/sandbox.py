@@ -38,6 +38,7 @@ from reporun.worker.netjail import (
 )
 from reporun.worker.process import OutputSink, RunResult, run_process
 from reporun.worker.runtimes import Root
+from reporun.worker.seccomp import socket_filter
 from reporun.worker.uids import DEFAULT_UID_BASE, DEFAULT_UID_COUNT, UidPool, sweep_uid
 
 logger = logging.getLogger("reporun.worker")
@@ -147,6 +148,7 @@ class Bubblewrap:
         # job's uid; an `open` job's network is served by slirp4netns, and filtered.
         self.python = helper_python()
         self.open_tools = OpenTools.find()
+        self.seccomp = socket_filter()
 
     @staticmethod
     def problems() -> list[str]:
@@ -234,6 +236,9 @@ class Bubblewrap:
                 files["/etc/hosts"] = HOSTS  # an image's, as a container runtime would write
             data = [(_data_fd(stack, content), path) for path, content in files.items()]
             passed = [status_write, *(fd for fd, _ in data)]
+            seccomp = _data_fd(stack, self.seccomp) if self.seccomp is not None else None
+            if seccomp is not None:
+                passed.append(seccomp)
             if world.keep is not None:
                 passed.append(world.keep)
             before = (
@@ -255,6 +260,7 @@ class Bubblewrap:
                 bring=brought(world.bring, workspace),
                 before=before,
                 data=data,
+                seccomp_fd=seccomp,
             )
             try:
                 result = await run_process(
