@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reporun.jobs import DEFAULT_EGRESS_HOSTS
+from reporun.worker.jobsocket import JobSocket
 from reporun.worker.workdir import prepare_work_dir
 
 logger = logging.getLogger("reporun.worker")
@@ -251,60 +252,24 @@ async def _relay(
         await asyncio.gather(up, down, return_exceptions=True)
 
 
-class EgressProxy:
+class EgressProxy(JobSocket):
     """One job's proxy, on the Unix socket `path` (made reachable by the job's uid)."""
+
+    limit = CONNECTIONS_MAX
 
     def __init__(
         self, policy: EgressPolicy, path: Path, say: Callable[[bytes], Awaitable[None]]
     ) -> None:
+        super().__init__(path)
         self.policy = policy
-        self.path = path
         self.say = say  # writes a line into the job's log
-        self._server: asyncio.Server | None = None
         self._reached: set[str] = set()
         self._refusals = 0
-        self._closed = False
-        self._tasks: set[asyncio.Task[None]] = set()
 
-    async def __aenter__(self) -> EgressProxy:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
-        os.chmod(self.path, 0o777)  # the job's uid connects; the directory hides the name
-        return self
+    async def refused_at_limit(self) -> None:
+        await self._refused(f"more than {CONNECTIONS_MAX} connections at once")
 
-    async def __aexit__(self, *exc: object) -> None:
-        self._closed = True  # a connection whose handler starts late says nothing more
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if self._closed:
-            writer.close()
-            return
-        if len(self._tasks) >= CONNECTIONS_MAX:
-            writer.close()
-            await self._refused(f"more than {CONNECTIONS_MAX} connections at once")
-            return
-        self._tasks.add(task)
-        try:
-            await self._handle(reader, writer)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async with asyncio.timeout(HEAD_TIMEOUT):
             head = await reader.readuntil(b"\r\n\r\n")
         if len(head) > HEAD_MAX:

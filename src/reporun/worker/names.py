@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import os
 import re
 import secrets
 import socket
@@ -27,6 +26,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from reporun.worker.egress import SAID_MAX
+from reporun.worker.jobsocket import JobSocket
 from reporun.worker.workdir import prepare_work_dir
 
 QUERY_MAX = 512
@@ -86,8 +86,10 @@ def answer(
     return head + question + records
 
 
-class NameServer:
+class NameServer(JobSocket):
     """One job's name server, on the Unix socket `path` (reachable by the job's uid)."""
+
+    limit = QUERIES_MAX
 
     def __init__(
         self,
@@ -95,54 +97,25 @@ class NameServer:
         path: Path,
         say: Callable[[bytes], Awaitable[None]],
     ) -> None:
+        super().__init__(path)
         self.refused = refused
-        self.path = path
         self.say = say  # writes a line into the job's log
-        self._server: asyncio.Server | None = None
         self._said: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._lookups = ThreadPoolExecutor(LOOKUPS_MAX, thread_name_prefix="reporun-names")
 
-    async def __aenter__(self) -> NameServer:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
-        os.chmod(self.path, 0o777)  # the job's uid connects; the directory hides the name
-        return self
-
     async def __aexit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await super().__aexit__(*exc)
         # A lookup still running ends with the resolver's own timeout, in its thread.
         self._lookups.shutdown(wait=False, cancel_futures=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._tasks) >= QUERIES_MAX:
-            writer.close()
-            return
-        self._tasks.add(task)
-        try:
-            async with asyncio.timeout(RESOLVE_TIMEOUT + 5):
-                size = struct.unpack(">H", await reader.readexactly(2))[0]
-                response = await self.respond(await reader.readexactly(size))
-                # An empty answer: none to give (the relay sends nothing back).
-                answer_bytes = response or b""
-                writer.write(struct.pack(">H", len(answer_bytes)) + answer_bytes)
-                await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            pass
-        finally:
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with asyncio.timeout(RESOLVE_TIMEOUT + 5):
+            size = struct.unpack(">H", await reader.readexactly(2))[0]
+            response = await self.respond(await reader.readexactly(size))
+            # An empty answer: none to give (the relay sends nothing back).
+            given = response or b""
+            writer.write(struct.pack(">H", len(given)) + given)
+            await writer.drain()
 
     async def respond(self, query: bytes) -> bytes | None:
         """The answer to one query (None: none to give, to a response or to no header)."""
