@@ -173,6 +173,7 @@ class Job(BaseModel):
     finished_at: datetime | None
     log_bytes: int
     log_truncated: bool
+    log_epoch: int = 0  # how many times its log was started over (the events' resumption)
     limits: Limits
     env: dict[str, str] = {}
     cancel_requested: bool = False

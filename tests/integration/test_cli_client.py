@@ -110,7 +110,10 @@ async def test_only_a_followed_log_may_be_quiet_between_chunks() -> None:
         def chunk(data: bytes) -> bytes:
             return b"%x\r\n%s\r\n" % (len(data), data)
 
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         writer.write(chunk(b'id: 6\nevent: log\ndata: "hello\\n"\n\n'))
         await writer.drain()
         await go_on.wait()

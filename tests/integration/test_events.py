@@ -37,11 +37,18 @@ def log_of(found: list[dict[str, Any]]) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-async def ended_job(store: Store, owner: str = "alice") -> uuid.UUID:
+async def ended_job(
+    store: Store, owner: str = "alice", *, earlier: bytes | None = None
+) -> uuid.UUID:
+    """A job that wrote CHUNKS and succeeded (`earlier`: what a first run wrote before its
+    log was started over)."""
     job = await store.create_job(JobSpec(repo="https://example.org/x.git", limits=LIMITS), owner)
     claimed = await store.runs.claim("w1", lease=timedelta(seconds=30), job_id=job.id)
     assert claimed is not None
     await store.runs.started(claimed, "w1", Start("0" * 40, "./run.sh"))
+    if earlier is not None:
+        assert await store.logs.append(job.id, 0, earlier, worker="w1", attempt=1)
+        assert await store.logs.reset(job.id, worker="w1", attempt=1)
     for seq, data in enumerate(CHUNKS):
         assert await store.logs.append(job.id, seq, data, worker="w1", attempt=1)
     assert await store.runs.finish(claimed, "w1", Outcome(JobStatus.SUCCEEDED, exit_code=0))
@@ -62,7 +69,7 @@ async def test_an_ended_jobs_events_are_its_status_whole_log_and_end(
     assert json.loads(found[-1]["data"])["status"] == "succeeded"
     assert log_of(found) == b"".join(CHUNKS)
     # Each log event's id is the offset the log has reached; the cut character waits whole.
-    ids = [int(e["id"]) for e in found if e["event"] == "log"]
+    ids = [int(e["id"].split("-")[1]) for e in found if e["event"] == "log"]
     assert ids == sorted(ids) and ids[-1] == sum(map(len, CHUNKS))
     assert "caf\u00e9" in "".join(json.loads(e["data"]) for e in found if e["event"] == "log")
 
@@ -92,3 +99,25 @@ async def test_bad_requests_and_other_users_jobs(api: Api, store: Store) -> None
     admin = await api.client.get(path, headers=api.headers("root", "admin"))
     assert admin.status_code == 200
     assert (await api.client.get(path)).status_code == 401
+
+
+async def test_a_log_started_over_is_resumed_from_its_start_after_a_reset(
+    api: Api, store: Store
+) -> None:
+    """An id of the log before it was started over: `reset`, then the new log whole; an id
+    of the new log: from there. The job's end fully sent: 204, so a browser stops."""
+    job_id = await ended_job(store, earlier=b"the first run's output\n")
+    path = f"/v1/jobs/{job_id}/events"
+    old = await api.client.get(path, headers={**api.headers(), "Last-Event-ID": "0-10"})
+    found = events(old.text)
+    kinds = [e["event"] for e in found]
+    assert kinds.index("reset") < kinds.index("log"), kinds
+    assert log_of(found) == b"".join(CHUNKS)
+    assert found[-1]["id"] == f"1-{sum(map(len, CHUNKS))}"
+    # A fresh stream of a job whose log was started over before it opened: no reset.
+    fresh = events((await api.client.get(path, headers=api.headers())).text)
+    assert "reset" not in [e["event"] for e in fresh] and log_of(fresh) == b"".join(CHUNKS)
+    new = await api.client.get(path, headers={**api.headers(), "Last-Event-ID": "1-9"})
+    assert log_of(events(new.text)) == b"".join(CHUNKS)[9:]
+    done = await api.client.get(path, headers={**api.headers(), "Last-Event-ID": found[-1]["id"]})
+    assert done.status_code == 204

@@ -131,17 +131,17 @@ async def test_log_chunks_know_where_they_begin(any_store: Store) -> None:
     for seq, data in enumerate((b"one ", b"", b"two ", b"three")):
         await any_store.logs.append(job.id, seq, data)
     await any_store.logs.append(other.id, 0, b"elsewhere")
-    chunks = await any_store.logs.read_from(job.id, 0)
+    chunks = await any_store.logs.read_from(job.id, 0, 0)
     assert [(c.seq, c.offset, c.data) for c in chunks] == [
         (0, 0, b"one "),
         (2, 4, b"two "),
         (3, 8, b"three"),
     ]
     # From inside a chunk: that chunk on; from its end: the next; past the end: nothing.
-    assert [c.seq for c in await any_store.logs.read_from(job.id, 5)] == [2, 3]
-    assert [c.seq for c in await any_store.logs.read_from(job.id, 8)] == [3]
-    assert await any_store.logs.read_from(job.id, 13) == []
-    after = await any_store.logs.read_after({job.id: 2, other.id: -1})
+    assert [c.seq for c in await any_store.logs.read_from(job.id, 5, 0)] == [2, 3]
+    assert [c.seq for c in await any_store.logs.read_from(job.id, 8, 0)] == [3]
+    assert await any_store.logs.read_from(job.id, 13, 0) == []
+    after = await any_store.logs.read_after({job.id: (0, 2), other.id: (0, -1)})
     assert [(c.seq, c.data) for c in after[job.id]] == [(3, b"three")]
     assert [c.end for c in after[other.id]] == [9]
     assert await any_store.logs.read_after({}) == {}
@@ -151,7 +151,21 @@ async def test_logs_stored_before_offsets_are_given_theirs(empty_db_url: str) ->
     store = Store.open(empty_db_url)
     try:
         await upgrade(store.engine, "0013")
-        job = await store.create_job(JobSpec(repo="https://example.org/x.git", limits=LIMITS), "a")
+        job_id = uuid.uuid4()
+        old_jobs = [c for c in jobs.c if c.name != "log_epoch"]
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                sa.insert(sa.table("jobs", *(sa.column(c.name, c.type) for c in old_jobs))).values(
+                    id=job_id,
+                    owner="a",
+                    repo="https://example.org/x.git",
+                    env={},
+                    limits=LIMITS.model_dump(),
+                    status="queued",
+                    fair_tag=0,
+                    created_at=datetime.now(UTC),
+                )
+            )
         old = sa.table(
             "job_logs",
             sa.column("job_id", sa.Uuid),
@@ -160,9 +174,10 @@ async def test_logs_stored_before_offsets_are_given_theirs(empty_db_url: str) ->
         )
         async with store.engine.begin() as conn:
             for seq, data in enumerate((b"ab", b"cde", b"\xff\x00f")):
-                await conn.execute(sa.insert(old).values(job_id=job.id, seq=seq, data=data))
+                await conn.execute(sa.insert(old).values(job_id=job_id, seq=seq, data=data))
         await upgrade(store.engine)
-        chunks = await store.logs.read_from(job.id, 0)
+        assert (await store.get_job(job_id)).log_epoch == 0
+        chunks = await store.logs.read_from(job_id, 0, 0)
         assert [(c.offset, c.end) for c in chunks] == [(0, 2), (2, 5), (5, 8)]
     finally:
         await store.close()

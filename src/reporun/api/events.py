@@ -1,15 +1,17 @@
 """A job's live events (`GET /v1/jobs/{id}/events`), as Server-Sent Events.
 
-A stream sends the job as it is (`status`), then its log from the offset asked for (`log`, each
-event's id the byte offset the log has reached, so a client that reconnects with
-`Last-Event-ID` resumes with no byte lost or doubled), then what changes: new chunks, a new
-status, `reset` when a new attempt starts the log over, and `end` once the job has ended and
-all of its log is sent. A comment every 15 s keeps proxies from closing a quiet stream.
+A stream sends the job as it is (`status`), then its log from the offset asked for (`log`),
+then what changes: new chunks, a new status, `reset` when a new run starts the log over, and
+`end` once the job has ended and all of its log is sent. Each event's id is `EPOCH-OFFSET`: the
+job's log (each start over is a new epoch, Job.log_epoch) and the byte offset reached in it, so
+a client that reconnects with `Last-Event-ID` resumes with no byte lost or doubled, or with a
+`reset` and the new log whole. A comment every 15 s keeps proxies from closing a quiet stream.
 
 No stream holds a database connection: one hub per API process reads, every quarter second,
-the rows of every followed job and the new chunks of their logs, in two queries whatever the
-number of followers, and hands each follower what is new. A follower that falls behind (or
-misses a chunk) reads what it lacks itself, once.
+the rows of every followed job, the new chunks of their logs (and the last chunk of a job
+newly followed), a few queries whatever the number of followers, and hands each follower what
+is new. A stream reads the store itself only at its start, after a status (the chunks written
+before it), and when it fell behind or missed a chunk.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ logger = logging.getLogger("reporun.api")
 INTERVAL = 0.25
 KEEPALIVE = 15.0
 QUEUE_MAX = 256  # items a follower may have waiting before it reads for itself
+TICK_TIMEOUT = 10.0
 RETRY_MS = 2000
 
 
@@ -53,6 +56,7 @@ class Follower:
 class _Followed:
     followers: set[Follower] = field(default_factory=set)
     after: int | None = None  # the last chunk's seq the hub has handed on (None: not read yet)
+    epoch: int = 0  # the job's log those chunks are of
     seen: tuple[object, ...] | None = None  # what of the job the followers last saw
 
 
@@ -89,11 +93,16 @@ class LogHub:
                 await self._task
 
     async def _run(self) -> None:
+        failing = False
         while self._jobs:
             try:
-                await self._tick()
+                async with asyncio.timeout(TICK_TIMEOUT):
+                    await self._tick()
+                failing = False
             except Exception:  # the database away a moment: the followers wait, then go on
-                logger.warning("could not read the followed logs", exc_info=True)
+                if not failing:  # once, not four times a second
+                    logger.warning("could not read the followed logs", exc_info=True)
+                failing = True
             await asyncio.sleep(self.interval)
 
     async def _tick(self) -> None:
@@ -104,10 +113,10 @@ class LogHub:
             followed = self._jobs.get(job.id)
             if followed is None:
                 continue
-            seen = (job.status, job.attempts, job.log_truncated, job.exit_code)
+            seen = (job.status, job.attempts, job.log_epoch, job.log_truncated, job.exit_code)
             if seen != followed.seen:
-                if followed.seen is not None and job.attempts != followed.seen[1]:
-                    followed.after = -1  # a new attempt wrote its log from the start
+                if job.log_epoch != followed.epoch:  # the log was started over
+                    followed.epoch, followed.after = job.log_epoch, -1
                 followed.seen = seen
                 for follower in followed.followers:
                     follower.hand(job)
@@ -116,10 +125,12 @@ class LogHub:
             for job_id, seq in (await self.store.logs.last_seqs(fresh)).items():
                 if job_id in self._jobs:
                     self._jobs[job_id].after = seq
-        after = {job_id: f.after for job_id, f in self._jobs.items() if f.after is not None}
+        after = {
+            job_id: (f.epoch, f.after) for job_id, f in self._jobs.items() if f.after is not None
+        }
         for job_id, chunks in (await self.store.logs.read_after(after)).items():
             followed = self._jobs.get(job_id)
-            if followed is None:
+            if followed is None or followed.epoch != chunks[-1].epoch:
                 continue
             followed.after = chunks[-1].seq
             for chunk in chunks:
@@ -127,65 +138,74 @@ class LogHub:
                     follower.hand(chunk)
 
 
-def _event(kind: str, data: str, event_id: int | None = None) -> bytes:
+def _event(kind: str, data: str, event_id: str | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {kind}\ndata: {data}\n\n".encode()
 
 
-class _LogText:
-    """A log's bytes as the text of `log` events, from `offset` on: UTF-8 decoded across chunk
-    boundaries; a byte that is not UTF-8 becomes a lone surrogate (U+DC80 to U+DCFF: a client
-    in Python gets the bytes back with errors="surrogateescape", a browser shows U+FFFD)."""
+def parse_event_id(value: str) -> tuple[int, int]:
+    """A `Last-Event-ID`: the job's log epoch and the offset reached in it (a bare offset:
+    epoch 0)."""
+    epoch, _, offset = value.rpartition("-")
+    return int(epoch or 0), int(offset)
 
-    def __init__(self, offset: int) -> None:
+
+class _LogText:
+    """A job's log `epoch` as the text of `log` events, from `offset` on: UTF-8 decoded across
+    chunk boundaries; a byte that is not UTF-8 becomes a lone surrogate (U+DC80 to U+DCFF: a
+    client in Python gets the bytes back with errors="surrogateescape", a browser shows
+    U+FFFD)."""
+
+    def __init__(self, epoch: int, offset: int) -> None:
+        self.epoch = epoch
         self.offset = offset  # bytes of the log taken in
         self.decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
 
     @property
-    def sent(self) -> int:
-        """The offset the events sent so far stand for (bytes held back not counted)."""
-        return self.offset - len(self.decoder.getstate()[0])
+    def event_id(self) -> str:
+        """Where the events sent so far stand (bytes held back not counted): epoch-offset."""
+        return f"{self.epoch}-{self.offset - len(self.decoder.getstate()[0])}"
 
     def take(self, chunk: LogChunk) -> bytes | None:
-        """The event for what of `chunk` is new; None if nothing is. A chunk that begins past
-        what was taken in is left for the caller (a gap: read the store)."""
-        if chunk.end <= self.offset or chunk.offset > self.offset:
+        """The event for what of `chunk` is new; None if nothing is. A chunk of another epoch,
+        or that begins past what was taken in (a gap: read the store), is left."""
+        if chunk.epoch != self.epoch or chunk.end <= self.offset or chunk.offset > self.offset:
             return None
         data = chunk.data[self.offset - chunk.offset :]
         self.offset = chunk.end
         text = self.decoder.decode(data)
-        if not text:
-            return None
-        return _event("log", json.dumps(text), self.sent)
+        return _event("log", json.dumps(text), self.event_id) if text else None
 
     def flush(self) -> bytes | None:
         """The event for bytes held back at the log's end (a cut UTF-8 sequence)."""
         text = self.decoder.decode(b"", final=True)
-        return _event("log", json.dumps(text), self.sent) if text else None
+        return _event("log", json.dumps(text), self.event_id) if text else None
 
     def gap(self, chunk: LogChunk) -> bool:
-        return chunk.offset > self.offset
+        return chunk.epoch == self.epoch and chunk.offset > self.offset
 
-    def restart(self) -> None:
-        self.offset = 0
+    def restart(self, epoch: int) -> None:
+        self.epoch, self.offset = epoch, 0
         self.decoder.reset()
 
 
 async def stream(
-    store: Store, hub: LogHub, job: Job, offset: int, shown: Callable[[Job], str]
+    store: Store, hub: LogHub, job: Job, start: tuple[int, int], shown: Callable[[Job], str]
 ) -> AsyncIterator[bytes]:
-    """The events of `job` from log offset `offset` on (`shown`: a job as its JSON)."""
+    """The events of `job` from `start` (its log's epoch, and the offset in it) on; `shown`:
+    a job as its JSON."""
     yield f"retry: {RETRY_MS}\n\n".encode()
-    text = _LogText(offset)
+    epoch, offset = start
+    text = _LogText(epoch, offset)
     with hub.follow(job.id) as follower:
-        yield _event("status", shown(job), text.sent)
-        attempts, ended = job.attempts, job.status.terminal
-        pending: list[LogChunk | Job] = []
-        caught_up = False
+        # Read again now that the hub hands this stream what changes: nothing is missed.
+        job = await store.get_job(job.id)
+        pending: list[LogChunk | Job] = [job]
+        caught_up, ended, first = True, False, True
         while True:
-            if not caught_up:  # what the store has from here on (at first, and after a gap)
+            if not caught_up:  # what the store has from here on
                 caught_up = True
-                for chunk in await store.logs.read_from(job.id, text.offset):
+                for chunk in await store.logs.read_from(job.id, text.offset, text.epoch):
                     if (event := text.take(chunk)) is not None:
                         yield event
             if ended:
@@ -194,9 +214,7 @@ async def stream(
                 follower.behind = False
                 while not follower.queue.empty():
                     follower.queue.get_nowait()
-                pending.append(await store.get_job(job.id))
-                caught_up = False
-                continue
+                pending = [await store.get_job(job.id)]
             if pending:
                 item = pending.pop(0)
             else:
@@ -207,17 +225,19 @@ async def stream(
                     yield b": keep-alive\n\n"
                     continue
             if isinstance(item, Job):
-                if item.attempts != attempts:  # a new attempt: its log starts over
-                    attempts = item.attempts
-                    text.restart()
-                    yield _event("reset", json.dumps({"attempts": attempts}), 0)
-                yield _event("status", shown(item), text.sent)
-                if item.status.terminal:  # its last chunks were written before it ended
-                    job, ended, caught_up = item, True, False
+                if item.log_epoch != text.epoch:  # the log was started over
+                    if not first or item.log_epoch < text.epoch or text.offset:
+                        yield _event("reset", json.dumps({"attempts": item.attempts}))
+                    text.restart(item.log_epoch)
+                if first or item != job:
+                    yield _event("status", shown(item), text.event_id)
+                job, first = item, False
+                # Its chunks written before this status are in the store: read them.
+                caught_up, ended = False, item.status.terminal
             elif text.gap(item):
                 caught_up = False
             elif (event := text.take(item)) is not None:
                 yield event
     if (event := text.flush()) is not None:
         yield event
-    yield _event("end", shown(job), text.sent)
+    yield _event("end", shown(job), text.event_id)

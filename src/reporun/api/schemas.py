@@ -183,7 +183,9 @@ class JobOut(BaseModel):
         return cls(
             # local_sources and network_open are the worker's business: the job's repo and
             # network already tell what was asked.
-            **job.model_dump(exclude={"limits", "env", "local_sources", "network_open"}),
+            **job.model_dump(
+                exclude={"limits", "env", "local_sources", "network_open", "log_epoch"}
+            ),
             wait_seconds=job.wait_seconds,
             run_seconds=job.run_seconds,
             limits=LimitsOut(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -16,6 +17,10 @@ from reporun.paths import find_admin_token
 
 # A followed log's connection is made again this many times in a row before the CLI gives up.
 RECONNECTS = 5
+# A followed log's stream silent this long is taken for lost (the server comments every 15 s).
+QUIET = 45.0
+LINE_END = re.compile(rb"\r\n|\r|\n")
+EVENT_LINE_MAX = 1 << 20
 
 
 class ApiError(ClientError):
@@ -146,38 +151,52 @@ class ApiClient:
 
     async def follow(self, job_id: str) -> AsyncIterator[bytes | int]:
         """The log until the job ends, through its events: each piece of it as bytes, and the
-        attempt's number when a new attempt starts it over. A connection that drops is made
-        again, resuming where the log was (`Last-Event-ID`); between two events no time
-        limit (a job may be quiet for long; the server's comments keep the line alive)."""
+        attempt's number when a new run starts it over. A connection that drops, ends early or
+        meets a gateway's 502-504 is made again, resuming where the log was
+        (`Last-Event-ID`), up to RECONNECTS times in a row without progress. Between two
+        events at most QUIET seconds (the server's comments come every 15 s)."""
         path = f"/v1/jobs/{job_id}/events"
         offset: str | None = None
-        losses = 0  # connections lost in a row, after one was made
+        losses = 0  # connections lost in a row, with nothing new on them
         connected = False
         while True:
             headers = {"Accept": "text/event-stream"}
             if offset is not None:
                 headers["Last-Event-ID"] = offset
+            lost: str
             try:
-                async with self.http.stream("GET", path, timeout=None, headers=headers) as response:
+                async with self.http.stream(
+                    "GET", path, timeout=QUIET, headers=headers
+                ) as response:
+                    if response.status_code == 204:  # all of it was sent already
+                        return
                     if response.status_code >= 400:
                         await response.aread()
+                    if connected and response.status_code in (502, 503, 504):
+                        raise http.TransportError(f"{response.status_code} from the server")
                     self._check(response, path)
+                    media = response.headers.get("content-type", "")
+                    if not media.startswith("text/event-stream"):
+                        raise self._not_reporun(f"{path} answered {media or 'no type'}")
                     connected = True
                     async for kind, event_id, data in _events(response.aiter_bytes()):
-                        losses = 0
-                        if event_id is not None:
-                            offset = event_id
+                        if event_id is not None and event_id != offset:
+                            offset, losses = event_id, 0
                         if kind == "log":
                             yield json.loads(data).encode("utf-8", "surrogateescape")
                         elif kind == "reset":
                             yield int(json.loads(data)["attempts"])
                         elif kind == "end":
                             return
+                lost = "the stream ended before the job"
             except http.TransportError as exc:
-                losses += 1
-                if not connected or losses > RECONNECTS:
+                if not connected:
                     raise self._lost(exc) from None
-            await asyncio.sleep(min(0.5 * losses, 3.0))
+                lost = str(exc)
+            losses += 1
+            if losses > RECONNECTS:
+                raise ClientError(f"lost the events of job {job_id}: {lost}")
+            await asyncio.sleep(min(0.5 * 2**losses, 8.0))
 
 
 async def _events(body: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, str | None, str]]:
@@ -189,9 +208,14 @@ async def _events(body: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, str | 
     data: list[str] = []
     async for chunk in body:
         pending += chunk
-        *lines, pending = pending.split(b"\n")
+        # Lines end in CRLF, LF or CR; a CR at the end may be the first half of a CRLF.
+        held = b"\r" if pending.endswith(b"\r") else b""
+        *lines, pending = LINE_END.split(pending[: len(pending) - len(held)])
+        pending += held
+        if len(pending) > EVENT_LINE_MAX:
+            raise http.TransportError("an event's line is longer than 1 MiB", answered=True)
         for raw in lines:
-            line = raw.rstrip(b"\r").decode("utf-8", "replace")
+            line = raw.decode("utf-8", "replace")
             if not line:
                 if data:
                     yield kind, event_id, "\n".join(data)

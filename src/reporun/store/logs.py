@@ -20,10 +20,15 @@ class LogChunk:
     seq: int
     offset: int  # where it begins in the log, in bytes
     data: bytes
+    epoch: int = 0  # which log of the job it belongs to (Job.log_epoch)
 
     @property
     def end(self) -> int:
         return self.offset + len(self.data)
+
+
+# Jobs per query when many logs are read at once (SQLite's expressions stop at a depth of 1000).
+BATCH = 200
 
 
 class Logs:
@@ -52,15 +57,22 @@ class Logs:
             values["log_truncated"] = True
         async with self.engine.begin() as conn:
             held = await conn.execute(
-                sa.update(jobs).where(*guard).values(**values).returning(jobs.c.log_bytes)
+                sa.update(jobs)
+                .where(*guard)
+                .values(**values)
+                .returning(jobs.c.log_bytes, jobs.c.log_epoch)
             )
-            end = held.scalar_one_or_none()
-            if end is None:
+            row = held.first()
+            if row is None:
                 return False
             if data:
                 await conn.execute(
                     sa.insert(job_logs).values(
-                        job_id=job_id, seq=seq, data=data, offset=end - len(data)
+                        job_id=job_id,
+                        seq=seq,
+                        data=data,
+                        offset=row.log_bytes - len(data),
+                        epoch=row.log_epoch,
                     )
                 )
         return True
@@ -68,8 +80,9 @@ class Logs:
     async def reset(
         self, job_id: uuid.UUID, *, worker: str | None = None, attempt: int | None = None
     ) -> bool:
-        """Forget what earlier runs wrote; with `worker` and `attempt`, only while that run
-        still holds the job (a run that lost it leaves its successor's log alone)."""
+        """Forget what earlier runs wrote, starting the job's next log (its epoch); with
+        `worker` and `attempt`, only while that run still holds the job (a run that lost it
+        leaves its successor's log alone)."""
         guard: list[sa.ColumnElement[bool]] = [jobs.c.id == job_id]
         if worker is not None:
             guard += [jobs.c.worker == worker, jobs.c.status == JobStatus.RUNNING.value]
@@ -77,61 +90,80 @@ class Logs:
             guard.append(jobs.c.attempts == attempt)
         async with self.engine.begin() as conn:
             held = await conn.execute(
-                sa.update(jobs).where(*guard).values(log_bytes=0, log_truncated=False)
+                sa.update(jobs)
+                .where(*guard)
+                .values(log_bytes=0, log_truncated=False, log_epoch=jobs.c.log_epoch + 1)
             )
             if held.rowcount == 0:
                 return False
             await conn.execute(sa.delete(job_logs).where(job_logs.c.job_id == job_id))
         return True
 
-    async def read_from(self, job_id: uuid.UUID, offset: int) -> list[LogChunk]:
-        """The chunks of a job's log that hold bytes from `offset` on, in order."""
+    async def read_from(self, job_id: uuid.UUID, offset: int, epoch: int) -> list[LogChunk]:
+        """The chunks of a job's log `epoch` that hold bytes from `offset` on, in order."""
         stmt = (
-            sa.select(job_logs.c.seq, job_logs.c.offset, job_logs.c.data)
+            sa.select(job_logs.c.seq, job_logs.c.offset, job_logs.c.data, job_logs.c.epoch)
             .where(
                 job_logs.c.job_id == job_id,
+                job_logs.c.epoch == epoch,
                 job_logs.c.offset + sa.func.length(job_logs.c.data) > offset,
             )
             .order_by(job_logs.c.seq)
         )
         async with self.engine.connect() as conn:
             return [
-                LogChunk(row.seq, row.offset, bytes(row.data)) for row in await conn.execute(stmt)
+                LogChunk(row.seq, row.offset, bytes(row.data), row.epoch)
+                for row in await conn.execute(stmt)
             ]
 
-    async def read_after(self, after: Mapping[uuid.UUID, int]) -> dict[uuid.UUID, list[LogChunk]]:
-        """For each job, its chunks after seq `after[job]`: one query for every followed log."""
-        if not after:
-            return {}
-        stmt = (
-            sa.select(job_logs.c.job_id, job_logs.c.seq, job_logs.c.offset, job_logs.c.data)
-            .where(
-                sa.or_(
-                    *(
-                        sa.and_(job_logs.c.job_id == job_id, job_logs.c.seq > seq)
-                        for job_id, seq in after.items()
-                    )
-                )
-            )
-            .order_by(job_logs.c.job_id, job_logs.c.seq)
-        )
+    async def read_after(
+        self, after: Mapping[uuid.UUID, tuple[int, int]]
+    ) -> dict[uuid.UUID, list[LogChunk]]:
+        """For each job, the chunks of its log `after[job][0]` past seq `after[job][1]`: every
+        followed log's new chunks, in a read per BATCH jobs."""
         found: dict[uuid.UUID, list[LogChunk]] = {}
+        items = list(after.items())
         async with self.engine.connect() as conn:
-            for row in await conn.execute(stmt):
-                found.setdefault(row.job_id, []).append(
-                    LogChunk(row.seq, row.offset, bytes(row.data))
+            for at in range(0, len(items), BATCH):
+                stmt = (
+                    sa.select(
+                        job_logs.c.job_id,
+                        job_logs.c.seq,
+                        job_logs.c.offset,
+                        job_logs.c.data,
+                        job_logs.c.epoch,
+                    )
+                    .where(
+                        sa.or_(
+                            *(
+                                sa.and_(
+                                    job_logs.c.job_id == job_id,
+                                    job_logs.c.epoch == epoch,
+                                    job_logs.c.seq > seq,
+                                )
+                                for job_id, (epoch, seq) in items[at : at + BATCH]
+                            )
+                        )
+                    )
+                    .order_by(job_logs.c.job_id, job_logs.c.seq)
                 )
+                for row in await conn.execute(stmt):
+                    found.setdefault(row.job_id, []).append(
+                        LogChunk(row.seq, row.offset, bytes(row.data), row.epoch)
+                    )
         return found
 
     async def last_seqs(self, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
-        """Each job's last chunk's seq (-1: none yet), in one read."""
-        stmt = (
-            sa.select(job_logs.c.job_id, sa.func.max(job_logs.c.seq))
-            .where(job_logs.c.job_id.in_(job_ids))
-            .group_by(job_logs.c.job_id)
-        )
+        """Each job's last chunk's seq (-1: none yet), in a read per BATCH jobs."""
+        found: dict[uuid.UUID, int] = {}
         async with self.engine.connect() as conn:
-            found = {row[0]: row[1] for row in await conn.execute(stmt)}
+            for at in range(0, len(job_ids), BATCH):
+                stmt = (
+                    sa.select(job_logs.c.job_id, sa.func.max(job_logs.c.seq))
+                    .where(job_logs.c.job_id.in_(job_ids[at : at + BATCH]))
+                    .group_by(job_logs.c.job_id)
+                )
+                found |= {row[0]: row[1] for row in await conn.execute(stmt)}
         return {job_id: found.get(job_id, -1) for job_id in job_ids}
 
     async def read(self, job_id: uuid.UUID, *, after: int = -1) -> list[tuple[int, bytes]]:

@@ -59,6 +59,8 @@ jobs = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("log_bytes", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("log_truncated", sa.Boolean, nullable=False, server_default=sa.false()),
+    # How many times its log was started over (a new run after one that wrote some).
+    sa.Column("log_epoch", sa.Integer, nullable=False, server_default="0"),
     # Whether its worker may clone from a local path or a loopback address (JobSpec).
     sa.Column("local_sources", sa.Boolean, nullable=False, server_default=sa.false()),
     # Whether it may have network mode `open` (JobSpec).
@@ -86,8 +88,10 @@ job_logs = sa.Table(
     sa.Column("job_id", sa.Uuid, sa.ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("seq", sa.Integer, primary_key=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
-    # Where the chunk begins in the job's log, in bytes (a stream resumes from an offset).
+    # Where the chunk begins in the job's log, in bytes (a stream resumes from an offset), and
+    # which of the job's logs it is part of (jobs.log_epoch when it was written).
     sa.Column("offset", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
 )
 
 workers = sa.Table(

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from reporun.api.auth import Principal
 from reporun.api.deps import CurrentUser, ServicesDep
-from reporun.api.events import stream
+from reporun.api.events import parse_event_id, stream
 from reporun.api.problems import responses
 from reporun.api.schemas import JobCreate, JobOut, JobPage
 from reporun.errors import IllegalTransition
@@ -122,7 +123,10 @@ are not UTF-8 as lone surrogates U+DC80-U+DCFF; the event's id is the byte offse
 reached), `reset` (a new attempt starts the log over), and `end` (the job ended and all of its
 log was sent; the stream closes). A client that reconnects with `Last-Event-ID` resumes where
 it was; `offset` starts at a byte offset, `tail` at that many bytes before the log's end. A
-comment every 15 s keeps a quiet stream open through proxies."""
+comment every 15 s keeps a quiet stream open through proxies. An id is `EPOCH-OFFSET`: a log
+started over (a new run after one that wrote some) is a new epoch, and a stream resumed with an
+id of an earlier one gets `reset` and the new log whole. A `Last-Event-ID` of an ended job whose
+log was all sent is answered 204, so that a browser does not reconnect."""
 
 
 # One event of the stream, as a client takes it.
@@ -155,17 +159,20 @@ async def events(
     request: Request,
     offset: Annotated[int | None, Query(ge=0, le=1 << 62)] = None,
     tail: Annotated[int | None, Query(ge=0, le=1 << 62)] = None,
-    last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,18}$")] = None,
-) -> StreamingResponse:
+    last_event_id: Annotated[str | None, Header(pattern=r"^([0-9]{1,9}-)?[0-9]{1,18}$")] = None,
+) -> Response:
     job = await services.store.get_job(job_id, owner=owner_filter(user))
     if last_event_id is not None:
-        start = int(last_event_id)
+        start = parse_event_id(last_event_id)
+        if job.status.terminal and start == (job.log_epoch, job.log_bytes):
+            # All of it was sent: 204 tells a browser's EventSource not to come again.
+            return Response(status_code=204)
     elif offset is not None:
-        start = offset
+        start = (job.log_epoch, offset)
     elif tail is not None:
-        start = max(0, job.log_bytes - tail)
+        start = (job.log_epoch, max(0, job.log_bytes - tail))
     else:
-        start = 0
+        start = (job.log_epoch, 0)
     body = stream(
         services.store,
         request.app.state.log_hub,
@@ -174,7 +181,20 @@ async def events(
         lambda shown: JobOut.of(shown).model_dump_json(),
     )
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+    return EventStream(body, media_type="text/event-stream", headers=headers)
+
+
+class EventStream(StreamingResponse):
+    """A stream whose events are closed when the response ends, however it ends (a client
+    gone leaves the generator at a `yield`, where nothing else would close it)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            closing = getattr(self.body_iterator, "aclose", None)
+            if closing is not None:
+                await closing()
 
 
 @router.post(
