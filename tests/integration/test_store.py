@@ -71,26 +71,34 @@ async def test_migrations_started_at_once_run_one_after_the_other(postgres: Post
         postgres.drop_database(name)
 
 
+async def queued_before(store: Store, owner: str, repo: str) -> uuid.UUID:
+    """A queued job as a schema older than this one stores it: only the columns every
+    version has."""
+    job_id = uuid.uuid4()
+    names = ("id", "owner", "repo", "env", "limits", "status", "fair_tag", "created_at")
+    table = sa.table("jobs", *(sa.column(name, jobs.c[name].type) for name in names))
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            sa.insert(table).values(
+                id=job_id,
+                owner=owner,
+                repo=repo,
+                env={},
+                limits=LIMITS.model_dump(),
+                status="queued",
+                fair_tag=0,
+                created_at=datetime.now(UTC),
+            )
+        )
+    return job_id
+
+
 async def test_a_job_queued_before_local_sources_is_not_allowed_them(empty_db_url: str) -> None:
     """Upgraded from 0007 with a job in the queue: the worker checks it with no local source."""
     store = Store.open(empty_db_url)
     try:
         await upgrade(store.engine, "0007")
-        job_id = uuid.uuid4()
-        old = [c for c in jobs.c if c.name != "local_sources"]
-        async with store.engine.begin() as conn:
-            await conn.execute(
-                sa.insert(sa.table("jobs", *(sa.column(c.name, c.type) for c in old))).values(
-                    id=job_id,
-                    owner="root",
-                    repo="/home/root/project",
-                    env={},
-                    limits=LIMITS.model_dump(),
-                    status="queued",
-                    fair_tag=0,
-                    created_at=datetime.now(UTC),
-                )
-            )
+        job_id = await queued_before(store, "root", "/home/root/project")
         await upgrade(store.engine)
         assert (await store.get_job(job_id)).local_sources is False
         spec = JobSpec(repo="/home/root/project", limits=LIMITS, local_sources=True)
@@ -151,21 +159,7 @@ async def test_logs_stored_before_offsets_are_given_theirs(empty_db_url: str) ->
     store = Store.open(empty_db_url)
     try:
         await upgrade(store.engine, "0013")
-        job_id = uuid.uuid4()
-        old_jobs = [c for c in jobs.c if c.name != "log_epoch"]
-        async with store.engine.begin() as conn:
-            await conn.execute(
-                sa.insert(sa.table("jobs", *(sa.column(c.name, c.type) for c in old_jobs))).values(
-                    id=job_id,
-                    owner="a",
-                    repo="https://example.org/x.git",
-                    env={},
-                    limits=LIMITS.model_dump(),
-                    status="queued",
-                    fair_tag=0,
-                    created_at=datetime.now(UTC),
-                )
-            )
+        job_id = await queued_before(store, "a", "https://example.org/x.git")
         old = sa.table(
             "job_logs",
             sa.column("job_id", sa.Uuid),
