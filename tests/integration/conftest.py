@@ -77,6 +77,9 @@ async def api(settings: Settings, store: Store) -> AsyncIterator[Api]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://reporun.test") as client:
         yield Api(client, auth)
+    # The transport runs no lifespan: end the events' hub here, as the app's shutdown would
+    # (a read of it cut off with the test's loop would leave a connection unclosed).
+    await app.state.log_hub.close()
 
 
 WorkerFactory = Callable[..., Worker]

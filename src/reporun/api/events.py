@@ -66,6 +66,7 @@ class LogHub:
         self.interval = interval
         self._jobs: dict[uuid.UUID, _Followed] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     @contextlib.contextmanager
     def follow(self, job_id: uuid.UUID) -> Iterator[Follower]:
@@ -87,14 +88,19 @@ class LogHub:
         return sum(len(f.followers) for f in self._jobs.values())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop, letting a read under way end (cut off, it could leave a connection open)."""
+        self._closing = True
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self._task), TICK_TIMEOUT)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
     async def _run(self) -> None:
         failing = False
-        while self._jobs:
+        while self._jobs and not self._closing:
             try:
                 async with asyncio.timeout(TICK_TIMEOUT):
                     await self._tick()
@@ -103,7 +109,8 @@ class LogHub:
                 if not failing:  # once, not four times a second
                     logger.warning("could not read the followed logs", exc_info=True)
                 failing = True
-            await asyncio.sleep(self.interval)
+            if self._jobs and not self._closing:
+                await asyncio.sleep(self.interval)
 
     async def _tick(self) -> None:
         # The jobs first, then their logs: a job's last chunk is written before it ends, so a
