@@ -8,6 +8,8 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from reporun.jobs import JobSpec, JobStatus, Limits, Outcome, Start
 from reporun.store import Store
 from tests.integration.conftest import Api
@@ -121,3 +123,18 @@ async def test_a_log_started_over_is_resumed_from_its_start_after_a_reset(
     assert log_of(events(new.text)) == b"".join(CHUNKS)[9:]
     done = await api.client.get(path, headers={**api.headers(), "Last-Event-ID": found[-1]["id"]})
     assert done.status_code == 204
+
+
+async def test_a_log_longer_than_a_page_of_the_store_comes_whole(
+    api: Api, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream reads the store a page of chunks at a time (here pages of 2)."""
+    from reporun.api import events as module
+
+    monkeypatch.setattr(module, "PAGE", 2)
+    job_id = await ended_job(store)
+    for offset in (0, 5, 11):
+        response = await api.client.get(
+            f"/v1/jobs/{job_id}/events", headers={**api.headers(), "Last-Event-ID": str(offset)}
+        )
+        assert log_of(events(response.text)) == b"".join(CHUNKS)[offset:]

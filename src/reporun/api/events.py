@@ -35,6 +35,7 @@ INTERVAL = 0.25
 KEEPALIVE = 15.0
 QUEUE_MAX = 256  # items a follower may have waiting before it reads for itself
 TICK_TIMEOUT = 10.0
+PAGE = 32  # chunks a stream reads of the store at once
 RETRY_MS = 2000
 
 
@@ -212,9 +213,13 @@ async def stream(
         while True:
             if not caught_up:  # what the store has from here on
                 caught_up = True
-                for chunk in await store.logs.read_from(job.id, text.offset, text.epoch):
-                    if (event := text.take(chunk)) is not None:
-                        yield event
+                while True:  # a page at a time: a long log is never held whole
+                    page = await store.logs.read_from(job.id, text.offset, text.epoch, limit=PAGE)
+                    for chunk in page:
+                        if (event := text.take(chunk)) is not None:
+                            yield event
+                    if len(page) < PAGE:
+                        break
             if ended:
                 break
             if follower.behind:  # what the hub handed is dropped: read the job and its log

@@ -99,8 +99,11 @@ class Logs:
             await conn.execute(sa.delete(job_logs).where(job_logs.c.job_id == job_id))
         return True
 
-    async def read_from(self, job_id: uuid.UUID, offset: int, epoch: int) -> list[LogChunk]:
-        """The chunks of a job's log `epoch` that hold bytes from `offset` on, in order."""
+    async def read_from(
+        self, job_id: uuid.UUID, offset: int, epoch: int, *, limit: int | None = None
+    ) -> list[LogChunk]:
+        """The chunks of a job's log `epoch` that hold bytes from `offset` on, in order (the
+        first `limit` of them)."""
         stmt = (
             sa.select(job_logs.c.seq, job_logs.c.offset, job_logs.c.data, job_logs.c.epoch)
             .where(
@@ -109,6 +112,7 @@ class Logs:
                 job_logs.c.offset + sa.func.length(job_logs.c.data) > offset,
             )
             .order_by(job_logs.c.seq)
+            .limit(limit)
         )
         async with self.engine.connect() as conn:
             return [
