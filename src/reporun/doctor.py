@@ -29,7 +29,6 @@ def _bubblewrap(settings: Settings) -> Bubblewrap:
     return Bubblewrap(
         UidPool(config.uid_base, config.uid_count),
         open_network=config.open_network,
-        open_refused=config.open_refused,
     )
 
 
@@ -55,7 +54,7 @@ async def _probe(settings: Settings, command: str, network: str = "none") -> tup
         workspace = Path(tmp) / "ws"
         workspace.mkdir(mode=0o755)
         try:
-            refused = partial(refused_networks, sandbox.open_refused)
+            refused = partial(refused_networks, tuple(settings.network_open_refused))
             async with (
                 egress_for(network, policy, Path(tmp) / "egress", keep) as socket,
                 names_for(network, refused, Path(tmp) / "egress", keep) as names,

@@ -32,7 +32,6 @@ def sandbox_config(settings: Settings) -> SandboxConfig:
     return SandboxConfig(
         settings.sandbox,
         open_network=bool(settings.network_open),
-        open_refused=tuple(settings.network_open_refused),
         **uids,
     )
 

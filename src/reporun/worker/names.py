@@ -21,6 +21,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -162,19 +163,29 @@ class NameServer(JobSocket):
             )
 
 
+@dataclass(frozen=True, slots=True)
+class JobNames:
+    """An `open` job's name server's socket, and what the job may not reach: one list for
+    the name server and for the job's routes and rules (worker/netjail.py)."""
+
+    socket: Path
+    refused: tuple[IPv4Network, ...]
+
+
 @contextlib.asynccontextmanager
 async def names_for(
     mode: str,
     refused: Callable[[], Sequence[IPv4Network]],
     directory: Path,
     say: Callable[[bytes], Awaitable[None]],
-) -> AsyncIterator[Path | None]:
-    """A job's name server while it runs (its socket's path), for network mode `open`; None
-    for the others. `refused`: what the job's routes refuse, as of now."""
+) -> AsyncIterator[JobNames | None]:
+    """A job's name server while it runs, for network mode `open`; None for the others.
+    `refused`: what the job may not reach, read once, now."""
     if mode != "open":
         yield None
         return
     prepare_work_dir(directory)
     path = directory / f"{secrets.token_hex(8)}.dns"  # as long as a proxy's socket name
-    async with NameServer(refused(), path, say) as server:
-        yield server.path
+    networks = tuple(refused())
+    async with NameServer(networks, path, say) as server:
+        yield JobNames(server.path, networks)

@@ -16,15 +16,15 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Literal, Protocol
 
 from reporun.errors import ConfigError, SandboxError
 from reporun.jobs import Limits
 from reporun.worker.bwrap import brought, bwrap_argv, job_environment
+from reporun.worker.names import JobNames
 from reporun.worker.netjail import (
     OPEN_RESOLV_CONF,
     TUN,
@@ -33,7 +33,6 @@ from reporun.worker.netjail import (
     helper_python,
     open_jail,
     proxy_jail,
-    refused_networks,
     tun_usable_by_all,
 )
 from reporun.worker.process import OutputSink, RunResult, run_process
@@ -59,7 +58,7 @@ class World:
 
     root: Root | None = None
     egress: Path | None = None
-    names: Path | None = None
+    names: JobNames | None = None
     keep: int | None = None  # the descriptor a setup phase writes what it made to, as tar
     bring: Path | None = None
 
@@ -70,10 +69,8 @@ class SandboxConfig:
     # The uids jobs run as when the worker is root.
     uid_base: int = DEFAULT_UID_BASE
     uid_count: int = DEFAULT_UID_COUNT
-    # Whether this server gives network `open` to anyone: then the worker must be able to;
-    # and what such a job may not reach besides netjail.REFUSED_RANGES and this host.
+    # Whether this server gives network `open` to anyone: then the worker must be able to.
     open_network: bool = False
-    open_refused: tuple[IPv4Network, ...] = ()
 
 
 class Sandbox(Protocol):
@@ -138,12 +135,10 @@ class Bubblewrap:
         uids: UidPool | None = None,
         *,
         open_network: bool = False,
-        open_refused: Sequence[IPv4Network] = (),
     ) -> None:
         self.root = os.geteuid() == 0
         self.uids = uids if uids is not None else UidPool()
         self.open_network = open_network
-        self.open_refused = tuple(open_refused)
         # The network namespace of a `registries` or `open` job is made with it, as the
         # job's uid; an `open` job's network is served by slirp4netns, and filtered.
         self.python = helper_python()
@@ -200,8 +195,7 @@ class Bubblewrap:
             tools = self.open_tools
             if problems or self.python is None or tools is None or world.names is None:
                 raise SandboxError("network mode open cannot be had here: " + "; ".join(problems))
-            refused = refused_networks(self.open_refused)
-            return open_jail(self.python, world.names, tools, refused)
+            return open_jail(self.python, world.names.socket, tools, world.names.refused)
         return None
 
     async def run(
@@ -317,7 +311,6 @@ def build_sandbox(config: SandboxConfig) -> Sandbox:
     sandbox = Bubblewrap(
         UidPool(config.uid_base, config.uid_count),
         open_network=config.open_network,
-        open_refused=config.open_refused,
     )
     if config.open_network and (problems := sandbox.open_problems()):
         raise ConfigError("REPORUN_NETWORK_OPEN is set, but " + "; ".join(problems))
