@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     oidc_leeway: float = Field(30.0, ge=0, le=300)
     # Fetch the issuer's keys again for an unknown kid at most this often.
     oidc_jwks_refresh: float = Field(10.0, ge=0)
+    # The dashboard: where browsers reach this server (the OIDC redirect URI and sign-in links
+    # are made from it; unset: the address each request came to), the realm's client it signs
+    # in through (its secret when it is confidential), and how long a sign-in lasts.
+    public_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
+    oidc_web_client: str = "reporun-web"
+    oidc_web_secret: SecretStr | None = None
+    session_ttl: int = Field(12 * 3600, ge=60, le=30 * 86400)
     # Per user (0: no limit): jobs queued or running, and submissions a minute. Admins have
     # their own limits, none by default.
     quota_pending: int = Field(1000, ge=0)

@@ -20,6 +20,7 @@ from reporun.observer.scalers import LocalScaler
 from reporun.paths import forget_server, record_server
 from reporun.signals import Shutdown, shutdown_signals
 from reporun.store.migrate import upgrade
+from reporun.web.signin import CODE_TTL
 from reporun.wiring import open_store
 from reporun.worker.main import sandbox_config
 from reporun.worker.sandbox import build_sandbox
@@ -120,8 +121,11 @@ async def _serve(settings: Settings, listener: socket.socket) -> None:
             if cli == "reporun" or Path(cli).name != "reporun"
             else f"(`reporun` is not on PATH: `source {Path(cli).parent}/activate` puts it there)\n"
         )
+        code = await store.sessions.new_code("admin", frozenset({"admin"}), ttl=CODE_TTL)
         print(
             f"reporun is serving on {url} with {pool} (API docs: {url}/docs)\n"
+            f"dashboard: {url}/signin?code={code}\n"
+            f"  (a sign-in link that works once; `{cli} dashboard` prints a new one)\n"
             f"admin token: {token_path} (mode 0600; the CLI on this machine finds it)\n"
             f"a first job, from another terminal:\n"
             f"{first}"

@@ -129,6 +129,8 @@ class JobSpec(BaseModel):
     runtime: str | None = None
     # A command to run first, with network `registries` (None: reporun.toml's, if any).
     setup: str | None = None
+    # The job this one re-runs (the dashboard's re-run), if any.
+    rerun_of: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,7 @@ class Job(BaseModel):
     # The setup command asked for; from the start, the one that runs (the request's, else
     # reporun.toml's).
     setup: str | None = None
+    rerun_of: uuid.UUID | None = None  # see JobSpec
 
     @property
     def wait_seconds(self) -> float | None:

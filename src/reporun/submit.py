@@ -4,6 +4,7 @@ policy, the host's addresses, the owner's quota, then the queue)."""
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,7 @@ class Submissions:
         runtime: str | None = None,
         network: str | None = None,
         setup: str | None = None,
+        rerun_of: uuid.UUID | None = None,
     ) -> Job:
         """Check, store and enqueue a job; InvalidInput naming the field (RepoUnusable for a
         local path that is no repository with commits), Forbidden for a local repository from a
@@ -76,7 +78,11 @@ class Submissions:
         # The worker checks the host again when it clones, by then perhaps resolving to
         # loopback: only the job's own flag lets it through there.
         spec = spec.model_copy(
-            update={"local_sources": admin and policy.allow_local, "network_open": may_open}
+            update={
+                "local_sources": admin and policy.allow_local,
+                "network_open": may_open,
+                "rerun_of": rerun_of,
+            }
         )
         if url.scheme == "file":
             await check_local_repo(local_path(url.url), ref=spec.ref)

@@ -16,6 +16,7 @@ from reporun.api.docs import install_docs
 from reporun.api.events import LogHub
 from reporun.api.metrics import EndedJobs, HttpMetrics
 from reporun.api.routes import health, jobs, legacy, runtimes, workers
+from reporun.web import install as install_web
 
 
 class BodyLimit:
@@ -80,6 +81,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await app.state.log_hub.close()
+        await app.state.web.close()
         if on_shutdown is not None:
             await on_shutdown()
 
@@ -103,6 +105,7 @@ def create_app(
     app.include_router(runtimes.router)
     app.include_router(health.router)
     install_docs(app)
+    install_web(app, services.web, services.web_oidc)
 
     @app.middleware("http")
     async def measure(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -13,6 +13,11 @@ from reporun.errors import Forbidden, Unauthorized
 from reporun.queue import QueueBackend
 from reporun.store import Store
 from reporun.submit import Submissions
+from reporun.web import WebConfig
+from reporun.web.session import principal_of, session_of
+
+if TYPE_CHECKING:
+    from reporun.web.oidcflow import OidcSignin
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,9 @@ class Services:
     queue: QueueBackend
     auth: Authenticator
     submissions: Submissions
+    web: WebConfig = field(default_factory=WebConfig)
+    # OIDC: the dashboard's sign-in through the issuer (None with local tokens).
+    web_oidc: OidcSignin | None = None
 
 
 def get_services(request: Request) -> Services:
@@ -75,3 +83,22 @@ async def admin_user(principal: Annotated[Principal, Depends(authenticated)]) ->
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]
+
+
+async def reader(
+    request: Request,
+    services: ServicesDep,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+) -> Principal:
+    """Who reads a job's log or events: a bearer token, else the dashboard's session cookie
+    (a browser's EventSource cannot send a header). Only for calls that change nothing, so a
+    cookie sent along by another site's page gains it nothing to forge."""
+    if request.headers.get("authorization"):
+        return await current_user(await authenticated(request, services))
+    session = await session_of(request, services.store)
+    if session is None:
+        raise Unauthorized("send Authorization: Bearer <token>")
+    return await current_user(principal_of(session))
+
+
+Reader = Annotated[Principal, Depends(reader)]

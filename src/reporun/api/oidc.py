@@ -107,6 +107,33 @@ class OidcAuth:
             roles = []
         return Principal(name, frozenset(r for r in roles if isinstance(r, str) and r in ROLES))
 
+    async def verify_id_token(self, token: str, *, audience: str, nonce: str) -> dict[str, Any]:
+        """The claims of an ID token the issuer signed for `audience` with this `nonce` (the
+        dashboard's sign-in); Unauthorized otherwise."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized(f"the ID token is not one the issuer {self.issuer} issued") from None
+        algorithm = header.get("alg")
+        if algorithm not in self.algorithms:
+            raise Unauthorized(f"the ID token is signed with {algorithm!r}, which is not allowed")
+        key = await self._key(header.get("kid"))
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                issuer=self.issuer,
+                audience=audience,
+                leeway=self.leeway,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"the ID token is refused: {self._refusal(exc)}") from None
+        if not isinstance(claims.get("nonce"), str) or claims["nonce"] != nonce:
+            raise Unauthorized("the ID token is not the answer to this sign-in (its nonce)")
+        return claims
+
     async def _key(self, kid: object) -> jwt.PyJWK:
         if not isinstance(kid, str):
             raise Unauthorized(f"{self._not_issued} (it names no signing key)")

@@ -105,7 +105,7 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def _status_of(exc: ReporunError) -> int:
+def status_of(exc: ReporunError) -> int:
     match exc:
         case RepoUnusable() | NotOffered():
             return 422
@@ -150,7 +150,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ReporunError)
     async def _reporun(request: Request, exc: ReporunError) -> JSONResponse:
-        status = _status_of(exc)
+        status = status_of(exc)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if isinstance(exc, QuotaExceeded):
             headers = {"Retry-After": str(exc.retry_after)}

@@ -120,7 +120,7 @@ class JobCreate(BaseModel):
         Field(
             description="none (the default: no network at all); registries (only an HTTP(S) "
             "proxy to the package registries the server names); open (an isolated network, "
-            "where the operator allows it; not offered yet). Default: the repository's "
+            "where the operator allows it, for admins or named users). Default: the repository's "
             "reporun.toml `network`, else none"
         ),
     ] = None
@@ -177,6 +177,7 @@ class JobOut(BaseModel):
     )
     network: str = Field(description="the job's network mode: none, registries or open")
     setup: str | None = Field(None, description="the setup command (asked for, then the one run)")
+    rerun_of: uuid.UUID | None = Field(None, description="the job this one re-runs, if any")
 
     @classmethod
     def of(cls, job: Job) -> JobOut:

@@ -19,6 +19,7 @@ from reporun.errors import ConfigError
 from reporun.signals import stop_signals
 from reporun.store import Quota, Store
 from reporun.submit import Submissions, SubmitConfig
+from reporun.web import WebConfig
 from reporun.wiring import build_queue, job_rules
 
 
@@ -38,10 +39,36 @@ def submit_config(settings: Settings) -> SubmitConfig:
     )
 
 
+def web_config(settings: Settings) -> WebConfig:
+    return WebConfig(
+        public_url=settings.public_url.rstrip("/") if settings.public_url else None,
+        session_ttl=settings.session_ttl,
+    )
+
+
 def build_services(settings: Settings, store: Store, auth: Authenticator) -> Services:
     queue = build_queue(settings, store)
+    web_oidc = None
+    if settings.auth == "oidc":
+        from reporun.api.oidc import OidcAuth
+        from reporun.web.oidcflow import OidcSignin
+
+        assert isinstance(auth, OidcAuth)
+
+        secret = settings.oidc_web_secret
+        web_oidc = OidcSignin(
+            auth,
+            client_id=settings.oidc_web_client,
+            client_secret=secret.get_secret_value() if secret else None,
+        )
     return Services(
-        api_config(settings), store, queue, auth, Submissions(submit_config(settings), queue)
+        api_config(settings),
+        store,
+        queue,
+        auth,
+        Submissions(submit_config(settings), queue),
+        web_config(settings),
+        web_oidc,
     )
 
 

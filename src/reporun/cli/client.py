@@ -129,6 +129,9 @@ class ApiClient:
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return await self._request("POST", f"/v1/jobs/{job_id}/cancel")
 
+    async def signin_link(self) -> dict[str, Any]:
+        return await self._request("POST", "/v1/signin-links")
+
     async def workers(self) -> dict[str, Any]:
         return await self._request("GET", "/v1/workers")
 

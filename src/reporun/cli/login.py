@@ -1,4 +1,5 @@
-"""`reporun login` and `logout`: a token from the OIDC issuer for the other commands."""
+"""`reporun login` and `logout`: a token from the OIDC issuer for the other commands; and
+`reporun dashboard`: a link that signs a browser in to the dashboard."""
 
 from __future__ import annotations
 
@@ -146,3 +147,22 @@ def logout() -> None:
         print(f"signed out; removed {cache.path}")
 
     run(main())
+
+
+@app.command()
+def dashboard() -> None:
+    """Print a one-time browser sign-in link.
+
+    For servers with local tokens (`reporun serve`); with OIDC, open the server's address and
+    sign in at the identity provider.
+    """
+    from reporun.cli.jobs import _client
+
+    async def link() -> None:
+        async with _client() as client:
+            answer = await client.signin_link()
+        print(answer["url"])
+        hours = int(answer.get("expires_in", 0)) // 3600
+        print(f"(it works once, within {hours} hours)", file=sys.stderr)
+
+    run(link())

@@ -54,6 +54,7 @@ class MemoryQueue:
             network_open=spec.network_open,
             runtime_requested=spec.runtime,
             setup=spec.setup,
+            rerun_of=spec.rerun_of,
         )
         self.jobs[job.id] = job
         self.tags[job.id] = max(head, last + 1 if last is not None else 0)

@@ -104,3 +104,32 @@ class Figures:
                 )
                 totals = totals + part
         return totals
+
+    async def recent(
+        self, since: datetime, *, limit: int = 100_000
+    ) -> tuple[list[tuple[datetime, float]], list[datetime]]:
+        """The dashboard's charts: (start, queue wait) of the jobs that started after `since`,
+        and when each job that ended after it ended (index on started_at and on finished_at;
+        at most `limit` of each, the newest)."""
+        started = (
+            sa.select(jobs.c.started_at, jobs.c.created_at, jobs.c.requeued_at)
+            .where(jobs.c.started_at > since)
+            .order_by(jobs.c.started_at.desc())
+            .limit(limit)
+        )
+        ended = (
+            sa.select(jobs.c.finished_at)
+            .where(jobs.c.finished_at > since)
+            .order_by(jobs.c.finished_at.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            waits = [
+                (
+                    row.started_at,
+                    (row.started_at - (row.requeued_at or row.created_at)).total_seconds(),
+                )
+                for row in await conn.execute(started)
+            ]
+            finished = [row[0] for row in await conn.execute(ended)]
+        return waits, finished

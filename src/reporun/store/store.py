@@ -25,6 +25,7 @@ from reporun.store.moves import job_of, transition
 from reporun.store.outbox import Outbox, OutboxRecords
 from reporun.store.runs import Runs
 from reporun.store.scaling import ScalingRecords
+from reporun.store.sessions import Sessions
 from reporun.store.tables import jobs, workers
 from reporun.store.tokens import TokenRecords
 
@@ -136,6 +137,7 @@ class Store:
         self.logs = Logs(engine)
         self.scaling = ScalingRecords(engine)
         self.tokens = TokenRecords(engine)
+        self.sessions = Sessions(engine)
 
     @classmethod
     def open(cls, url: str, *, read_only: bool = False, outbox: Outbox | None = None) -> Store:
@@ -171,6 +173,7 @@ class Store:
             "network_open": spec.network_open,
             "runtime_requested": spec.runtime,
             "setup": spec.setup,
+            "rerun_of": spec.rerun_of,
             "status": JobStatus.QUEUED.value,
         }
         columns = [*values, "created_at", "fair_tag"]
@@ -248,15 +251,18 @@ class Store:
         *,
         owner: str | None,
         status: JobStatus | None = None,
+        repo: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> Page:
-        """Newest first, keyset-paginated (no OFFSET)."""
+        """Newest first, keyset-paginated (no OFFSET); `repo` is matched exactly."""
         stmt = sa.select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1)
         if owner is not None:
             stmt = stmt.where(jobs.c.owner == owner)
         if status is not None:
             stmt = stmt.where(jobs.c.status == status.value)
+        if repo is not None:
+            stmt = stmt.where(jobs.c.repo == repo)
         if cursor:
             created_at, job_id = decode_cursor(cursor)
             # A row comparison: one range scan of the (owner,) created_at, id index.
@@ -273,6 +279,30 @@ class Store:
         more = len(rows) > limit
         next_cursor = encode_cursor(items[-1].created_at, items[-1].id) if more else None
         return Page(items, next_cursor)
+
+    async def count_by_status(
+        self, *, owner: str | None, repo: str | None = None
+    ) -> dict[JobStatus, int]:
+        """How many jobs there are in each state (of `owner`, of `repo`), every state named."""
+        stmt = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
+        if owner is not None:
+            stmt = stmt.where(jobs.c.owner == owner)
+        if repo is not None:
+            stmt = stmt.where(jobs.c.repo == repo)
+        async with self.engine.connect() as conn:
+            counted = {row[0]: int(row[1]) for row in await conn.execute(stmt)}
+        return {status: counted.get(status.value, 0) for status in JobStatus}
+
+    async def reruns_of(self, job_id: uuid.UUID, *, limit: int = 20) -> list[Job]:
+        """The jobs that re-run this one, newest first."""
+        stmt = (
+            sa.select(jobs)
+            .where(jobs.c.rerun_of == job_id)
+            .order_by(jobs.c.created_at.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [job_of(row) for row in await conn.execute(stmt)]
 
     async def cancel(self, job_id: uuid.UUID, *, owner: str | None = None) -> Job:
         """Flag the job, and end it at once if it is queued; a running job's worker sees the

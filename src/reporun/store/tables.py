@@ -72,14 +72,20 @@ jobs = sa.Table(
     sa.Column("setup", sa.Text),
     sa.Column("runtime", sa.String(64)),
     sa.Column("runtime_digest", sa.String(100)),
+    # The job this one re-runs (the dashboard's re-run), if any.
+    sa.Column("rerun_of", sa.Uuid),
     sa.Index("ix_jobs_claim", "status", "fair_tag", "created_at"),
     sa.Index("ix_jobs_owner_created", "owner", "created_at", "id"),
     sa.Index("ix_jobs_created", "created_at", "id"),
     sa.Index("ix_jobs_lease", "status", "lease_expires_at"),
     sa.Index("ix_jobs_fair_tag", "fair_tag"),
     sa.Index("ix_jobs_finished", "finished_at"),
-    sa.Index("ix_jobs_owner_status", "owner", "status"),
     sa.Index("ix_jobs_started", "started_at"),
+    # The jobs page: by status, by repository, by owner and status, newest first.
+    sa.Index("ix_jobs_status_created", "status", "created_at", "id"),
+    sa.Index("ix_jobs_repo_created", "repo", "created_at", "id"),
+    sa.Index("ix_jobs_owner_status_created", "owner", "status", "created_at", "id"),
+    sa.Index("ix_jobs_rerun_of", "rerun_of"),
 )
 
 job_logs = sa.Table(
@@ -150,4 +156,32 @@ outbox = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("published_at", UTCDateTime),
     sa.Index("ix_outbox_published", "published_at", "id"),
+)
+
+# The dashboard's sign-ins: a browser's session, found by the SHA-256 of its cookie (a copy of
+# the table gives no one a session), with the CSRF token its forms carry; and the one-time
+# codes of sign-in links (also by hash), each deleted when used.
+web_sessions = sa.Table(
+    "web_sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("roles", sa.String(64), nullable=False),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    # OIDC: the ID token, the hint of a sign-out at the issuer.
+    sa.Column("id_token", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_web_sessions_expires", "expires_at"),
+)
+
+signin_codes = sa.Table(
+    "signin_codes",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("roles", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_signin_codes_expires", "expires_at"),
 )

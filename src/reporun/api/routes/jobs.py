@@ -12,7 +12,7 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from reporun.api.auth import Principal
-from reporun.api.deps import CurrentUser, ServicesDep
+from reporun.api.deps import CurrentUser, Reader, ServicesDep
 from reporun.api.events import parse_event_id, stream
 from reporun.api.problems import responses
 from reporun.api.schemas import JobCreate, JobOut, JobPage
@@ -98,7 +98,7 @@ async def show(job_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> J
     responses=responses(404, 422),
 )
 async def logs(
-    job_id: uuid.UUID, user: CurrentUser, services: ServicesDep, follow: bool = False
+    job_id: uuid.UUID, user: Reader, services: ServicesDep, follow: bool = False
 ) -> StreamingResponse:
     store = services.store
     await store.get_job(job_id, owner=owner_filter(user))
@@ -154,7 +154,7 @@ SSE_EVENT = {
 )
 async def events(
     job_id: uuid.UUID,
-    user: CurrentUser,
+    user: Reader,
     services: ServicesDep,
     request: Request,
     offset: Annotated[int | None, Query(ge=0, le=1 << 62)] = None,
