@@ -38,6 +38,7 @@ REPORUN_ADMIN_PASSWORD=$(secret)
 REPORUN_USER_PASSWORD=$(secret)
 KAFKA_CLUSTER_ID=$(cluster_id)
 # REPORUN_QUEUE=sql                 # jobs through PostgreSQL alone (Kafka stays idle)
+# REPORUN_PUBLIC_URL=https://reporun.example.org   # the dashboard's address (its sign-in)
 # REPORUN_HTTP_PORT=80              # the API's published port
 # KEYCLOAK_HTTP_PORT=8080           # Keycloak's
 # REPORUN_MIN_WORKERS=1

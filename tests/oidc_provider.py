@@ -106,7 +106,8 @@ class OidcProvider:
     Users: `user`/`user-password` (roles user), `admin`/`admin-password` (admin, user),
     `nobody`/`nobody-password` (none). Clients: `reporun-cli`/`cli-secret` (password, device,
     refresh), `reporun-cli-public` (public: password, device, refresh), `reporun-service`/
-    `service-secret` (client credentials; its tokens carry roles ["admin"]).
+    `service-secret` (client credentials; its tokens carry roles ["admin"]), `reporun-web`
+    (public: the authorization code with PKCE, for the dashboard at `web_origin`).
     """
 
     def __init__(
@@ -117,7 +118,13 @@ class OidcProvider:
         audience: str = "reporun-api",
         access_token_ttl: int = 300,
         log_dir: Path | None = None,
+        web_origin: str | None = None,
+        realm_file: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """`web_origin`: the dashboard whose sign-in client `reporun-web` may return to;
+        `realm_file`: a Keycloak realm to serve instead of the built-in users and clients,
+        its placeholders resolved from `env`."""
         self.realm = realm
         self.host = host
         self.audience = audience
@@ -135,6 +142,12 @@ class OidcProvider:
         self.process: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(timeout=10.0)
         self.startup_seconds: float | None = None
+        self.options: list[str] = []
+        if web_origin is not None:
+            self.options += ["--web-origin", web_origin]
+        if realm_file is not None:
+            self.options += ["--realm-file", str(realm_file)]
+        self.env = {**os.environ, **(env or {})}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -157,8 +170,10 @@ class OidcProvider:
                     self.audience,
                     "--access-token-ttl",
                     str(self.access_token_ttl),
+                    *self.options,
                 ],
                 cwd=SERVER_DIR,
+                env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -2,7 +2,7 @@
 //
 //   node server.js --port N [--realm reporun] [--issuer-host 127.0.0.1] [--audience reporun-api]
 //                  [--access-token-ttl 300] [--host 127.0.0.1] [--issuer-url URL]
-//                  [--realm-file realm.json] [--health-port M]
+//                  [--realm-file realm.json] [--health-port M] [--web-origin URL]
 //
 // As Keycloak's stand-in in a container (the compose test): --host 0.0.0.0, --issuer-url the
 // public address (KC_HOSTNAME), --realm-file the realm Keycloak would import (its realm, roles,
@@ -19,9 +19,13 @@
 //   jwks        /realms/<realm>/protocol/openid-connect/certs
 //   device      /realms/<realm>/protocol/openid-connect/auth/device  (verification: /realms/<realm>/device)
 //   userinfo    /realms/<realm>/protocol/openid-connect/userinfo
+//   sign in     /realms/<realm>/protocol/openid-connect/auth  (a login form, #kc-form-login)
+//   sign out    /realms/<realm>/protocol/openid-connect/logout (a confirmation, #kc-logout)
 // Access tokens are RS256 JWTs carrying Keycloak's claims (azp, preferred_username,
 // realm_access.roles, resource_access.<client>.roles, typ "Bearer"). Grants: password (Keycloak's
-// "direct access grants"), client_credentials, device_code, refresh_token.
+// "direct access grants"), client_credentials, device_code, refresh_token, and the authorization
+// code with PKCE for the dashboard's client `reporun-web` (public; --web-origin the dashboard's
+// address, whose /signin/callback it may return to, and /signin?signed_out=true after sign-out).
 //
 // The audience defaults to --audience; a token request may ask for others with
 // `resource=urn:audience:<aud>[,<aud>...]` (e.g. `urn:audience:account` for Keycloak's habit of
@@ -54,6 +58,7 @@ const { values: args } = parseArgs({
     'realm-file': { type: 'string' },
     'health-port': { type: 'string' },
     'backchannel-dynamic': { type: 'boolean', default: false },
+    'web-origin': { type: 'string', default: 'http://127.0.0.1' },
   },
   strict: true,
 });
@@ -129,6 +134,15 @@ let CLIENTS = [
     token_endpoint_auth_method: 'none',
   },
   {
+    // The dashboard: a public client of the code flow with PKCE (Keycloak: standard flow).
+    client_id: 'reporun-web',
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    redirect_uris: [`${args['web-origin'].replace(/\/+$/, '')}/signin/callback`],
+    post_logout_redirect_uris: [`${args['web-origin'].replace(/\/+$/, '')}/signin?signed_out=true`],
+    token_endpoint_auth_method: 'none',
+  },
+  {
     client_id: 'reporun-service',
     client_secret: 'service-secret',
     grant_types: ['client_credentials'],
@@ -198,15 +212,21 @@ function importRealm(path) {
       if (!grants.includes('refresh_token')) grants.push('refresh_token');
     }
     if (client.serviceAccountsEnabled) grants.push('client_credentials');
+    const code = client.standardFlowEnabled === true;
+    if (code) grants.push('authorization_code');
     if (!grants.length) continue;
+    // Keycloak keeps several post-logout redirect URIs in one attribute, split by "##".
+    const afterLogout = (client.attributes?.['post.logout.redirect.uris'] || '')
+      .split('##').filter(Boolean);
     clients.push({
       client_id: client.clientId,
       ...(client.publicClient
         ? { token_endpoint_auth_method: 'none' }
         : { client_secret: client.secret, token_endpoint_auth_method: 'client_secret_basic' }),
       grant_types: grants,
-      response_types: [],
-      redirect_uris: [],
+      response_types: code ? ['code'] : [],
+      redirect_uris: code ? client.redirectUris || [] : [],
+      ...(code ? { post_logout_redirect_uris: afterLogout } : {}),
     });
   }
   return { realm: realm.realm, USERS: users, SERVICE_ACCOUNTS: services, CLIENTS: clients };
@@ -412,6 +432,16 @@ function configuration() {
       introspection: { enabled: true },
       revocation: { enabled: true },
       clientCredentials: { enabled: true },
+      rpInitiatedLogout: {
+        enabled: true,
+        async logoutSource(ctx, form) {
+          ctx.body = page(
+            'Logging out',
+            `<p>Do you want to log out?</p>${form}`
+              + '<button id="kc-logout" type="submit" form="op.logoutForm" name="logout" value="yes">Logout</button>',
+          );
+        },
+      },
       deviceFlow: {
         enabled: true,
         charset: 'base-20',

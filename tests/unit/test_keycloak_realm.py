@@ -45,6 +45,17 @@ def test_clients_and_audience_mappers() -> None:
     assert audiences(service) == {"reporun-api"}
 
 
+def test_the_dashboard_signs_in_by_the_code_flow_with_pkce() -> None:
+    web = client("reporun-web")
+    assert web["publicClient"] is True and web["standardFlowEnabled"] is True
+    assert web["directAccessGrantsEnabled"] is False
+    assert web["attributes"]["pkce.code.challenge.method"] == "S256"
+    public = "${REPORUN_PUBLIC_URL:http://localhost}"
+    assert web["redirectUris"] == [f"{public}/signin/callback"]
+    assert web["attributes"]["post.logout.redirect.uris"] == f"{public}/signin?signed_out=true"
+    assert audiences(web) == {"reporun-api"}
+
+
 def test_demo_users_and_the_service_account() -> None:
     assert user("user")["realmRoles"] == ["user"]
     assert set(user("admin")["realmRoles"]) == {"admin", "user"}

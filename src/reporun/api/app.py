@@ -17,6 +17,7 @@ from reporun.api.events import LogHub
 from reporun.api.metrics import EndedJobs, HttpMetrics
 from reporun.api.routes import health, jobs, legacy, runtimes, workers
 from reporun.web import install as install_web
+from reporun.web.render import error_page, is_page
 
 
 class BodyLimit:
@@ -55,9 +56,11 @@ class BodyLimit:
         )
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problems.problem(
-            413, f"the request body is larger than {self.limit} bytes", field="body"
-        )
+        message = f"the request body is larger than {self.limit} bytes"
+        if is_page(scope["path"]) and "app" in scope:
+            response = error_page(Request(scope), 413, message, "body")
+        else:
+            response = problems.problem(413, message, field="body")
         await response(scope, receive, send)
 
 

@@ -121,4 +121,7 @@ def svg(title: str, unit: str, series: Sequence[Series], *, width: int = 600) ->
 
 
 def _number(value: float) -> str:
-    return f"{value:.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
+    """An axis label: as few digits as tell the levels apart (0.05, 0.5, 2.5, 50)."""
+    if value >= 10 or value == int(value):
+        return f"{value:.0f}"
+    return f"{value:.3g}"

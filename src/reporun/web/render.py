@@ -94,6 +94,14 @@ def page(
     return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
 
 
+PAGE_PATHS = ("/jobs", "/signin", "/signout", "/workers")
+
+
+def is_page(path: str) -> bool:
+    """Whether `path` is the dashboard's (answered in HTML), not the API's."""
+    return path == "/" or path.startswith(PAGE_PATHS)
+
+
 def error_page(request: Request, status: int, message: str, field: str | None = None) -> Response:
     web = request.app.state.web
     body = web.templates.get_template("error.html").render(
