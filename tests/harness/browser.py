@@ -5,7 +5,7 @@ every request that is not to the server under test blocked, as on a machine with
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,16 +36,18 @@ PHONE = {"width": 390, "height": 844}
 
 
 def offline_context(
-    browser: Browser, origin: str, **options: Any
+    browser: Browser, origin: str | Sequence[str], **options: Any
 ) -> tuple[BrowserContext, list[str]]:
-    """A browser context (cookies of its own) whose pages may reach `origin` only; the list
-    fills with every URL they were refused. `options` go to `new_context` (viewport...)."""
+    """A browser context (cookies of its own) whose pages may reach `origin` (one or several)
+    only; the list fills with every URL they were refused. `options` go to `new_context`
+    (viewport...)."""
     context = browser.new_context(**options)
     blocked: list[str] = []
+    origins = [origin] if isinstance(origin, str) else list(origin)
 
     def only_origin(route: Route) -> None:
         url = route.request.url
-        if url == origin or url.startswith(origin.rstrip("/") + "/"):
+        if any(url == o or url.startswith(o.rstrip("/") + "/") for o in origins):
             route.continue_()
         else:
             blocked.append(url)
