@@ -14,7 +14,7 @@ PARALLELISM = (1, 2)
 LATENCY_WORKERS = 2
 PG_WORKERS = (1, 2, 4)
 PG_LOAD_WORKERS = 4
-PG_MEASURES = ("dispatch", "throughput", "load", "listing", "lease", "kafka")
+PG_MEASURES = ("dispatch", "throughput", "load", "listing", "dashboard", "lease", "kafka")
 KAFKA_WORKERS = (1, 2)
 SECTIONS = ("embedded", "elastic", "postgres", "cli", "runtimes")
 # This checkout's reporun: the one next to the interpreter running the bench (.venv/bin).
@@ -42,6 +42,7 @@ class Options:
     pg_load_jobs: int = 10_000
     pg_rows: int = 1_000_000
     pg_requests: int = 200
+    followers: int = 200
     pg_leases: tuple[float | None, ...] = (None, 5.0)
     pg_workers: tuple[int, ...] = PG_WORKERS
     kafka_workers: tuple[int, ...] = KAFKA_WORKERS
@@ -93,6 +94,9 @@ def parse_args(argv: list[str], description: str) -> Options:
     parser.add_argument("--pg-load-jobs", type=int, help="jobs of the pg load run (default 10000)")
     parser.add_argument("--pg-rows", type=int, help="jobs in the listing table (default 1000000)")
     parser.add_argument("--pg-requests", type=int, help="requests per listing case (default 200)")
+    parser.add_argument(
+        "--followers", type=int, help="clients following one live log at once (default 200)"
+    )
     parser.add_argument(
         "--kafka",
         action=argparse.BooleanOptionalAction,
@@ -172,6 +176,7 @@ def parse_args(argv: list[str], description: str) -> Options:
         pg_load_jobs=args.pg_load_jobs or (300 if quick else 10_000),
         pg_rows=args.pg_rows or (50_000 if quick else 1_000_000),
         pg_requests=args.pg_requests or (40 if quick else 200),
+        followers=args.followers or (20 if quick else 200),
         pg_leases=(2.0,) if quick else (None, 5.0),
         pg_workers=(1, 2) if quick else PG_WORKERS,
         kafka_workers=kafka_workers,
@@ -189,6 +194,7 @@ def parse_args(argv: list[str], description: str) -> Options:
             options.pg_jobs,
             options.pg_load_jobs,
             options.pg_requests,
+            options.followers,
             options.burst_jobs,
             options.cli_rounds,
             *options.kafka_workers,

@@ -14,6 +14,7 @@ from typing import Any
 
 import cli_start
 import elastic
+import pg_dashboard
 import runtimes
 from options import LATENCY_WORKERS, Options
 
@@ -105,6 +106,8 @@ def postgres_table(pg: dict[str, Any]) -> list[str]:
         )
     if listing := pg.get("listing"):
         lines += listing_table(listing)
+    if dashboard := pg.get("dashboard"):
+        lines += pg_dashboard.table(dashboard)
     for row in pg.get("lease", []):
         lines.append(
             f"dead worker, {row['lease_seconds']:g} s lease"
@@ -236,6 +239,7 @@ def postgres_summary(pg: dict[str, Any]) -> list[str]:
             f"summary: pg_submit_empty_queue rows={listing['rows']}"
             f" p50={_ms(post['p50'])} ms p95={_ms(post['p95'])} ms"
         )
+    lines += pg_dashboard.summary(pg.get("dashboard", {}))
     for row in pg.get("lease", []):
         lines.append(
             f"summary: pg_dead_worker lease={row['lease_seconds']:g} s"

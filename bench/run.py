@@ -54,6 +54,10 @@ or a throwaway cluster when none answers), dropped after each measurement.
                  next_cursor 20 pages deep, status=queued; also a cursor halfway down the list
                  and POST /v1/jobs with an empty queue (fewer requests), and EXPLAIN ANALYZE of
                  the store's own statements. Target: p95 < 20 ms.
+  pg dashboard   (see bench/pg_dashboard.py) the jobs page, a job's page and the workers page
+                 with --pg-rows jobs stored, --pg-requests each, signed in as a browser is;
+                 target p95 < 50 ms. And --followers clients (default 200) following one
+                 job's live log at once: the API's RSS and the database's connections.
   pg lease       one worker runs `sleep 5`, is SIGKILLed mid-job, another starts at once:
                  seconds from the kill until the job runs again (attempt 2) and until it
                  ends, with the default 30 s lease and with REPORUN_LEASE_SECONDS=5.
@@ -98,6 +102,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import cli_start
 import elastic
+import pg_dashboard
 import pg_kafka
 import pg_listing
 import pg_workloads
@@ -228,6 +233,19 @@ async def measure_pg_listing(options: Options, server: Postgres, root: Path, rep
         return await pg_listing.listing(server, root, options.pg_rows, options.pg_requests)
 
 
+async def measure_pg_dashboard(options: Options, server: Postgres, root: Path, repo: str) -> Any:
+    progress(f"pg dashboard: {options.pg_rows} jobs in the table, {options.pg_requests} requests")
+    result = {}
+    async with bounded("pg dashboard pages", options.timeout + options.pg_rows / 10_000):
+        result["pages"] = await pg_dashboard.pages(
+            server, root, options.pg_rows, options.pg_requests
+        )
+    progress(f"pg dashboard: {options.followers} followers of one live log")
+    async with bounded("pg dashboard followers", options.timeout):
+        result["followers"] = await pg_dashboard.followers(server, root, repo, options.followers)
+    return result
+
+
 async def measure_pg_lease(options: Options, server: Postgres, root: Path, repo: str) -> Any:
     rows = []
     for lease in options.pg_leases:
@@ -285,6 +303,7 @@ PG_STEPS: dict[str, Callable[[Options, Postgres, Path, str], Awaitable[Any]]] = 
     "throughput": measure_pg_throughput,
     "load": measure_pg_load,
     "listing": measure_pg_listing,
+    "dashboard": measure_pg_dashboard,
     "lease": measure_pg_lease,
     "kafka": measure_pg_kafka,
 }

@@ -5,12 +5,16 @@ id with no line lost or doubled; `reporun logs --follow` does the same through a
 from __future__ import annotations
 
 import json
+import subprocess
+import tempfile
 import time
 from typing import Any
 
 import httpx
 
 from tests.harness.git import GitServer
+from tests.harness.proxy import CutProxy
+from tests.harness.server import REPORUN
 
 # 100 lines at once, then 100 more, one every 20 ms.
 SCRIPT = (
@@ -71,3 +75,40 @@ def test_a_stream_opened_late_and_cut_loses_and_doubles_nothing(
         assert events[-1]["event"] == "end"
         assert json.loads(events[-1]["data"])["status"] == "succeeded"
         assert before + after == WANTED
+
+
+def test_logs_follow_through_a_proxy_that_cuts_it_loses_and_doubles_nothing(
+    served: dict, git_server: GitServer
+) -> None:
+    """`reporun logs --follow` through a proxy that drops every connection mid-job: the CLI
+    reconnects with the last event's id and prints the log once, whole."""
+    repo = git_server.make_repo({"run.sh": SCRIPT})
+    proxy = CutProxy(int(served["port"]))
+    base = f"http://127.0.0.1:{served['port']}"
+    headers = {"Authorization": f"Bearer {served['token']}"}
+    try:
+        with httpx.Client(base_url=base, headers=headers, timeout=30, trust_env=False) as http:
+            job_id = http.post("/v1/jobs", json={"repo": repo}).json()["id"]
+            env = {**served["env"], "REPORUN_URL": proxy.url, "REPORUN_TOKEN": served["token"]}
+            with (
+                tempfile.TemporaryFile() as out,
+                subprocess.Popen(
+                    [*REPORUN, "logs", job_id, "--follow"],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.PIPE,
+                    stdin=subprocess.DEVNULL,
+                ) as follow,
+            ):
+                deadline = time.monotonic() + 60
+                while out.tell() < len(FIRST) + len("line 101\n"):
+                    assert follow.poll() is None, "the CLI exited early"
+                    assert time.monotonic() < deadline, "the CLI printed too little"
+                    time.sleep(0.05)
+                assert http.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+                assert proxy.cut() >= 1
+                assert follow.wait(timeout=60) == 0
+                out.seek(0)
+                assert out.read().decode() == WANTED
+    finally:
+        proxy.close()
