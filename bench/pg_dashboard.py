@@ -47,8 +47,9 @@ async def _signed_in(c: Cluster, token: str) -> httpx.AsyncClient:
     link = await http.post("/v1/signin-links", headers={"Authorization": f"Bearer {token}"})
     if link.status_code != 200:
         raise BenchError(f"signin-links answered {link.status_code}: {link.text[:200]}")
-    opened = await http.get(link.json()["url"])
-    if opened.status_code != 200 or "reporun_session" not in http.cookies:
+    code = link.json()["url"].split("code=", 1)[1]
+    opened = await http.post("/signin/code", data={"code": code, "next": "/jobs"})
+    if opened.status_code != 303 or "reporun_session" not in http.cookies:
         raise BenchError(f"the sign-in link answered {opened.status_code}")
     return http
 

@@ -10,7 +10,7 @@ import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +35,9 @@ _NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 class Principal:
     name: str
     roles: frozenset[str]
+    # A local token's id (`jti`) and expiry: what a dashboard session opened with it ends with.
+    token_id: str | None = field(default=None, compare=False)
+    expires_at: datetime | None = field(default=None, compare=False)
 
     @property
     def is_admin(self) -> bool:
@@ -150,7 +153,7 @@ class LocalAuth:
         if record.revoked_at is not None:
             raise Unauthorized(f"the token {record.id} was revoked at {_when(record.revoked_at)}")
         roles = frozenset(r for r in claims["roles"] if r in ROLES)
-        return Principal(claims["sub"], roles)
+        return Principal(claims["sub"], roles, token_id=record.id, expires_at=record.expires_at)
 
 
 def record_of(claims: dict[str, Any]) -> TokenRecord:

@@ -53,7 +53,8 @@ def build_services(settings: Settings, store: Store, auth: Authenticator) -> Ser
         from reporun.api.oidc import OidcAuth
         from reporun.web.oidcflow import OidcSignin
 
-        assert isinstance(auth, OidcAuth)
+        if not isinstance(auth, OidcAuth):
+            raise ConfigError("REPORUN_AUTH=oidc needs the OIDC authenticator")
 
         secret = settings.oidc_web_secret
         web_oidc = OidcSignin(

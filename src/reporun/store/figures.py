@@ -55,6 +55,21 @@ class Figures:
             counts = {row[0]: int(row[1]) for row in await conn.execute(stmt)}
         return {status: counts.get(status, 0) for status in pending}
 
+    async def ended_by_owner(
+        self, *, after: datetime | None, until: datetime
+    ) -> dict[tuple[str, str], int]:
+        """How many jobs of each owner ended in (after, until], by status (the index on
+        finished_at bounds the span; the first span, from the beginning, reads them all)."""
+        stmt = (
+            sa.select(jobs.c.owner, jobs.c.status, sa.func.count())
+            .where(jobs.c.finished_at <= until)
+            .group_by(jobs.c.owner, jobs.c.status)
+        )
+        if after is not None:
+            stmt = stmt.where(jobs.c.finished_at > after)
+        async with self.engine.connect() as conn:
+            return {(row[0], row[1]): int(row[2]) for row in await conn.execute(stmt)}
+
     async def ended_totals(
         self,
         buckets: Sequence[float],

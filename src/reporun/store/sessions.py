@@ -29,6 +29,16 @@ class WebSession:
     csrf: str
     expires_at: datetime
     id_token: str | None = None
+    token_id: str | None = None  # the local token it came from, if one did
+
+
+@dataclass(frozen=True, slots=True)
+class Redeemed:
+    """Whom a sign-in code signs in."""
+
+    name: str
+    roles: frozenset[str]
+    token_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +58,13 @@ class Sessions:
         self.engine = engine
 
     async def open(
-        self, name: str, roles: frozenset[str], *, ttl: float, id_token: str | None = None
+        self,
+        name: str,
+        roles: frozenset[str],
+        *,
+        ttl: float,
+        id_token: str | None = None,
+        token_id: str | None = None,
     ) -> Opened:
         secret = secrets.token_urlsafe(32)
         now = datetime.now(UTC)
@@ -58,6 +74,7 @@ class Sessions:
             csrf=secrets.token_urlsafe(32),
             expires_at=now + timedelta(seconds=ttl),
             id_token=id_token,
+            token_id=token_id,
         )
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -70,6 +87,7 @@ class Sessions:
                     roles=",".join(sorted(roles)),
                     csrf=session.csrf,
                     id_token=id_token,
+                    token_id=token_id,
                     created_at=now,
                     expires_at=session.expires_at,
                 )
@@ -92,13 +110,16 @@ class Sessions:
             csrf=row.csrf,
             expires_at=row.expires_at,
             id_token=row.id_token,
+            token_id=row.token_id,
         )
 
     async def close(self, secret: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(sa.delete(web_sessions).where(web_sessions.c.id == digest(secret)))
 
-    async def new_code(self, name: str, roles: frozenset[str], *, ttl: float) -> str:
+    async def new_code(
+        self, name: str, roles: frozenset[str], *, ttl: float, token_id: str | None = None
+    ) -> str:
         """A one-time sign-in code for `name`, good for `ttl` seconds."""
         code = secrets.token_urlsafe(24)
         now = datetime.now(UTC)
@@ -109,21 +130,36 @@ class Sessions:
                     id=digest(code),
                     name=name,
                     roles=",".join(sorted(roles)),
+                    token_id=token_id,
                     created_at=now,
                     expires_at=now + timedelta(seconds=ttl),
                 )
             )
         return code
 
-    async def redeem(self, code: str) -> tuple[str, frozenset[str]] | None:
+    async def peek(self, code: str) -> str | None:
+        """Whom a code would sign in, leaving it unused (None: unknown, used or expired)."""
+        stmt = sa.select(signin_codes.c.name).where(
+            signin_codes.c.id == digest(code), signin_codes.c.expires_at > datetime.now(UTC)
+        )
+        async with self.engine.connect() as conn:
+            name: str | None = (await conn.execute(stmt)).scalar()
+        return name
+
+    async def redeem(self, code: str) -> Redeemed | None:
         """Who a code signs in, once: the code is gone after (None: unknown, used or expired)."""
         stmt = (
             sa.delete(signin_codes)
             .where(signin_codes.c.id == digest(code))
-            .returning(signin_codes.c.name, signin_codes.c.roles, signin_codes.c.expires_at)
+            .returning(
+                signin_codes.c.name,
+                signin_codes.c.roles,
+                signin_codes.c.token_id,
+                signin_codes.c.expires_at,
+            )
         )
         async with self.engine.begin() as conn:
             row = (await conn.execute(stmt)).first()
         if row is None or row.expires_at <= datetime.now(UTC):
             return None
-        return row.name, _roles(row.roles)
+        return Redeemed(row.name, _roles(row.roles), row.token_id)

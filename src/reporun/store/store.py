@@ -281,14 +281,18 @@ class Store:
         return Page(items, next_cursor)
 
     async def count_by_status(
-        self, *, owner: str | None, repo: str | None = None
+        self, *, owner: str | None, repo: str | None = None, ended_after: datetime | None = None
     ) -> dict[JobStatus, int]:
-        """How many jobs there are in each state (of `owner`, of `repo`), every state named."""
+        """How many jobs there are in each state (of `owner`, of `repo`), every state named;
+        with `ended_after`, only those still pending and those that ended after it."""
         stmt = sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status)
         if owner is not None:
             stmt = stmt.where(jobs.c.owner == owner)
         if repo is not None:
             stmt = stmt.where(jobs.c.repo == repo)
+        if ended_after is not None:
+            pending = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+            stmt = stmt.where(sa.or_(jobs.c.status.in_(pending), jobs.c.finished_at > ended_after))
         async with self.engine.connect() as conn:
             counted = {row[0]: int(row[1]) for row in await conn.execute(stmt)}
         return {status: counted.get(status.value, 0) for status in JobStatus}

@@ -170,6 +170,8 @@ web_sessions = sa.Table(
     sa.Column("csrf", sa.String(64), nullable=False),
     # OIDC: the ID token, the hint of a sign-out at the issuer.
     sa.Column("id_token", sa.Text),
+    # A local token's id: the session ends when that token is revoked or expires.
+    sa.Column("token_id", sa.String(64)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
     sa.Index("ix_web_sessions_expires", "expires_at"),
@@ -181,6 +183,7 @@ signin_codes = sa.Table(
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("roles", sa.String(64), nullable=False),
+    sa.Column("token_id", sa.String(64)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
     sa.Index("ix_signin_codes_expires", "expires_at"),

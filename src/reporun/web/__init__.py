@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import jinja2
     from fastapi import FastAPI
 
+    from reporun.web.counts import StatusCounts
     from reporun.web.oidcflow import OidcSignin
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -28,6 +30,8 @@ class Web:
     templates: jinja2.Environment
     config: WebConfig
     oidc: OidcSignin | None  # None: local tokens (sign-in links)
+    counts: StatusCounts  # the jobs page's counts by status
+    headers: dict[str, str]  # every page's security headers
 
     async def close(self) -> None:
         if self.oidc is not None:
@@ -38,9 +42,12 @@ def install(app: FastAPI, config: WebConfig, oidc: OidcSignin | None) -> Web:
     from fastapi.staticfiles import StaticFiles
 
     from reporun.web import pages, signin
-    from reporun.web.render import environment
+    from reporun.web.counts import StatusCounts
+    from reporun.web.render import environment, security_headers
 
-    web = Web(environment(), config, oidc)
+    issuer = urlsplit(oidc.auth.issuer) if oidc is not None else None
+    targets = [f"{issuer.scheme}://{issuer.netloc}"] if issuer is not None else []
+    web = Web(environment(), config, oidc, StatusCounts(), security_headers(targets))
     app.state.web = web
     app.mount(STATIC_URL, StaticFiles(directory=STATIC), name="web-assets")
     app.include_router(signin.api)

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import jwt
 
 from reporun.api.auth import Principal
 from reporun.api.oidc import OidcAuth
@@ -70,6 +71,10 @@ class Flow:
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
+def with_query(endpoint: str, query: str) -> str:
+    return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
+
+
 @dataclass(frozen=True, slots=True)
 class SignedIn:
     principal: Principal
@@ -105,8 +110,9 @@ class OidcSignin:
                 raise IssuerUnavailable(
                     f"the identity provider is not answering ({type(exc).__name__})"
                 ) from None
-            if not isinstance(document, dict) or not isinstance(
-                document.get("authorization_endpoint"), str
+            if not isinstance(document, dict) or not all(
+                isinstance(document.get(name), str)
+                for name in ("authorization_endpoint", "token_endpoint")
             ):
                 raise IssuerUnavailable("the identity provider's discovery document is unusable")
             self._discovery = document
@@ -126,7 +132,7 @@ class OidcSignin:
                 "code_challenge_method": "S256",
             }
         )
-        return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
+        return with_query(endpoint, query)
 
     async def finish(self, code: str, flow: Flow, redirect_uri: str) -> SignedIn:
         """Exchange the code (with the PKCE verifier) and check what comes back."""
@@ -137,7 +143,7 @@ class OidcSignin:
             "client_id": self.client_id,
             "code_verifier": flow.verifier,
         }
-        endpoint = (await self.discovery())["token_endpoint"]
+        endpoint = (await self.discovery())["token_endpoint"]  # checked with the document
         try:
             if self.client_secret:
                 auth = (self.client_id, self.client_secret)
@@ -152,20 +158,27 @@ class OidcSignin:
             body = response.json()
         except ValueError:
             body = {}
-        if response.status_code != 200 or not isinstance(body, dict):
-            error = body.get("error_description") or body.get("error") if body else None
+        if not isinstance(body, dict):
+            body = {}
+        if response.status_code != 200:
+            error = body.get("error_description") or body.get("error")
             raise Unauthorized(
                 f"the identity provider refused the sign-in: {error or response.status_code}"
             )
-        access = body.get("access_token")
-        if not isinstance(access, str):
-            raise Unauthorized("the identity provider answered no access token")
-        id_token = body.get("id_token")
-        if isinstance(id_token, str):
-            await self.auth.verify_id_token(id_token, audience=self.client_id, nonce=flow.nonce)
-        else:
-            id_token = None
+        access, id_token = body.get("access_token"), body.get("id_token")
+        if not isinstance(access, str) or not isinstance(id_token, str):
+            raise Unauthorized("the identity provider answered no access token or no ID token")
+        claims = await self.auth.verify_id_token(
+            id_token, audience=self.client_id, nonce=flow.nonce
+        )
+        audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        if (len(audiences) > 1 or "azp" in claims) and claims.get("azp") != self.client_id:
+            raise Unauthorized("the ID token was issued to another client (its azp)")
         principal = await self.auth.authenticate(access)
+        # Verified just above; read again for its subject, which must be the ID token's.
+        subject = jwt.decode(access, options={"verify_signature": False}).get("sub")
+        if subject != claims["sub"]:
+            raise Unauthorized("the access token and the ID token name different users")
         return SignedIn(principal, id_token)
 
     async def end_session_url(self, id_token: str | None, after: str) -> str | None:
@@ -180,4 +193,4 @@ class OidcSignin:
         query: dict[str, str] = {"client_id": self.client_id, "post_logout_redirect_uri": after}
         if id_token:
             query["id_token_hint"] = id_token
-        return f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(query)}"
+        return with_query(endpoint, urlencode(query))

@@ -13,11 +13,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from reporun.api.auth import Principal
-from reporun.api.deps import ServicesDep
+from reporun.api.deps import Services, ServicesDep
 from reporun.api.problems import status_of
 from reporun.api.routes.jobs import owner_filter
 from reporun.api.schemas import WorkerOut
-from reporun.errors import Forbidden, IllegalTransition, ReporunError
+from reporun.errors import Forbidden, IllegalTransition, InvalidInput, ReporunError
 from reporun.jobs import Job, JobStatus
 from reporun.store.sessions import WebSession
 from reporun.web import charts
@@ -53,7 +53,8 @@ async def visitor(request: Request, services: ServicesDep) -> Visitor:
     if session is None:
         raise SignInNeeded(here(request))
     user = principal_of(session)
-    request.state.web_user = user
+    request.state.web_user = user  # for an error page's header (and its sign-out form)
+    request.state.web_csrf = session.csrf
     if not user.roles & {"user", "admin"}:
         raise Forbidden("this page needs the role user or admin")
     return Visitor(user, session)
@@ -82,21 +83,22 @@ async def jobs_page(
     request: Request,
     who: Signed,
     services: ServicesDep,
-    status: Annotated[JobStatus | None, Query()] = None,
+    status: Annotated[str | None, Query(max_length=32)] = None,
     repo: Annotated[str | None, Query(max_length=4096)] = None,
     owner: Annotated[str | None, Query(max_length=255)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
     store = services.store
+    state = _status(status)
     repo = repo.strip() if repo and repo.strip() else None
     owner = owner.strip() if owner and owner.strip() else None
     if not who.user.is_admin:
         owner = who.user.name  # a user's own jobs, whatever the link says
     listed = await store.list_jobs(
-        owner=owner, status=status, repo=repo, limit=PAGE_SIZE, cursor=cursor
+        owner=owner, status=state, repo=repo, limit=PAGE_SIZE, cursor=cursor or None
     )
-    counts = await store.count_by_status(owner=owner, repo=repo)
-    filters = {"status": status.value if status else "", "repo": repo or "", "owner": owner or ""}
+    counts = await request.app.state.web.counts.of(store, owner=owner, repo=repo)
+    filters = {"status": state.value if state else "", "repo": repo or "", "owner": owner or ""}
     unfinished = any(not j.status.terminal for j in listed.items)
     return page(
         request,
@@ -114,8 +116,19 @@ async def jobs_page(
     )
 
 
+def _status(value: str | None) -> JobStatus | None:
+    """The status filter; empty (the form's "any") is none."""
+    if not value:
+        return None
+    try:
+        return JobStatus(value)
+    except ValueError:
+        known = ", ".join(s.value for s in JobStatus)
+        raise InvalidInput(f"status must be one of {known}", field="status") from None
+
+
 def _form_page(
-    request: Request, who: Visitor, services: Any, form: JobForm, status: int
+    request: Request, who: Visitor, services: Services, form: JobForm, status: int
 ) -> Response:
     rules = services.submissions.config.rules
     return page(
@@ -169,7 +182,7 @@ async def submit_job(
     return _form_page(request, who, services, form, status)
 
 
-async def _job(services: Any, who: Visitor, job_id: uuid.UUID) -> Job:
+async def _job(services: Services, who: Visitor, job_id: uuid.UUID) -> Job:
     job: Job = await services.store.get_job(job_id, owner=owner_filter(who.user))
     return job
 
@@ -224,12 +237,15 @@ async def cancel_job(job_id: uuid.UUID, who: Signed, services: ServicesDep, _: F
 @router.post("/jobs/{job_id}/rerun")
 async def rerun_job(job_id: uuid.UUID, who: Signed, services: ServicesDep, _: Form) -> Response:
     """A new job on the same commit (the ref asked for, when the job never resolved one), with
-    the same command, limits, environment, runtime, network and setup."""
+    the same command, limits, environment, runtime, network and setup. It is its owner's, with
+    its owner's rights: an admin re-running a user's job gives it no admin's (an open network
+    from its reporun.toml, local sources)."""
     job = await _job(services, who, job_id)
     limits = job.limits
+    own = job.owner == who.user.name
     new = await services.submissions.submit(
-        who.user.name,
-        admin=who.user.is_admin,
+        job.owner,
+        admin=who.user.is_admin and own,
         repo=job.repo,
         ref=job.commit or job.ref,
         command=job.command,

@@ -9,7 +9,7 @@ session and has none sends the browser to sign in.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,18 +27,24 @@ from reporun.web.session import SignInNeeded, signin_url
 
 logger = logging.getLogger("reporun.web")
 
+
 # Scripts and styles come from this server only; nothing inline, no frames.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; form-action 'self' https: http:; frame-ancestors 'none'; "
-        "base-uri 'none'; object-src 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
+def security_headers(form_targets: Sequence[str] = ()) -> dict[str, str]:
+    """Every page's headers: nothing but this server's own script, style and connections, no
+    framing, no caching; forms post here only, or (`form_targets`) to where a sign-out
+    continues: the issuer's origin."""
+    targets = " ".join(["'self'", *form_targets])
+    return {
+        "Content-Security-Policy": (
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            f"connect-src 'self'; form-action {targets}; frame-ancestors 'none'; "
+            "base-uri 'none'; object-src 'none'"
+        ),
+        "X-Frame-Options": "DENY",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "Cache-Control": "no-store",
+    }
 
 
 def environment() -> jinja2.Environment:
@@ -91,7 +97,7 @@ def page(
 ) -> HTMLResponse:
     env: jinja2.Environment = request.app.state.web.templates
     body = env.get_template(name).render(request=request, **context)
-    return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+    return HTMLResponse(body, status_code=status, headers=request.app.state.web.headers)
 
 
 PAGE_PATHS = ("/jobs", "/signin", "/signout", "/workers")
@@ -107,12 +113,12 @@ def error_page(request: Request, status: int, message: str, field: str | None = 
     body = web.templates.get_template("error.html").render(
         request=request,
         user=getattr(request.state, "web_user", None),
-        csrf=None,
+        csrf=getattr(request.state, "web_csrf", None),
         status=status,
         message=message,
         field=field,
     )
-    return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+    return HTMLResponse(body, status_code=status, headers=request.app.state.web.headers)
 
 
 class HtmlRoute(APIRoute):

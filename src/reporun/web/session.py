@@ -8,7 +8,8 @@ the browser came to a loopback address (where there is no TLS to require).
 from __future__ import annotations
 
 import hmac
-from urllib.parse import quote
+from datetime import UTC, datetime
+from urllib.parse import quote, urlsplit
 
 from fastapi import Request, Response
 
@@ -31,6 +32,12 @@ class SignInNeeded(Unauthorized):
 
 
 def secure_cookies(request: Request) -> bool:
+    """Secure, unless the browser talks plain HTTP to loopback (behind a proxy, as
+    REPORUN_PUBLIC_URL says)."""
+    configured: str | None = request.app.state.web.config.public_url
+    if configured:
+        public = urlsplit(configured)
+        return public.scheme == "https" or not is_loopback_host(public.hostname or "")
     return request.url.scheme == "https" or not is_loopback_host(request.url.hostname or "")
 
 
@@ -55,10 +62,19 @@ def clear_cookie(response: Response, request: Request, name: str, *, path: str =
 
 
 async def session_of(request: Request, store: Store) -> WebSession | None:
+    """The browser's session, while it lasts and the local token it came from (if one did)
+    is neither revoked nor expired."""
     secret = request.cookies.get(SESSION_COOKIE)
     if not secret or len(secret) > 128:
         return None
-    return await store.sessions.get(secret)
+    session = await store.sessions.get(secret)
+    if session is None or session.token_id is None:
+        return session
+    record = await store.tokens.get(session.token_id)
+    if record is None or record.state(datetime.now(UTC)) != "active":
+        await store.sessions.close(secret)
+        return None
+    return session
 
 
 def principal_of(session: WebSession) -> Principal:

@@ -27,8 +27,9 @@
     const follow = atBottom();
     const text = pending;
     pending = "";
-    log.appendChild(ansi.render(text));
-    shown += text.length;
+    const piece = ansi.render(text);
+    shown += piece.textContent.length; // as the trimming below counts: escapes not shown
+    log.appendChild(piece);
     while (shown > MAX_CHARS && log.firstChild) {
       const first = log.firstChild;
       shown -= first.textContent.length;

@@ -1,6 +1,7 @@
 """The dashboard: web_sessions (a browser's sign-in, looked up by the hash of its cookie) and
-signin_codes (one-time sign-in links); jobs.rerun_of (the job a re-run repeats); indexes for
-the jobs page's filters by status, repository and owner, newest first
+signin_codes (one-time sign-in links), each with the local token it came from; jobs.rerun_of
+(the job a re-run repeats); indexes for the jobs page's filters by status, repository and
+owner, newest first
 
 Revision ID: 0015
 Revises: 0014
@@ -26,6 +27,7 @@ def upgrade() -> None:
         sa.Column("roles", sa.String(64), nullable=False),
         sa.Column("csrf", sa.String(64), nullable=False),
         sa.Column("id_token", sa.Text),
+        sa.Column("token_id", sa.String(64)),
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("expires_at", UTCDateTime, nullable=False),
     )
@@ -35,6 +37,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(64), primary_key=True),
         sa.Column("name", sa.String(255), nullable=False),
         sa.Column("roles", sa.String(64), nullable=False),
+        sa.Column("token_id", sa.String(64)),
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("expires_at", UTCDateTime, nullable=False),
     )
