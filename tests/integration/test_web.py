@@ -23,9 +23,10 @@ async def test_a_code_signs_in_once_and_a_session_ends_when_closed(any_store: St
     code = await sessions.new_code("alice", frozenset({"user"}), ttl=60, token_id="t1")
     assert await sessions.peek(code) == "alice"  # a look uses nothing
     results = await asyncio.gather(*(sessions.redeem(code) for _ in range(5)))
-    assert sorted(results, key=lambda r: r is None) == [
-        Redeemed("alice", frozenset({"user"}), "t1")
-    ] + [None] * 4
+    assert (
+        sorted(results, key=lambda r: r is None)
+        == [Redeemed("alice", frozenset({"user"}), "t1")] + [None] * 4
+    )
     assert await sessions.peek(code) is None
     assert await sessions.redeem("never-issued") is None
 
