@@ -12,8 +12,9 @@ followers  one job printing a line every 50 ms for 20 s, and --followers (defaul
            reading GET /v1/jobs/{id}/events at once from its start to its end, as the job
            page's EventSource does: the API's RSS and the database's connections (every
            backend of the job's database) before, at the peak while all follow, and after;
-           each follower's first event's latency; and every follower must get the whole log,
-           byte for byte.
+           how long each follower's first event (the job's status) took, all opening at once;
+           and every follower must get the whole log, byte for byte. The connections are
+           bounded by the API's pool (10, and 10 more at a burst), not by the followers.
 """
 
 from __future__ import annotations
@@ -135,9 +136,11 @@ async def _connections(c: Cluster) -> int:
 async def _follow(
     http: httpx.AsyncClient, job_id: str, began: float, first: list[float]
 ) -> tuple[str, int]:
-    """One follower's whole stream: the log it was sent, and how many times it connected."""
+    """One follower's whole stream: the log it was sent, and how many times it connected;
+    `first` gets how long its first event (the job's status) took to come."""
     text = ""
     connections = 0
+    heard = False
     last_id: str | None = None
     while True:
         connections += 1
@@ -155,11 +158,12 @@ async def _follow(
                         event[name] = value
                     continue
                 kind = event.get("event")
+                if kind and not heard:
+                    heard = True
+                    first.append(time.monotonic() - began)
                 if "id" in event:
                     last_id = event["id"]
                 if kind == "log":
-                    if not text:
-                        first.append(time.monotonic() - began)
                     text += json.loads(event["data"])
                 elif kind == "end":
                     return text, connections

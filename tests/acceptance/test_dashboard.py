@@ -468,7 +468,7 @@ def test_every_form_answers_bad_input_with_a_message_never_a_500(dashboard: Dash
     assert 400 <= garbage.status < 500, garbage.status
 
 
-PAGES = ("signin", "jobs", "jobs-filtered", "new", "new-errors", "job-running", "job-done")
+PAGES = ("signin", "signin-link", "jobs", "jobs-filtered", "new", "new-errors", "job-running", "job-done")
 PAGES += ("cancel", "workers", "not-found")
 
 
@@ -487,6 +487,9 @@ def test_every_page_at_desktop_and_phone_width_passes_axe(dashboard: Dashboard) 
             if name == "signin":
                 shown = signed_out
                 shown.goto(f"{dashboard.url}/signin")
+            elif name == "signin-link":
+                shown = signed_out
+                shown.goto(dashboard.link("root", "admin"))
             elif name == "jobs":
                 shown.goto(f"{dashboard.url}/jobs")
             elif name == "jobs-filtered":
