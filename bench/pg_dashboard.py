@@ -35,10 +35,13 @@ from tests.harness.postgres import Postgres
 PAGE_TARGET = 0.050
 FOLLOWERS = 200
 LINES = 400  # one every 50 ms: 20 s of log
-FOLLOW_COMMAND = (
-    f'i=1; while [ $i -le {LINES} ]; do echo "line $i of a log many follow"; i=$((i+1));'
-    " sleep 0.05; done"
-)
+
+
+def follow_command(lines: int) -> str:
+    return (
+        f'i=1; while [ $i -le {lines} ]; do echo "line $i of a log many follow"; i=$((i+1));'
+        " sleep 0.05; done"
+    )
 NEXT_PAGE = re.compile(r'href="/jobs\?[^"]*cursor=([^"&]+)"[^>]*rel="next"')
 
 
@@ -171,7 +174,7 @@ async def _follow(
 
 
 async def followers(
-    server: Postgres, root: Path, repo: str, count: int = FOLLOWERS
+    server: Postgres, root: Path, repo: str, count: int = FOLLOWERS, lines: int = LINES
 ) -> dict[str, Any]:
     async with cluster(server, root, "followers", workers=1) as c:
         assert c.api.process is not None
@@ -183,11 +186,11 @@ async def followers(
         ) as http:
             await http.get("/readyz")
             idle = {"rss": _rss_bytes(pid), "connections": await _connections(c)}
-            answer = await http.post("/v1/jobs", json={"repo": repo, "command": FOLLOW_COMMAND})
+            answer = await http.post("/v1/jobs", json={"repo": repo, "command": follow_command(lines)})
             if answer.status_code != 202:
                 raise BenchError(f"submit answered {answer.status_code}: {answer.text[:200]}")
             job_id = answer.json()["id"]
-            progress(f"  followers: {count} streams on one job, {LINES} lines over 20 s")
+            progress(f"  followers: {count} streams on one job, {lines} lines, 20 a second")
             first: list[float] = []
             began = time.monotonic()
             tasks = [
@@ -205,14 +208,14 @@ async def followers(
             await asyncio.sleep(1.0)
             after = {"rss": _rss_bytes(pid), "connections": await _connections(c)}
     whole = sum(1 for text, _ in results if text == log)
-    if job["status"] != "succeeded" or log.count("\n") != LINES or whole != count:
+    if job["status"] != "succeeded" or log.count("\n") != lines or whole != count:
         raise BenchError(
             f"followers: job {job['status']}, {log.count(chr(10))} lines, {whole} of {count}"
             " followers got the whole log"
         )
     return {
         "followers": count,
-        "lines": LINES,
+        "lines": lines,
         "seconds": seconds,
         "idle": idle,
         "peak": peak,

@@ -242,7 +242,9 @@ async def measure_pg_dashboard(options: Options, server: Postgres, root: Path, r
         )
     progress(f"pg dashboard: {options.followers} followers of one live log")
     async with bounded("pg dashboard followers", options.timeout):
-        result["followers"] = await pg_dashboard.followers(server, root, repo, options.followers)
+        result["followers"] = await pg_dashboard.followers(
+            server, root, repo, options.followers, lines=40 if options.quick else pg_dashboard.LINES
+        )
     return result
 
 

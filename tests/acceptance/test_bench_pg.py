@@ -1,5 +1,6 @@
 """`make bench`'s PostgreSQL part keeps working (no timing): dispatch here (with LISTEN/NOTIFY
-and polling), the rest in test_bench_pg_more.py; throughput runs in test_bench_kafka.py, on
+and polling) and the dashboard's pages and live-log followers, the rest in
+test_bench_pg_more.py; throughput runs in test_bench_kafka.py, on
 the SQL queue as on Kafka's."""
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ pytestmark = pytest.mark.slow
 def test_pg_bench_dispatch_completes(tmp_path: Path) -> None:
     out = quick_bench(
         tmp_path / "pg.json",
-        *("--no-embedded", "--no-elastic", "--pg-only", "dispatch"),
+        *("--no-embedded", "--no-elastic", "--pg-only", "dispatch,dashboard"),
     )
     assert "summary: pg_dispatch_latency notify" in out
     assert " poll p50=" in out
+    assert "summary: pg_dashboard rows=2000 page=jobs_admin " in out
+    assert "summary: pg_followers n=20 " in out
