@@ -42,6 +42,8 @@ def follow_command(lines: int) -> str:
         f'i=1; while [ $i -le {lines} ]; do echo "line $i of a log many follow"; i=$((i+1));'
         " sleep 0.05; done"
     )
+
+
 NEXT_PAGE = re.compile(r'href="/jobs\?[^"]*cursor=([^"&]+)"[^>]*rel="next"')
 
 
@@ -186,7 +188,9 @@ async def followers(
         ) as http:
             await http.get("/readyz")
             idle = {"rss": _rss_bytes(pid), "connections": await _connections(c)}
-            answer = await http.post("/v1/jobs", json={"repo": repo, "command": follow_command(lines)})
+            answer = await http.post(
+                "/v1/jobs", json={"repo": repo, "command": follow_command(lines)}
+            )
             if answer.status_code != 202:
                 raise BenchError(f"submit answered {answer.status_code}: {answer.text[:200]}")
             job_id = answer.json()["id"]
