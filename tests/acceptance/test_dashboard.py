@@ -264,7 +264,10 @@ def test_a_page_opened_late_shows_the_first_hundred_lines_and_a_cut_loses_nothin
 
 def test_cancel_asks_first_then_kills_the_running_job(dashboard: Dashboard) -> None:
     page = dashboard.signed_in("carl")
+    assert "No jobs" in page.locator("#jobs").inner_text()
     job_id = dashboard.submit(SLEEPS, as_user="carl")
+    # The jobs page shows it by itself (it refreshes while it may change).
+    page.locator(f'#jobs a[href="/jobs/{job_id}"]').wait_for(timeout=15_000)
     page.goto(f"{dashboard.url}/jobs/{job_id}")
     wait_for_log(page, "started")
     page.get_by_role("link", name="Cancel…").click()
@@ -516,6 +519,10 @@ def test_every_page_at_desktop_and_phone_width_passes_axe(dashboard: Dashboard) 
             elif name == "workers":
                 shown.goto(f"{dashboard.url}/workers")
                 shown.locator("svg.chart").first.wait_for()
+                tables = shown.locator("table")
+                assert tables.nth(0).locator("tbody tr").count() == 2  # serve's two workers
+                assert running[:8] in tables.nth(0).inner_text()  # one of them is busy with it
+                assert tables.nth(1).locator("tbody tr").count() >= 1  # the pool's decisions
             elif name == "not-found":
                 shown.goto(f"{dashboard.url}/jobs/{'0' * 8}-0000-0000-0000-{'0' * 12}")
             shown.screenshot(path=str(SCREENSHOTS / f"{name}-{size}.png"), full_page=True)
