@@ -66,13 +66,21 @@ def sources_of(target: JobStatus) -> frozenset[JobStatus]:
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
 
 
+# Where a job's time goes, in order (DESIGN.md's `phases`): the worker times the middle ones;
+# `wait` is created -> started, `report` the rest of started -> finished (the worker's own
+# steps around the phases: the claim's bookkeeping, the log's end and the end record).
+WORKER_PHASES = ("fetch", "checkout", "setup", "sandbox_start", "run")
+PHASES = ("wait", *WORKER_PHASES, "report")
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a run ended, as the worker reports it."""
+    """How a run ended, as the worker reports it, with the seconds of each phase it reached."""
 
     status: JobStatus
     exit_code: int | None = None
     reason: str | None = None
+    phases: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +198,22 @@ class Job(BaseModel):
     # reporun.toml's).
     setup: str | None = None
     rerun_of: uuid.UUID | None = None  # see JobSpec
+    # The worker's timings of the phases it reached (WORKER_PHASES), written with the end.
+    phase_seconds: dict[str, float] = {}
+
+    @property
+    def phases(self) -> dict[str, float | None]:
+        """Seconds per phase (PHASES), None where the job never reached it; once it ended,
+        they add up to its time from creation to end."""
+        shown: dict[str, float | None] = dict.fromkeys(PHASES)
+        shown["wait"] = self.wait_seconds
+        for name in WORKER_PHASES:
+            shown[name] = self.phase_seconds.get(name)
+        run = self.run_seconds
+        if run is not None:
+            timed = sum(v for k, v in self.phase_seconds.items() if k in WORKER_PHASES)
+            shown["report"] = max(0.0, run - timed)
+        return shown
 
     @property
     def wait_seconds(self) -> float | None:

@@ -48,3 +48,23 @@ async def test_settled_totals_plus_recent_ones_equal_a_full_count(any_store: Sto
     assert totals.finished == {"succeeded": 2, "failed": 1, "cancelled": 1, "timed_out": 1}
     assert totals.wait[0][-1] == totals.wait[2] == 4  # every timed job within 5 s
     assert await any_store.figures.pending_counts() == {"queued": 0, "running": 0}
+
+
+async def test_phase_histograms_count_each_phase_a_job_reached(any_store: Store) -> None:
+    queue = SqlQueue(any_store, QueueConfig(lease_seconds=30, max_attempts=3, poll_interval=0.05))
+    timed = {"fetch": 0.004, "checkout": 0.02, "sandbox_start": 0.03, "run": 2.0}
+    for phases in (timed, {}):  # one ran; one had nothing timed
+        await any_store.create_job(JobSpec(repo="https://example.org/x.git", limits=LIMITS), "a")
+        job = await queue.claim("w")
+        assert job is not None
+        await queue.finish(job, "w", Outcome(JobStatus.SUCCEEDED, exit_code=0, phases=phases))
+    found = await any_store.figures.phase_totals((0.005, 0.025, 5.0))
+    assert list(found) == ["wait", "fetch", "checkout", "setup", "sandbox_start", "run", "report"]
+    assert found["wait"][2] == 2  # both started
+    assert found["fetch"] == ([1, 1, 1], pytest.approx(0.004), 1)
+    assert found["checkout"] == ([0, 1, 1], pytest.approx(0.02), 1)
+    assert found["setup"] == ([0, 0, 0], 0.0, 0)
+    assert found["run"] == ([0, 0, 1], pytest.approx(2.0), 1)
+    assert found["report"][2] == 2  # the rest of each run
+    metrics = EndedJobs(BUCKETS, settle_seconds=0.0)
+    assert (await metrics.totals(any_store)).phases["run"][2] == 1

@@ -6,6 +6,9 @@ import asyncio
 import os
 import secrets
 import time
+from datetime import datetime
+
+import pytest
 
 from reporun.config import MiB
 from reporun.worker.process import cut_marker
@@ -26,6 +29,24 @@ async def test_run_sh_success_keeps_its_output(
     assert len(job["commit"]) == 40
     assert job["wait_seconds"] is not None and job["run_seconds"] is not None
     assert b"hello from the job" in await api.log(job["id"])
+
+
+async def test_a_jobs_phases_add_up_to_its_time_and_split_the_sandbox_from_the_run(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory
+) -> None:
+    repo = git_server.make_repo({"run.sh": "#!/bin/sh\nsleep 0.3\necho done\n"})
+    start_worker()
+    job = await api.wait((await api.submit(repo=repo))["id"])
+    assert job["status"] == "succeeded", job
+    phases = job["phases"]
+    assert list(phases) == ["wait", "fetch", "checkout", "setup", "sandbox_start", "run", "report"]
+    assert phases["setup"] is None  # it has none
+    assert all(phases[p] is not None and phases[p] >= 0 for p in phases if p != "setup")
+    # The sandbox's start is told apart from the command's run: the sleep is the run's.
+    assert 0 < phases["sandbox_start"] < 0.3 <= phases["run"] < 5
+    created, finished = (datetime.fromisoformat(job[k]) for k in ("created_at", "finished_at"))
+    total = (finished - created).total_seconds()
+    assert sum(v for v in phases.values() if v is not None) == pytest.approx(total, abs=0.005)
 
 
 async def test_exit_code_3_is_failed(

@@ -236,3 +236,47 @@ async def test_only_an_admins_job_on_a_local_server_may_use_local_sources(
     job = await submissions.submit("someone", admin=admin, repo="git://git.example.org/x.git")
     assert job.local_sources is allowed
     assert queue.jobs[job.id].local_sources is allowed
+
+
+def _job(**fields: object) -> Job:
+    base: dict[str, object] = {
+        "id": uuid.uuid4(),
+        "owner": "a",
+        "repo": "https://example.org/x.git",
+        "ref": None,
+        "commit": None,
+        "command": None,
+        "status": "succeeded",
+        "exit_code": 0,
+        "reason": None,
+        "attempts": 1,
+        "worker": "w",
+        "created_at": datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC),
+        "started_at": datetime(2026, 1, 1, 12, 0, 1, tzinfo=UTC),
+        "finished_at": datetime(2026, 1, 1, 12, 0, 4, tzinfo=UTC),
+        "log_bytes": 0,
+        "log_truncated": False,
+        "limits": Limits(timeout=60, memory=1, processes=1, log=1024, disk=1),
+    }
+    return Job.model_validate({**base, **fields})
+
+
+def test_phases_add_up_and_name_each_phase_reached() -> None:
+    timed = {"fetch": 0.5, "checkout": 0.25, "sandbox_start": 0.25, "run": 1.5}
+    phases = _job(phase_seconds=timed).phases
+    assert phases == {
+        "wait": 1.0,
+        "fetch": 0.5,
+        "checkout": 0.25,
+        "setup": None,
+        "sandbox_start": 0.25,
+        "run": 1.5,
+        "report": 0.5,
+    }
+    assert sum(v for v in phases.values() if v is not None) == 4.0  # created -> finished
+    # Never started (cancelled while queued): no phase at all.
+    never = _job(status="cancelled", started_at=None, exit_code=None)
+    assert set(never.phases.values()) == {None}
+    # Ended with no phase timed (its worker gave it up): the rest of the run is the report's.
+    early = _job(status="failed", phase_seconds={})
+    assert (early.phases["wait"], early.phases["fetch"], early.phases["report"]) == (1.0, None, 3.0)

@@ -337,13 +337,13 @@ def test_status_block_of_a_running_job_with_a_cut_log_and_phases() -> None:
             "log_bytes": 1048576,
             "log_truncated": True,
             "runtime": "host",
-            "phases": {"wait": 10.0, "fetch": 0.5, "run": None},
+            "phases": {"wait": 10.0, "fetch": 0.5, "sandbox_start": 0.0123, "run": None},
         }
     )
     assert shown["finished"] == "not yet (running for 3 min 10 s)"
     assert shown["log"] == "1.0 MiB (truncated: the rest was dropped)"
     assert shown["runtime"] == "host"
-    assert shown["phases"] == "wait 10.0 s, fetch 0.50 s"
+    assert shown["phases"] == "wait 10.0 s, fetch 500 ms, sandbox start 12 ms"
 
 
 def test_status_block_colours_only_the_status() -> None:

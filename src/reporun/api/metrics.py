@@ -9,6 +9,7 @@ ended since. Every replica of the API derives the same totals from the database.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,6 +28,8 @@ from reporun.store import EndedTotals, Store
 
 SETTLE_SECONDS = 300.0
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+# A job's phases: many take milliseconds.
+PHASE_BUCKETS = (0.005, 0.01, 0.025, *BUCKETS)
 
 
 class HttpMetrics:
@@ -66,13 +69,17 @@ class EndedJobs:
         async with self._lock:
             horizon = await store.now() - self.settle
             if self._settled_until is None or horizon > self._settled_until:
-                newly = await store.figures.ended_totals(
-                    self.buckets, after=self._settled_until, until=horizon
-                )
+                newly = await self._ended(store, after=self._settled_until, until=horizon)
                 self._settled = self._settled + newly
                 self._settled_until = horizon
-            recent = await store.figures.ended_totals(self.buckets, after=self._settled_until)
-            return self._settled + recent
+            return self._settled + await self._ended(store, after=self._settled_until)
+
+    async def _ended(
+        self, store: Store, *, after: datetime | None, until: datetime | None = None
+    ) -> EndedTotals:
+        totals = await store.figures.ended_totals(self.buckets, after=after, until=until)
+        phases = await store.figures.phase_totals(PHASE_BUCKETS, after=after, until=until)
+        return dataclasses.replace(totals, phases=phases)
 
 
 class _Snapshot:
@@ -138,6 +145,19 @@ async def exposition(
             sum_value=total,
         )
         families.append(family)
+    phases = HistogramMetricFamily(
+        "reporun_job_phase_seconds",
+        "Where ended jobs' time went, by phase (wait, fetch, checkout, setup, sandbox_start,"
+        " run, report)",
+        labels=["phase"],
+    )
+    for name, (buckets, total, count) in ended.phases.items():
+        phases.add_metric(
+            [name],
+            [(str(b), c) for b, c in zip(PHASE_BUCKETS, buckets, strict=True)] + [("+Inf", count)],
+            sum_value=total,
+        )
+    families.append(phases)
     if transport is not None:
         families += _transport_families(transport)
 

@@ -178,6 +178,13 @@ class JobOut(BaseModel):
     network: str = Field(description="the job's network mode: none, registries or open")
     setup: str | None = Field(None, description="the setup command (asked for, then the one run)")
     rerun_of: uuid.UUID | None = Field(None, description="the job this one re-runs, if any")
+    phases: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="seconds per phase: wait (created -> started), fetch, checkout, setup, "
+        "sandbox_start, run, report (the rest of started -> finished: the worker's own steps "
+        "and the end record); null where the job never reached it. Once it ended they add up "
+        "to its time from creation to end.",
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -185,8 +192,16 @@ class JobOut(BaseModel):
             # local_sources and network_open are the worker's business: the job's repo and
             # network already tell what was asked.
             **job.model_dump(
-                exclude={"limits", "env", "local_sources", "network_open", "log_epoch"}
+                exclude={
+                    "limits",
+                    "env",
+                    "local_sources",
+                    "network_open",
+                    "log_epoch",
+                    "phase_seconds",
+                }
             ),
+            phases=job.phases,
             wait_seconds=job.wait_seconds,
             run_seconds=job.run_seconds,
             limits=LimitsOut(

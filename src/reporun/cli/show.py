@@ -263,7 +263,11 @@ def status_block(
         if job.get(key):
             lines.append((key, str(job[key])))
     if job.get("phases"):
-        shown = [f"{k} {duration(v)}" for k, v in job["phases"].items() if v is not None]
+        shown = [
+            f"{k.replace('_', ' ')} {_phase_time(v)}"
+            for k, v in job["phases"].items()
+            if v is not None
+        ]
         lines.append(("phases", ", ".join(shown) or "-"))
     if job.get("log_bytes") is not None:
         cut = " (truncated: the rest was dropped)" if job.get("log_truncated") else ""
@@ -272,6 +276,11 @@ def status_block(
         lines.append(("cancel", paint("requested", YELLOW, colour)))
     width = max(len(label) for label, value in lines if value is not None)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in lines if value is not None)
+
+
+def _phase_time(seconds: float) -> str:
+    """A phase's time: most take milliseconds."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else duration(seconds)
 
 
 def _waiting(job: Mapping[str, Any], waited: float | None) -> str | None:

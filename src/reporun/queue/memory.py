@@ -130,6 +130,7 @@ class MemoryQueue:
             outcome.status,
             exit_code=outcome.exit_code,
             reason=outcome.reason,
+            phase_seconds=dict(outcome.phases),
             finished_at=utcnow(),
         )
 

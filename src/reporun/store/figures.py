@@ -4,13 +4,14 @@ queue wait and run time) over spans of time that add up."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from reporun.jobs import TERMINAL, JobStatus
+from reporun.jobs import TERMINAL, WORKER_PHASES, JobStatus
 from reporun.store.dialect import seconds_between
 from reporun.store.tables import jobs
 
@@ -24,19 +25,25 @@ class EndedTotals:
     finished: dict[str, int]
     wait: Histogram
     run: Histogram
+    # Per phase (reporun.jobs.WORKER_PHASES and report), on buckets of their own.
+    phases: dict[str, Histogram] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, buckets: int) -> EndedTotals:
         return cls({}, ([0] * buckets, 0.0, 0), ([0] * buckets, 0.0, 0))
 
     def __add__(self, other: EndedTotals) -> EndedTotals:
-        def add(a: Histogram, b: Histogram) -> Histogram:
-            return [x + y for x, y in zip(a[0], b[0], strict=True)], a[1] + b[1], a[2] + b[2]
-
         finished = dict(self.finished)
         for status, count in other.finished.items():
             finished[status] = finished.get(status, 0) + count
-        return EndedTotals(finished, add(self.wait, other.wait), add(self.run, other.run))
+        phases = dict(self.phases)
+        for name, histogram in other.phases.items():
+            phases[name] = _add(phases[name], histogram) if name in phases else histogram
+        return EndedTotals(finished, _add(self.wait, other.wait), _add(self.run, other.run), phases)
+
+
+def _add(a: Histogram, b: Histogram) -> Histogram:
+    return [x + y for x, y in zip(a[0], b[0], strict=True)], a[1] + b[1], a[2] + b[2]
 
 
 class Figures:
@@ -69,6 +76,56 @@ class Figures:
             stmt = stmt.where(jobs.c.finished_at > after)
         async with self.engine.connect() as conn:
             return {(row[0], row[1]): int(row[2]) for row in await conn.execute(stmt)}
+
+    async def phase_totals(
+        self,
+        buckets: Sequence[float],
+        *,
+        after: datetime | None = None,
+        until: datetime | None = None,
+    ) -> dict[str, Histogram]:
+        """Histograms of the phases (reporun.jobs.PHASES) of the jobs that ended in
+        (after, until]: the wait, the worker's (from each job's phase_seconds) and `report`,
+        the rest of its run."""
+        dialect = self.engine.dialect.name
+        run = seconds_between(jobs.c.started_at, jobs.c.finished_at, dialect)
+        started = jobs.c.started_at.is_not(None)
+        wait = seconds_between(jobs.c.created_at, jobs.c.started_at, dialect)
+        timings = {name: jobs.c.phase_seconds[name].as_float() for name in WORKER_PHASES}
+        timed = sum((sa.func.coalesce(v, 0.0) for v in timings.values()), sa.literal(0.0))
+        reported = started & jobs.c.finished_at.is_not(None)
+        values: dict[str, sa.ColumnElement[Any]] = {
+            "wait": sa.case((started, wait), else_=None),
+            **timings,
+            # The rest of its run (never below 0, as the job's own `phases` shows it).
+            "report": sa.case((reported & (run < timed), 0.0), (reported, run - timed), else_=None),
+        }
+        columns: list[sa.ColumnElement[Any]] = []
+        for value in values.values():
+            present = value.is_not(None)
+            columns += [
+                sa.func.coalesce(sa.func.sum(sa.case((present, 1), else_=0)), 0),
+                sa.func.coalesce(sa.func.sum(sa.case((present, value), else_=0.0)), 0.0),
+                *(
+                    sa.func.coalesce(sa.func.sum(sa.case((value <= b, 1), else_=0)), 0)
+                    for b in buckets
+                ),
+            ]
+        stmt = sa.select(*columns).where(
+            jobs.c.status.in_([s.value for s in TERMINAL]), jobs.c.finished_at.is_not(None)
+        )
+        if after is not None:
+            stmt = stmt.where(jobs.c.finished_at > after)
+        if until is not None:
+            stmt = stmt.where(jobs.c.finished_at <= until)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(stmt)).one()
+        found: dict[str, Histogram] = {}
+        width = 2 + len(buckets)
+        for index, name in enumerate(values):
+            part = row[index * width : (index + 1) * width]
+            found[name] = ([int(v) for v in part[2:]], float(part[1]), int(part[0]))
+        return found
 
     async def ended_totals(
         self,

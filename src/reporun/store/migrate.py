@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy import Connection
 
-SCHEMA_HEAD = "0015"
+SCHEMA_HEAD = "0016"
 # The advisory lock `upgrade` holds on PostgreSQL, so that migrations started at once (an init
 # container in each API replica, two operators) run one after the other: the first migrates,
 # the others find the schema current.

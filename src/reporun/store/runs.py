@@ -136,6 +136,7 @@ class Runs:
                 values={
                     "exit_code": outcome.exit_code,
                     "reason": outcome.reason,
+                    "phase_seconds": dict(outcome.phases),
                     "finished_at": clock(self.engine),
                     "lease_expires_at": None,
                 },

@@ -74,6 +74,8 @@ jobs = sa.Table(
     sa.Column("runtime_digest", sa.String(100)),
     # The job this one re-runs (the dashboard's re-run), if any.
     sa.Column("rerun_of", sa.Uuid),
+    # The worker's timings of the phases the job reached (reporun.jobs.WORKER_PHASES).
+    sa.Column("phase_seconds", sa.JSON, nullable=False, server_default=sa.text("'{}'")),
     sa.Index("ix_jobs_claim", "status", "fair_tag", "created_at"),
     sa.Index("ix_jobs_owner_created", "owner", "created_at", "id"),
     sa.Index("ix_jobs_created", "created_at", "id"),

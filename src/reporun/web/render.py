@@ -57,6 +57,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["when"] = when
     env.filters["seconds"] = seconds
+    env.filters["phase"] = phase_time
     env.filters["size"] = size
     env.globals["version"] = __version__
     return env
@@ -66,6 +67,13 @@ def when(stamp: datetime | None) -> str:
     if stamp is None:
         return "—"
     return stamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def phase_time(value: float | None) -> str:
+    """A phase's time: most take milliseconds."""
+    if value is not None and value < 1:
+        return f"{value * 1000:.0f} ms"
+    return seconds(value)
 
 
 def seconds(value: float | None) -> str:

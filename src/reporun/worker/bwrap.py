@@ -43,6 +43,11 @@ COPY = (
     " exit 125; }; "
 )
 PRELUDE = COPY + 'cd "$HOME" && exec /bin/sh -c "$1"'
+# The same, first saying on the descriptor $2 that the sandbox is ready and the command starts
+# (a byte the worker times: the sandbox's start, apart from the job's run).
+MARKED_PRELUDE = (
+    COPY + '{ printf . > "/proc/self/fd/$2"; } 2>/dev/null; cd "$HOME" && exec /bin/sh -c "$1"'
+)
 # A setup phase: the same, then what it added at the top of the workspace (node_modules,
 # target, .venv; not the other dot-files: caches, shell history, credentials) goes out as a
 # tar archive on the descriptor $2 (through /proc: dash takes descriptors up to 9 only).
@@ -121,6 +126,7 @@ def bwrap_argv(
     root: Root | None = None,
     jail: list[str] | None = None,
     keep: int | None = None,
+    mark: int | None = None,
     bring: Sequence[tuple[str, str, str]] = (),
     before: Sequence[str] = (),
     data: Sequence[tuple[int, str]] = (),
@@ -129,6 +135,12 @@ def bwrap_argv(
     """The whole command line: what runs as root first (`before`), drop to the job's uid,
     make its network (`jail`, for modes `registries` and `open`), set rlimits, enter
     bubblewrap (`data`: files made from what a descriptor holds, and where they go)."""
+    if keep is not None:
+        prelude, extra = SETUP_PRELUDE, [str(keep)]
+    elif mark is not None:
+        prelude, extra = MARKED_PRELUDE, [str(mark)]
+    else:
+        prelude, extra = PRELUDE, []
     argv: list[str] = [*before]
     if uid is not None:
         argv += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
@@ -206,10 +218,10 @@ def bwrap_argv(
         "--",
         "/bin/sh",
         "-c",
-        SETUP_PRELUDE if keep is not None else PRELUDE,
+        prelude,
         "reporun",
         command,
-        *([str(keep)] if keep is not None else []),
+        *extra,
     ]
     return argv
 

@@ -102,14 +102,37 @@ class Mirrors:
         fresh_since: float | None = None,
         max_bytes: int | None = None,
         local_sources: bool = False,
+        timings: dict[str, float] | None = None,
     ) -> str:
         """Put `repo` at `ref` (default branch when None) into `dest`; return the commit.
 
         `fresh_since` (epoch seconds, the job's submission): a fetch that started after it
         already saw every push the submitter made, so concurrent jobs share one fetch.
         `local_sources`: the job's own flag (JobSpec); without it the URL is checked, after
-        resolving its host now, as a cluster checks it.
+        resolving its host now, as a cluster checks it. `timings` gets the seconds of `fetch`
+        (the URL checked, the mirror cloned or fetched when stale, the ref resolved) and of
+        `checkout` (the tree's size checked, then exported into `dest`).
         """
+        began = time.monotonic()
+        try:
+            return await self._checkout(
+                repo, ref, dest, fresh_since, max_bytes, local_sources, timings, began
+            )
+        finally:
+            if timings is not None and "fetch" not in timings:  # it failed fetching
+                timings["fetch"] = time.monotonic() - began
+
+    async def _checkout(
+        self,
+        repo: str,
+        ref: str | None,
+        dest: Path,
+        fresh_since: float | None,
+        max_bytes: int | None,
+        local_sources: bool,
+        timings: dict[str, float] | None,
+        began: float,
+    ) -> str:
         policy = self.policy_for(local_sources=local_sources)
         url = await self._checked(repo, policy)
         mirror = self.root / (hashlib.sha256(url.url.encode()).hexdigest()[:40] + ".git")
@@ -135,9 +158,14 @@ class Mirrors:
             except GitFailed as exc:
                 raise CheckoutError(f"clone of {url.url} failed: {exc.message}") from None
             commit = await self._resolve(mirror, ref)
+        fetched = time.monotonic()
+        if timings is not None:
+            timings["fetch"] = fetched - began
         if max_bytes is not None:
             await self._check_size(mirror, commit, max_bytes)
         await self._export(mirror, commit, dest)
+        if timings is not None:
+            timings["checkout"] = time.monotonic() - fetched
         return commit
 
     async def _check_size(self, mirror: Path, commit: str, max_bytes: int) -> None:

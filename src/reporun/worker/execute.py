@@ -49,6 +49,8 @@ class Watch:
     cancel_requested: bool = False
     lease_lost: bool = False
     drained: bool = False
+    # Seconds of each phase reached (reporun.jobs.WORKER_PHASES), reported with the end.
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class Runner:
             fresh_since=job.created_at.timestamp(),
             max_bytes=job.limits.disk,
             local_sources=job.local_sources,
+            timings=watch.phases,
         )
         try:
             commit = await unless(watch.stop, checkout)
@@ -118,7 +121,10 @@ class Runner:
             return Outcome(JobStatus.FAILED, reason=NOT_OPEN)
         kept: Kept | None = None
         setup_cut = False  # the setup's output was cut at the log limit
+        began = time.monotonic()
         held = await unless(watch.stop, self.parts.roots.hold(runtime))
+        # An image runtime's root, fetched and unpacked the first time: fetched as the repo is.
+        watch.phases["fetch"] = watch.phases.get("fetch", 0.0) + time.monotonic() - began
         try:
             if watch.stop.is_set():
                 return outcome_of(None, watch, limits.timeout)
@@ -133,6 +139,7 @@ class Runner:
             world = World(root=root)
             if setup is not None:
                 done = await self._setup(job, setup, workspace, limits, world, log, watch)
+                watch.phases["setup"] = done.seconds
                 kept, setup_cut = done.kept, done.truncated
                 if done.ended is not None or watch.stop.is_set():
                     return done.ended or outcome_of(None, watch, limits.timeout)
@@ -143,10 +150,12 @@ class Runner:
                 world = replace(world, bring=kept.path if kept else None)
             mode, directory = limits.network, self.parts.egress_dir
             refused = partial(refused_networks, self.parts.open_refused)
+            entered = time.monotonic()
             async with (
                 egress_for(mode, self.parts.egress, directory, log.write) as egress,
                 names_for(mode, refused, directory, log.write) as names,
             ):
+                called = time.monotonic()
                 result = await self.parts.sandbox.run(
                     workspace=workspace,
                     command=entry.command,
@@ -156,6 +165,12 @@ class Runner:
                     stop=watch.stop,
                     world=replace(world, egress=egress, names=names),
                 )
+            ran = time.monotonic() - entered
+            # Its network helpers, then the sandbox until the command starts; the rest is the
+            # run (told by the sandbox; without it, all of the sandbox's time is the run).
+            start = called - entered + (result.began or 0.0)
+            watch.phases["sandbox_start"] = min(start, ran)
+            watch.phases["run"] = max(0.0, ran - start)
         finally:
             if held is not None:
                 held.release()

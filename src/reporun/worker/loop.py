@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -280,6 +281,7 @@ class Worker:
                 self.state = "idle"
             self.current, self._watch = None, None
         if outcome is not None:
+            outcome = dataclasses.replace(outcome, phases=dict(watch.phases))
             await asyncio.shield(self._report(job, outcome))
         elif watch.drained:  # the operator stopped this worker: the attempt does not count
             await asyncio.shield(

@@ -30,6 +30,8 @@ class RunResult:
     output_bytes: int
     truncated: bool
     seconds: float
+    # Seconds from the sandbox's call to the job's command starting (None: not told).
+    began: float | None = None
 
 
 async def run_process(

@@ -16,8 +16,9 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -209,14 +210,22 @@ class Bubblewrap:
         stop: asyncio.Event,
         world: World = World(),
     ) -> RunResult:
+        called = time.monotonic()
         jail = self._jail(limits, world)
         with contextlib.ExitStack() as stack:
+            # The command's start, told by a byte on this pipe (a setup phase's run is not
+            # split: its descriptor $2 is the archive's).
+            mark_read = mark_write = None
+            if world.keep is None:
+                mark_read, mark_write = os.pipe()
+                stack.callback(os.close, mark_read)
             if self.root:
                 uid: int | None = stack.enter_context(self.uids.take())
                 nproc = limits.processes + (HELPER_THREADS if jail else 0)
                 os.chmod(workspace, 0o755)
-                if world.keep is not None and uid is not None:  # reopened as the job's uid
-                    os.fchown(world.keep, uid, uid)
+                for fd in (world.keep, mark_write):  # reopened as the job's uid
+                    if fd is not None and uid is not None:
+                        os.fchown(fd, uid, uid)
             else:
                 # The process limit counts every process of this user: add what already runs.
                 uid, nproc = None, _processes_of(os.getuid()) + limits.processes
@@ -235,6 +244,8 @@ class Bubblewrap:
                 passed.append(seccomp)
             if world.keep is not None:
                 passed.append(world.keep)
+            if mark_write is not None:
+                passed.append(mark_write)
             before = (
                 TUN_NAMESPACE
                 if jail and limits.network == "open" and self.root and (not tun_usable_by_all())
@@ -251,22 +262,56 @@ class Bubblewrap:
                 root=world.root,
                 jail=jail,
                 keep=world.keep,
+                mark=mark_write,
                 bring=brought(world.bring, workspace),
                 before=before,
                 data=data,
                 seccomp_fd=seccomp,
             )
+            began = _Mark(mark_read) if mark_read is not None else None
             try:
                 result = await run_process(
                     argv, limits=limits, on_output=on_output, stop=stop, pass_fds=tuple(passed)
                 )
             finally:
                 os.close(status_write)
+                if mark_write is not None:
+                    os.close(mark_write)
+                if began is not None:
+                    began.close()
                 if uid is not None:
                     await sweep_uid(uid)
+            if began is not None and began.at is not None:
+                result = replace(result, began=began.at - called)
             if not result.cancelled and b"child-pid" not in _read_all(status_read):
                 raise SandboxError(f"bubblewrap could not start the job (exit {result.exit_code})")
             return result
+
+
+class _Mark:
+    """When the first byte arrives on a pipe (monotonic), read on the event loop."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.at: float | None = None
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(fd, self._read)
+        self.watching = True
+
+    def _read(self) -> None:
+        now = time.monotonic()
+        try:
+            told = os.read(self.fd, 64)
+        except OSError:
+            told = b""
+        if told and self.at is None:
+            self.at = now
+        self.close()  # a byte, or the end: the pipe has nothing more to say
+
+    def close(self) -> None:
+        if self.watching:
+            self.watching = False
+            self.loop.remove_reader(self.fd)
 
 
 class Unsandboxed:
