@@ -18,6 +18,8 @@ import pg_dashboard
 import runtimes
 from options import LATENCY_WORKERS, Options
 
+from reporun.jobs import PHASES
+
 LISTING_TARGET = 0.020  # p95 of GET /v1/jobs, seconds
 
 
@@ -38,14 +40,24 @@ def embedded_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "",
         f"{'parallelism':<12} {'reporun jobs/s':>15} {'hand jobs/s':>12} {'reporun/hand':>13}"
-        f" {'reporun run_s p50':>18}",
+        f" {'floor jobs/s':>13} {'reporun/floor':>14} {'celery jobs/s':>14}"
+        f" {'reporun/celery':>15} {'reporun run_s p50':>18}",
     ]
     for row in results["throughput"]:
         lines.append(
             f"{row['parallelism']:<12} {row['reporun_jobs_per_second']:>15.2f}"
             f" {row['hand_jobs_per_second']:>12.2f} {row['ratio']:>13.2f}"
+            f" {row['floor_jobs_per_second']:>13.2f} {row['ratio_floor']:>14.2f}"
+            f" {row['celery_jobs_per_second']:>14.2f} {row['ratio_celery']:>15.2f}"
             f" {row['reporun_run_seconds_p50']:>18.3f}"
         )
+    for row in results["throughput"]:
+        shown = [
+            f"{name} {row[f'reporun_phase_{name}_p50'] * 1000:.1f}"
+            for name in PHASES
+            if row.get(f"reporun_phase_{name}_p50") is not None
+        ]
+        lines.append(f"  {row['parallelism']} worker(s), phases p50 ms: " + ", ".join(shown))
     first = results["throughput"][0]
     rounds = len(first["reporun_rounds_seconds"])
     lines.append(f"({first['jobs']} jobs per cell, median of {rounds} round(s);")
@@ -193,6 +205,10 @@ def summary(results: dict[str, Any]) -> str:
             f"summary: throughput parallelism={row['parallelism']}"
             f" reporun={row['reporun_jobs_per_second']:.2f} jobs/s"
             f" hand={row['hand_jobs_per_second']:.2f} jobs/s ratio={row['ratio']:.2f}"
+            f" floor={row['floor_jobs_per_second']:.2f} jobs/s"
+            f" ratio_floor={row['ratio_floor']:.2f}"
+            f" celery={row['celery_jobs_per_second']:.2f} jobs/s"
+            f" ratio_celery={row['ratio_celery']:.2f}"
         )
     if latency := results.get("dispatch_latency"):
         lines.append(

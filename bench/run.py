@@ -9,6 +9,11 @@ What is measured
                  `reporun serve --workers N`, N = 1 and 2, after warm-up jobs have gone through
                  every worker; seconds from the first POST to the last job's finished_at.
                  Every job must succeed.
+  floor loop     The cheapest hand-written loop (see bench/floor.py): the repository cached,
+                 per job `git archive | tar` into a fresh directory and one plain bubblewrap
+                 run, N lanes. reporun/floor is what the service costs over the least work.
+  celery         Celery with Redis (this machine's, or BENCH_CELERY_REDIS) doing the hand
+                 loop's work, N worker processes (see bench/celery_peer.py): reporun/celery.
   hand loop      The same work, written by hand with the same parallelism (N concurrent lanes):
                  per job `git clone` from the git daemon, then the very bubblewrap run reporun
                  uses (reporun.worker.sandbox.Bubblewrap with reporun's default limits), then the
@@ -109,6 +114,8 @@ import pg_workloads
 import pgcluster
 import runtimes
 from base import BenchError, git_repository, progress, serve, traversable_dir
+from celery_peer import celery_throughput
+from floor import floor_throughput
 from hand import hand_throughput
 from options import LATENCY_WORKERS, PARALLELISM, PG_LOAD_WORKERS, Options, parse_args
 from report import environment, summary, table, write_json
@@ -325,6 +332,16 @@ async def measure_throughput(
         hand = await hand_throughput(
             root / f"hand-{lanes}", repo, options.jobs, lanes, options.warmup, options.rounds
         )
+    progress(f"floor loop: {options.jobs} jobs, {lanes} lane(s)")
+    async with bounded(f"floor loop with {lanes} lane(s)", options.timeout):
+        floor = await floor_throughput(
+            root / f"floor-{lanes}", repo, options.jobs, lanes, options.warmup, options.rounds
+        )
+    progress(f"celery and redis: {options.jobs} jobs, {lanes} worker process(es)")
+    async with bounded(f"celery with {lanes} process(es)", options.timeout):
+        peer = await celery_throughput(
+            root / f"celery-{lanes}", repo, options.jobs, lanes, options.warmup, options.rounds
+        )
     progress(f"reporun: {options.jobs} jobs, {lanes} worker(s)")
     latency = None
     async with serve(root, f"workers-{lanes}", workers=lanes) as server:
@@ -344,6 +361,14 @@ async def measure_throughput(
         "hand_jobs_per_second": hand.per_second,
         "hand_rounds_seconds": hand.rounds,
         "ratio": served.per_second / hand.per_second,
+        "floor_seconds": floor.seconds,
+        "floor_jobs_per_second": floor.per_second,
+        "floor_rounds_seconds": floor.rounds,
+        "ratio_floor": served.per_second / floor.per_second,
+        "celery_seconds": peer.seconds,
+        "celery_jobs_per_second": peer.per_second,
+        "celery_rounds_seconds": peer.rounds,
+        "ratio_celery": served.per_second / peer.per_second,
         **{f"reporun_{key}": value for key, value in served.extra.items()},
     }
     return row, latency

@@ -15,6 +15,7 @@ from base import BenchError, gather_all, stamp
 from tests.harness.client import Client
 from tests.harness.server import Server
 
+from reporun.jobs import PHASES
 from reporun.observer.policy import percentile
 
 COMMAND = "./run.sh"
@@ -98,13 +99,18 @@ async def reporun_throughput(
     finished_at. Also each job's run time (claimed -> finished: checkout, sandbox, reports)."""
     seconds: list[float] = []
     runs: list[float] = []
+    timed: list[dict[str, Any]] = []
     async with server.client() as client:
         await warm_up(client, workers, repo)
         for _ in range(rounds):
             started, records = await run_batch(client, repo, jobs)
             seconds.append(max(stamp(r["finished_at"]) for r in records) - started)
             runs += [float(r["run_seconds"]) for r in records]
+            timed += [r["phases"] for r in records]
     extra = {"run_seconds_p50": percentile(runs, 50), "run_seconds_p95": percentile(runs, 95)}
+    for name in PHASES:  # where a job's time went: each phase's median
+        values = [float(p[name]) for p in timed if p.get(name) is not None]
+        extra[f"phase_{name}_p50"] = percentile(values, 50) if values else None
     return Throughput(workers, jobs, seconds, extra)
 
 
