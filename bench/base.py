@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness import HarnessError
-from tests.harness.git import GitServer
+from tests.harness.git import GIT_TIMEOUT, GitServer, git_env
 from tests.harness.processes import Processes
 from tests.harness.server import Server
 
@@ -98,3 +98,27 @@ async def serve(
         yield server
     finally:
         await asyncio.shield(asyncio.to_thread(processes.stop, STOP_GRACE))
+
+
+async def run_tool(argv: list[str], *, cwd: Path) -> bytes:
+    """A tool to its end (git's environment, a deadline): its output; BenchError with its end
+    when it fails."""
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=git_env(cwd),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        async with asyncio.timeout(GIT_TIMEOUT):
+            out, _ = await process.communicate()
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+    if process.returncode != 0:
+        raise BenchError(f"{argv[0]} exited {process.returncode}: {out[-800:]!r}")
+    return out

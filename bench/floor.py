@@ -6,15 +6,12 @@ directory removed. What no service can beat: reporun's cost is measured against 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import shutil
 import time
 from pathlib import Path
 
-from base import BenchError, gather_all, traversable_dir
-from tests.harness.git import GIT_TIMEOUT, git_env
+from base import BenchError, gather_all, run_tool, traversable_dir
 from workloads import COMMAND, Throughput
 
 SYSTEM = ("/usr", "/etc")
@@ -34,36 +31,14 @@ def bwrap_argv(workspace: Path, command: str) -> list[str]:
     return argv
 
 
-async def _run(argv: list[str], *, cwd: Path, stdin: int | None = None) -> bytes:
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=git_env(cwd),
-        stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        async with asyncio.timeout(GIT_TIMEOUT):
-            out, _ = await process.communicate()
-    finally:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-    if process.returncode != 0:
-        raise BenchError(f"{argv[0]} exited {process.returncode}: {out[-800:]!r}")
-    return out
-
-
 async def floor_job(mirror: Path, dest: Path) -> None:
     """`git archive HEAD | tar -x` into `dest`, the command in bubblewrap, `dest` removed."""
     try:
         dest.mkdir()
-        await _run(
+        await run_tool(
             ["sh", "-c", f'git --git-dir "{mirror}" archive HEAD | tar -x -C "{dest}"'], cwd=dest
         )
-        output = await _run(bwrap_argv(dest, COMMAND), cwd=dest)
+        output = await run_tool(bwrap_argv(dest, COMMAND), cwd=dest)
         if output != b"ok\n":
             raise BenchError(f"floor job printed {output!r}")
     finally:
@@ -76,7 +51,7 @@ async def floor_throughput(
     """Per round, `jobs` floor jobs pulled by `lanes` concurrent loops: seconds for the set."""
     traversable_dir(work)
     mirror = work / "mirror.git"
-    await _run(["git", "clone", "--quiet", "--mirror", repo, str(mirror)], cwd=work)
+    await run_tool(["git", "clone", "--quiet", "--mirror", repo, str(mirror)], cwd=work)
     await _lanes(mirror, work / "warmup", warmup, lanes)
     seconds = []
     for number in range(rounds):

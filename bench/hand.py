@@ -5,14 +5,12 @@ database, no queue, no mirror cache."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import shutil
 import time
 from pathlib import Path
 
-from base import BenchError, gather_all, traversable_dir
-from tests.harness.git import GIT_TIMEOUT, git_env
+from base import BenchError, gather_all, run_tool, traversable_dir
 from workloads import COMMAND, Throughput
 
 from reporun.jobs import Limits
@@ -23,31 +21,8 @@ HAND_LIMITS = Limits(timeout=600, memory=1 << 30, processes=256, log=1 << 20, di
 
 
 async def clone(repo: str, dest: Path) -> None:
-    """`git clone` without blocking the loop (the lanes clone at once); BenchError with its
-    stderr when it fails. Killed when the caller's deadline (asyncio.timeout) passes."""
-    process = await asyncio.create_subprocess_exec(
-        "git",
-        "clone",
-        "--quiet",
-        repo,
-        str(dest),
-        cwd=dest.parent,
-        env=git_env(dest.parent),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(GIT_TIMEOUT):
-            _, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-    if process.returncode != 0:
-        message = err.decode(errors="replace").strip()[-800:]
-        raise BenchError(f"git clone {repo} exited {process.returncode}: {message}")
+    """`git clone` without blocking the loop (the lanes clone at once)."""
+    await run_tool(["git", "clone", "--quiet", repo, str(dest)], cwd=dest.parent)
 
 
 async def hand_job(sandbox: Bubblewrap, repo: str, dest: Path) -> None:

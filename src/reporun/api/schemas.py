@@ -125,6 +125,20 @@ class JobCreate(BaseModel):
         ),
     ] = None
 
+    def submission(self) -> dict[str, Any]:
+        """The request as the submission service takes it (reporun.submit.Submissions)."""
+        return {
+            "repo": self.repo,
+            "ref": self.ref,
+            "command": self.command,
+            "timeout": self.timeout,
+            "env": self.env,
+            "limits": self.limits.model_dump(exclude_none=True) if self.limits else None,
+            "runtime": self.runtime,
+            "network": self.network,
+            "setup": self.setup,
+        }
+
 
 class RuntimeOut(BaseModel):
     name: str

@@ -162,17 +162,7 @@ async def submit_job(
     if body is not None:
         try:
             job = await services.submissions.submit(
-                who.user.name,
-                admin=who.user.is_admin,
-                repo=body.repo,
-                ref=body.ref,
-                command=body.command,
-                timeout=body.timeout,
-                env=body.env,
-                limits=body.limits.model_dump(exclude_none=True) if body.limits else None,
-                runtime=body.runtime,
-                network=body.network,
-                setup=body.setup,
+                who.user.name, admin=who.user.is_admin, **body.submission()
             )
         except ReporunError as exc:
             form.refuse(getattr(exc, "field", None), exc.message)

@@ -51,19 +51,7 @@ def owner_filter(user: Principal) -> str | None:
     responses=responses(400, 413, 422, 429, why={400: REFUSED, 403: LOCAL_REFUSED, 422: UNUSABLE}),
 )
 async def submit(body: JobCreate, user: CurrentUser, services: ServicesDep) -> JobOut:
-    job = await services.submissions.submit(
-        user.name,
-        admin=user.is_admin,
-        repo=body.repo,
-        ref=body.ref,
-        command=body.command,
-        timeout=body.timeout,
-        env=body.env,
-        limits=body.limits.model_dump(exclude_none=True) if body.limits else None,
-        runtime=body.runtime,
-        network=body.network,
-        setup=body.setup,
-    )
+    job = await services.submissions.submit(user.name, admin=user.is_admin, **body.submission())
     return JobOut.of(job)
 
 
