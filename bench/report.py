@@ -67,6 +67,10 @@ def embedded_table(results: dict[str, Any]) -> list[str]:
         f"dispatch latency, {LATENCY_WORKERS} idle workers, {latency['jobs']} jobs:"
         f" p50 {latency['p50']:.3f} s, p95 {latency['p95']:.3f} s, max {latency['max']:.3f} s"
     )
+    lines.append(
+        f"single-job latency (submit returned -> ended job readable): p50"
+        f" {latency['latency_p50'] * 1000:.1f} ms, p95 {latency['latency_p95'] * 1000:.1f} ms"
+    )
     sub = results["submissions"]
     lines.append(
         f"submissions, --workers 0, {sub['clients']} clients, {sub['posts']} POSTs:"
@@ -213,6 +217,10 @@ def summary(results: dict[str, Any]) -> str:
     if latency := results.get("dispatch_latency"):
         lines.append(
             f"summary: dispatch_latency p50={latency['p50']:.3f} s p95={latency['p95']:.3f} s"
+        )
+        lines.append(
+            f"summary: single_job_latency p50={latency['latency_p50'] * 1000:.1f} ms"
+            f" p95={latency['latency_p95'] * 1000:.1f} ms"
         )
     if "submissions" in results:
         lines.append(f"summary: submissions {results['submissions']['per_second']:.1f} per s")

@@ -24,4 +24,5 @@ def test_bench_quick_run_completes(tmp_path: Path) -> None:
     # Beside reporun, the floor loop and Celery with Redis (this machine's) did the same jobs.
     assert " ratio_floor=" in out and " ratio_celery=" in out
     assert "summary: dispatch_latency" in out
+    assert "summary: single_job_latency p50=" in out
     assert "summary: submissions" in out
