@@ -62,6 +62,13 @@ class TokenRecords:
             row = (await conn.execute(sa.select(tokens).where(tokens.c.id == token_id))).first()
         return None if row is None else _record(row)
 
+    async def active(self, token_id: str) -> TokenRecord | None:
+        """The token's record while it is neither revoked nor expired."""
+        record = await self.get(token_id)
+        if record is None or record.state(datetime.now(UTC)) != "active":
+            return None
+        return record
+
     async def list_tokens(self) -> list[TokenRecord]:
         """Every token, oldest first (revoked and expired ones too)."""
         stmt = sa.select(tokens).order_by(tokens.c.created_at, tokens.c.id)

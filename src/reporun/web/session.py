@@ -8,7 +8,6 @@ the browser came to a loopback address (where there is no TLS to require).
 from __future__ import annotations
 
 import hmac
-from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
 
 from fastapi import Request, Response
@@ -70,8 +69,7 @@ async def session_of(request: Request, store: Store) -> WebSession | None:
     session = await store.sessions.get(secret)
     if session is None or session.token_id is None:
         return session
-    record = await store.tokens.get(session.token_id)
-    if record is None or record.state(datetime.now(UTC)) != "active":
+    if await store.tokens.active(session.token_id) is None:
         await store.sessions.close(secret)
         return None
     return session

@@ -160,8 +160,8 @@ async def signin_with_code(request: Request, services: ServicesDep) -> Response:
     if redeemed is None:
         return _used_link(request, next_path)
     if redeemed.token_id is not None:
-        record = await services.store.tokens.get(redeemed.token_id)
-        if record is None or record.state(datetime.now(UTC)) != "active":
+        record = await services.store.tokens.active(redeemed.token_id)
+        if record is None:
             return _used_link(request, next_path)
         user = Principal(
             redeemed.name,

@@ -115,52 +115,35 @@ class Mirrors:
         """
         began = time.monotonic()
         try:
-            return await self._checkout(
-                repo, ref, dest, fresh_since, max_bytes, local_sources, timings, began
-            )
-        finally:
-            if timings is not None and "fetch" not in timings:  # it failed fetching
+            policy = self.policy_for(local_sources=local_sources)
+            url = await self._checked(repo, policy)
+            mirror = self.root / (hashlib.sha256(url.url.encode()).hexdigest()[:40] + ".git")
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            async with _locked(mirror.with_suffix(".lock")):
+                try:
+                    if not (mirror / "HEAD").exists():
+                        started = time.time()
+                        await self._clone(url, mirror, policy.git_protocols)
+                        _stamp(mirror, started)
+                    elif await self._stale(mirror, ref, fresh_since):
+                        started = time.time()
+                        await self._git(
+                            "--git-dir",
+                            str(mirror),
+                            "fetch",
+                            "--prune",
+                            "--quiet",
+                            "origin",
+                            protocols=policy.git_protocols,
+                        )
+                        _stamp(mirror, started)
+                except GitFailed as exc:
+                    raise CheckoutError(f"clone of {url.url} failed: {exc.message}") from None
+                commit = await self._resolve(mirror, ref)
+        finally:  # failed or not, the time it took is the fetch's
+            if timings is not None:
                 timings["fetch"] = time.monotonic() - began
-
-    async def _checkout(
-        self,
-        repo: str,
-        ref: str | None,
-        dest: Path,
-        fresh_since: float | None,
-        max_bytes: int | None,
-        local_sources: bool,
-        timings: dict[str, float] | None,
-        began: float,
-    ) -> str:
-        policy = self.policy_for(local_sources=local_sources)
-        url = await self._checked(repo, policy)
-        mirror = self.root / (hashlib.sha256(url.url.encode()).hexdigest()[:40] + ".git")
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        async with _locked(mirror.with_suffix(".lock")):
-            try:
-                if not (mirror / "HEAD").exists():
-                    started = time.time()
-                    await self._clone(url, mirror, policy.git_protocols)
-                    _stamp(mirror, started)
-                elif await self._stale(mirror, ref, fresh_since):
-                    started = time.time()
-                    await self._git(
-                        "--git-dir",
-                        str(mirror),
-                        "fetch",
-                        "--prune",
-                        "--quiet",
-                        "origin",
-                        protocols=policy.git_protocols,
-                    )
-                    _stamp(mirror, started)
-            except GitFailed as exc:
-                raise CheckoutError(f"clone of {url.url} failed: {exc.message}") from None
-            commit = await self._resolve(mirror, ref)
         fetched = time.monotonic()
-        if timings is not None:
-            timings["fetch"] = fetched - began
         if max_bytes is not None:
             await self._check_size(mirror, commit, max_bytes)
         await self._export(mirror, commit, dest)
