@@ -4,20 +4,47 @@ The parts themselves are in tests/harness, which the benchmarks use too."""
 from __future__ import annotations
 
 import secrets
+import tempfile
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from reporun.config import Settings
 from reporun.store import Store
 from reporun.store.migrate import upgrade
+from tests import prebuild
 from tests.harness import HarnessError
 from tests.harness.git import GitServer
 from tests.harness.kafka import Broker
 from tests.harness.postgres import Postgres
 
+if TYPE_CHECKING:
+    import subprocess
+
 pytest_plugins = ["tests.oidc_provider", "tests.podman", "tests.runtime_image"]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In the run's first process (xdist's controller, or the only one): the images some tests
+    need start building now, beside the tests (tests/prebuild.py)."""
+    config = session.config
+    if hasattr(config, "workerinput") or config.option.collectonly:
+        return
+    if prebuild.wanted([str(arg) for arg in config.args], config.invocation_params.dir):
+        log = Path(tempfile.gettempdir()) / f"reporun-prebuild-{secrets.token_hex(4)}.log"
+        config.stash[PREBUILD] = (prebuild.start(log), log)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if (started := session.config.stash.get(PREBUILD, None)) is not None:
+        process, log = started
+        if prebuild.stop(process) == 0:
+            log.unlink(missing_ok=True)  # else kept: the tests' failures point at the same
+
+
+PREBUILD = pytest.StashKey[tuple["subprocess.Popen[bytes]", Path]]()
 
 
 def processes_with(marker: str) -> list[str]:

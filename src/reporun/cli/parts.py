@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from reporun.cli.base import _setup_logs, app, db_app, load_settings, local_settings, run
+from reporun.cli.base import _setup_logs, app, db_app, fail, load_settings, local_settings, run
+from reporun.errors import ConfigError
+
+if TYPE_CHECKING:
+    from reporun.config import Settings
 
 # The parts --------------------------------------------------------------------------------------
 # Shown defaults are the Settings' own (tests/unit/test_cli_help.py holds them to it); an option
@@ -83,17 +87,29 @@ def serve(
     run(serve_embedded(settings))
 
 
+def _refused(settings: Settings, *, serving: bool = False) -> Settings:
+    """What a cluster part can refuse from its settings alone, said before it imports the
+    rest of itself (a second of imports for a one-line answer)."""
+    try:
+        if serving:
+            settings.check_secure(embedded=False)
+        if settings.queue == "kafka":
+            settings.required_bootstrap()
+    except ConfigError as exc:
+        fail(exc.message)
+    return settings
+
+
 @app.command()
 def api(host: Host = None, port: Port = None) -> None:
     """Run the API alone (cluster mode)."""
+    settings = _refused(load_settings(host=host, port=port), serving=True)
     from reporun.api.server import build_auth, run_api
     from reporun.wiring import check_schema, open_store
 
-    settings = load_settings(host=host, port=port)
     _setup_logs(settings)
 
     async def main() -> None:
-        settings.check_secure(embedded=False)
         store = open_store(settings)
         try:
             await check_schema(store)
@@ -110,9 +126,9 @@ def worker() -> None:
 
     It claims and runs jobs until SIGTERM, then drains.
     """
+    settings = _refused(load_settings())
     from reporun.worker.main import run_worker
 
-    settings = load_settings()
     _setup_logs(settings)
     run(run_worker(settings))
 
@@ -123,9 +139,9 @@ def observer(min_workers: MinWorkers = None, max_workers: MaxWorkers = None) -> 
 
     REPORUN_SCALER picks what it scales: local processes or docker containers.
     """
+    settings = _refused(load_settings(min_workers=min_workers, max_workers=max_workers))
     from reporun.observer.main import run_observer
 
-    settings = load_settings(min_workers=min_workers, max_workers=max_workers)
     _setup_logs(settings)
     run(run_observer(settings))
 
