@@ -74,13 +74,29 @@ PHASES = ("wait", *WORKER_PHASES, "report")
 
 
 @dataclass(frozen=True, slots=True)
+class LogTail:
+    """The end of a run's log that is not stored yet: the next chunk (`seq`), its bytes, and
+    whether the log was cut at the limit."""
+
+    seq: int
+    data: bytes
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a run ended, as the worker reports it, with the seconds of each phase it reached."""
+    """How a run ended, as the worker reports it, with the seconds of each phase it reached.
+
+    What the run did not store yet goes in with the end record, in its transaction: the
+    `start` (commit, command, runtime) of a job that ended before it was written, and the
+    log's `tail`. A short job's end is then one write."""
 
     status: JobStatus
     exit_code: int | None = None
     reason: str | None = None
     phases: Mapping[str, float] = field(default_factory=dict)
+    start: Start | None = None
+    tail: LogTail | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ class SqlQueue:
         self.config = config
         self.lease = timedelta(seconds=config.lease_seconds)
         self._wakeup = asyncio.Event()
+        self._found = False  # the last claim found a job
         self._notifies = notifies(store.engine)
         self._listener = (
             Listener(store.engine, self._wakeup.set) if config.notify and self._notifies else None
@@ -52,9 +53,13 @@ class SqlQueue:
         return await self.store.get_job(job_id)
 
     async def claim(self, worker_id: str) -> Job | None:
-        if not await self.store.runs.any_queued():
+        # An idle worker's polls look first (a read takes no write lock); right after a claim
+        # that found a job, the queue is likely to hold more, and the look would cost a query.
+        if not self._found and not await self.store.runs.any_queued():
             return None
-        return await self.store.runs.claim(worker_id, lease=self.lease)
+        job = await self.store.runs.claim(worker_id, lease=self.lease)
+        self._found = job is not None
+        return job
 
     async def check(self, job: Job, worker_id: str) -> Lease:
         return await self.store.runs.check(job, worker_id)

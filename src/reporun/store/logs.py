@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from reporun.jobs import JobStatus
 from reporun.store.tables import job_logs, jobs
@@ -31,6 +31,26 @@ class LogChunk:
 BATCH = 200
 
 
+def log_counters(data: bytes, *, truncated: bool) -> dict[str, Any]:
+    """The job's columns a chunk of `data` changes: its log's length, and whether it was cut."""
+    values: dict[str, Any] = {"log_bytes": jobs.c.log_bytes + len(data)}
+    if truncated:
+        values["log_truncated"] = True
+    return values
+
+
+async def insert_chunk(
+    conn: AsyncConnection, job_id: uuid.UUID, seq: int, data: bytes, *, log_bytes: int, epoch: int
+) -> None:
+    """Store a chunk, in the transaction that counted it (`log_bytes`: the length with it)."""
+    if data:
+        await conn.execute(
+            sa.insert(job_logs).values(
+                job_id=job_id, seq=seq, data=data, offset=log_bytes - len(data), epoch=epoch
+            )
+        )
+
+
 class Logs:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -44,17 +64,17 @@ class Logs:
         truncated: bool = False,
         worker: str | None = None,
         attempt: int | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> bool:
         """Add a chunk to a job's log; with `worker` and `attempt`, only while that run still
-        holds the job (a worker that lost its lease writes nothing)."""
+        holds the job (a worker that lost its lease writes nothing). `fields`: other columns of
+        the job set in the same statement (the run's start)."""
         guard: list[sa.ColumnElement[bool]] = [jobs.c.id == job_id]
         if worker is not None:
             guard += [jobs.c.worker == worker, jobs.c.status == JobStatus.RUNNING.value]
         if attempt is not None:
             guard.append(jobs.c.attempts == attempt)
-        values: dict[str, Any] = {"log_bytes": jobs.c.log_bytes + len(data)}
-        if truncated:
-            values["log_truncated"] = True
+        values = {**(fields or {}), **log_counters(data, truncated=truncated)}
         async with self.engine.begin() as conn:
             held = await conn.execute(
                 sa.update(jobs)
@@ -65,16 +85,9 @@ class Logs:
             row = held.first()
             if row is None:
                 return False
-            if data:
-                await conn.execute(
-                    sa.insert(job_logs).values(
-                        job_id=job_id,
-                        seq=seq,
-                        data=data,
-                        offset=row.log_bytes - len(data),
-                        epoch=row.log_epoch,
-                    )
-                )
+            await insert_chunk(
+                conn, job_id, seq, data, log_bytes=row.log_bytes, epoch=row.log_epoch
+            )
         return True
 
     async def reset(

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from reporun.jobs import Job, JobStatus, Lease, Outcome, Start
 from reporun.store.dialect import clock
+from reporun.store.logs import insert_chunk, log_counters
 from reporun.store.moves import job_of, transition
 from reporun.store.tables import jobs
 
@@ -126,22 +127,40 @@ class Runs:
             )
 
     async def finish(self, job: Job, worker_id: str, outcome: Outcome) -> Job | None:
+        """The end record, with what the run had not stored yet (its start, its log's tail),
+        in one transaction: all of it, or nothing when the run no longer holds the job."""
+        values: dict[str, Any] = {
+            "exit_code": outcome.exit_code,
+            "reason": outcome.reason,
+            "phase_seconds": dict(outcome.phases),
+            "finished_at": clock(self.engine),
+            "lease_expires_at": None,
+        }
+        if outcome.start is not None:
+            values |= outcome.start.values()
+        tail = outcome.tail
+        if tail is not None:
+            values |= log_counters(tail.data, truncated=tail.truncated)
         async with self.engine.begin() as conn:
-            return await transition(
+            done = await transition(
                 conn,
                 job.id,
                 outcome.status,
                 sources=RUNNING,
                 where=_held_by(job, worker_id),
-                values={
-                    "exit_code": outcome.exit_code,
-                    "reason": outcome.reason,
-                    "phase_seconds": dict(outcome.phases),
-                    "finished_at": clock(self.engine),
-                    "lease_expires_at": None,
-                },
+                values=values,
                 outbox=self.outbox,
             )
+            if done is not None and tail is not None:
+                await insert_chunk(
+                    conn,
+                    job.id,
+                    tail.seq,
+                    tail.data,
+                    log_bytes=done.log_bytes,
+                    epoch=done.log_epoch,
+                )
+            return done
 
     async def release(
         self, job: Job, worker_id: str, reason: str, *, max_attempts: int, attempt_used: bool = True

@@ -131,11 +131,8 @@ class Runner:
             root = held.root if held is not None else None
             setup = job.setup or entry.setup
             digest = root.digest if root else None
-            await self.parts.queue.started(
-                job, self.parts.worker_id, Start(commit, entry.command, runtime.name, digest, setup)
-            )
-            if watch.stop.is_set():
-                return outcome_of(None, watch, limits.timeout)
+            # Written with the log's next chunk, the watch's next flush or the end record.
+            log.begin(Start(commit, entry.command, runtime.name, digest, setup))
             world = World(root=root)
             if setup is not None:
                 done = await self._setup(job, setup, workspace, limits, world, log, watch)
@@ -178,7 +175,13 @@ class Runner:
                 kept.release()
                 if kept.only_now:  # too big to keep: it served this job
                     await asyncio.shield(self.parts.setups.discard(kept.path.parent))
-        await log.close(truncated=result.truncated or setup_cut)
+        truncated = result.truncated or setup_cut
+        ended = outcome_of(result, watch, limits.timeout)
+        if ended is None:  # not this run's to end: what it printed is kept all the same
+            await log.close(truncated=truncated)
+        else:
+            tail, begun = await log.tail(truncated=truncated)
+            ended = replace(ended, tail=tail, start=begun)
         logger.info(
             "job ran",
             extra={
@@ -189,7 +192,7 @@ class Runner:
                 "seconds": round(result.seconds, 3),
             },
         )
-        return outcome_of(result, watch, limits.timeout)
+        return ended
 
     async def _setup(
         self,

@@ -267,6 +267,10 @@ class Worker:
             if job.attempts > 1 or job.log_bytes:  # what an earlier run wrote
                 await self.store.logs.reset(job.id, worker=self.id, attempt=job.attempts)
             outcome = await self.runner.execute(job, workspace, watch, log)
+            if outcome is not None and not log.ended:
+                # It ended early (checkout, setup): what it had goes in with its end.
+                tail, start = await log.tail(truncated=False)
+                outcome = dataclasses.replace(outcome, tail=tail, start=start)
         except SandboxError as exc:
             await self._give_back(job, f"sandbox failed: {exc.message}")
         except Exception as exc:
