@@ -222,6 +222,27 @@ async def test_a_fork_bomb_stops_at_the_process_limit(
     assert after["status"] == "succeeded" and "next job ran" in log
 
 
+async def test_what_a_job_leaves_running_is_gone_when_it_ends(
+    api: Api, git_server: GitServer, start_worker: WorkerFactory
+) -> None:
+    """Daemons a job starts in every way it can (in the background, in a session of their
+    own, double-forked, ignoring SIGHUP and SIGTERM) do not outlive it: as soon as the job has
+    ended, none of them is on the host."""
+    start_worker()
+    marker = f"{secrets.randbelow(10**6) + 1000}"
+    job, log = await run_script(
+        api,
+        git_server,
+        f"sleep 4{marker} &\n"
+        f"setsid sleep 4{marker} &\n"
+        f"( trap '' HUP TERM; ( sleep 4{marker} & ) & )\n"
+        f"nohup sleep 4{marker} >/dev/null 2>&1 &\n"
+        "sleep 0.2; echo started them\n",
+    )
+    assert job["status"] == "succeeded" and "started them" in log, (job, log)
+    assert processes_with(f"sleep 4{marker}") == []
+
+
 async def test_cannot_allocate_past_the_memory_limit(
     api: Api, git_server: GitServer, start_worker: WorkerFactory
 ) -> None:

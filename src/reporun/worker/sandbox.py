@@ -36,6 +36,7 @@ from reporun.worker.netjail import (
     proxy_jail,
     tun_usable_by_all,
 )
+from reporun.worker.pidns import InitWatch
 from reporun.worker.process import OutputSink, RunResult, run_process
 from reporun.worker.runtimes import Root
 from reporun.worker.seccomp import socket_filter
@@ -251,12 +252,14 @@ class Bubblewrap:
                 if jail and limits.network == "open" and self.root and (not tun_usable_by_all())
                 else ()
             )
+            # Nothing to run as root first: the job's uid is taken at the start (no setpriv).
+            alone = uid is not None and not before
             argv = bwrap_argv(
                 workspace=workspace,
                 command=command,
                 env=env,
                 limits=limits,
-                uid=uid,
+                uid=None if alone else uid,
                 nproc=nproc,
                 status_fd=status_write,
                 root=world.root,
@@ -269,9 +272,16 @@ class Bubblewrap:
                 seccomp_fd=seccomp,
             )
             began = _Mark(mark_read) if mark_read is not None else None
+            init = InitWatch(status_read)
+            stack.callback(init.close)
             try:
                 result = await run_process(
-                    argv, limits=limits, on_output=on_output, stop=stop, pass_fds=tuple(passed)
+                    argv,
+                    limits=limits,
+                    on_output=on_output,
+                    stop=stop,
+                    pass_fds=tuple(passed),
+                    user=uid if alone else None,
                 )
             finally:
                 os.close(status_write)
@@ -279,11 +289,14 @@ class Bubblewrap:
                     os.close(mark_write)
                 if began is not None:
                     began.close()
-                if uid is not None:
+                # With no network helper beside it, every process of the job is in its PID
+                # namespace, gone with the namespace's init; else its uid is swept.
+                if uid is not None and not (jail is None and await init.all_gone()):
                     await sweep_uid(uid)
             if began is not None and began.at is not None:
                 result = replace(result, began=began.at - called)
-            if not result.cancelled and b"child-pid" not in _read_all(status_read):
+            status = bytes(init.status) + _read_all(status_read)
+            if not result.cancelled and b"child-pid" not in status:
                 raise SandboxError(f"bubblewrap could not start the job (exit {result.exit_code})")
             return result
 
