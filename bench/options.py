@@ -45,6 +45,9 @@ class Options:
     followers: int = 200
     pg_leases: tuple[float | None, ...] = (None, 5.0)
     pg_workers: tuple[int, ...] = PG_WORKERS
+    # The embedded throughput's worker counts, and the pg load's workers.
+    parallelism: tuple[int, ...] = PARALLELISM
+    pg_load_workers: int = PG_LOAD_WORKERS
     kafka_workers: tuple[int, ...] = KAFKA_WORKERS
     cli: bool = True
     cli_rounds: int = 15
@@ -168,7 +171,7 @@ def parse_args(argv: list[str], description: str) -> Options:
         quick=quick,
         embedded=bool(args.embedded),
         elastic=bool(args.elastic),
-        burst_jobs=args.burst_jobs or (12 if quick else 200),
+        burst_jobs=args.burst_jobs or (8 if quick else 200),
         reaction_rounds=1 if quick else 3,
         postgres=bool(args.postgres),
         pg_measures=measures,
@@ -179,6 +182,9 @@ def parse_args(argv: list[str], description: str) -> Options:
         followers=args.followers or (20 if quick else 200),
         pg_leases=(2.0,) if quick else (None, 5.0),
         pg_workers=(1, 2) if quick else PG_WORKERS,
+        # A smoke run takes each path once: 2 workers run the code 1 would, and more.
+        parallelism=(2,) if quick else PARALLELISM,
+        pg_load_workers=2 if quick else PG_LOAD_WORKERS,
         kafka_workers=kafka_workers,
         cli=bool(args.cli),
         cli_rounds=args.cli_rounds or (3 if quick else 15),

@@ -81,8 +81,9 @@ host's system and in an image runtime, alternating, median of --runtime-rounds (
 with the ratio image/host; the image's root prepared from nothing, against a look-up of the
 prepared root.
 `--only cli` (or any of embedded,elastic,postgres,cli,runtimes) runs just those sections.
-`--quick` runs each small (50 000 rows, 300 load jobs, 1 and 2 workers, only a 2 s lease;
-for Kafka 6 dispatch and 20 throughput jobs).
+`--quick` runs each small (50 000 rows, 300 load jobs on 2 workers, pg throughput on 1 and 2
+workers, the embedded throughput on 2 only, only a 2 s lease; for Kafka 6 dispatch and 20
+throughput jobs).
 
 The results are printed as a table, as one `summary:` line per figure, and written to
 bench/results/latest.json. Exit status 1 when a job fails or a step times out.
@@ -117,7 +118,7 @@ from base import BenchError, git_repository, progress, serve, traversable_dir
 from celery_peer import celery_throughput
 from floor import floor_throughput
 from hand import hand_throughput
-from options import LATENCY_WORKERS, PARALLELISM, PG_LOAD_WORKERS, Options, parse_args
+from options import LATENCY_WORKERS, Options, parse_args
 from report import environment, summary, table, write_json
 from tests.harness import HarnessError
 from tests.harness.postgres import Postgres
@@ -143,7 +144,7 @@ async def measure(options: Options, root: Path) -> dict[str, Any]:
             results["throughput"] = []
             async with bounded("submissions", options.timeout):
                 results["submissions"] = await measure_submissions(options, root, repo)
-            for lanes in PARALLELISM:
+            for lanes in options.parallelism:
                 row, latency = await measure_throughput(options, root, repo, lanes)
                 results["throughput"].append(row)
                 if latency is not None:
@@ -182,7 +183,7 @@ async def measure_elastic(options: Options, root: Path, repo: str) -> dict[str, 
     # Three drains of the burst, the slowest on one worker, then the scale-in cooldown.
     async with bounded("elastic burst", 3 * options.timeout + options.burst_jobs):
         results["burst"] = await elastic.burst(
-            root, repo, options.burst_jobs, cooldown=3.0 if options.quick else None
+            root, repo, options.burst_jobs, cooldown=1.0 if options.quick else None
         )
     return results
 
@@ -227,11 +228,12 @@ async def measure_pg_throughput(options: Options, server: Postgres, root: Path, 
 async def measure_pg_load(options: Options, server: Postgres, root: Path, repo: str) -> Any:
     jobs = options.pg_load_jobs
     progress(
-        f"pg load: {jobs} jobs, {pg_workloads.SUBMITTERS} submitters, {PG_LOAD_WORKERS} workers"
+        f"pg load: {jobs} jobs, {pg_workloads.SUBMITTERS} submitters, "
+        f"{options.pg_load_workers} workers"
     )
     # At least 10 jobs/s, or it counts as stuck.
     async with bounded("pg load", options.timeout + jobs / 10):
-        return await pg_workloads.load(server, root, repo, jobs, PG_LOAD_WORKERS)
+        return await pg_workloads.load(server, root, repo, jobs, options.pg_load_workers)
 
 
 async def measure_pg_listing(options: Options, server: Postgres, root: Path, repo: str) -> Any:
