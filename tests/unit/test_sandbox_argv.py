@@ -9,7 +9,7 @@ import pytest
 
 from reporun.errors import SandboxError
 from reporun.jobs import Limits
-from reporun.worker.bwrap import bwrap_argv, job_environment
+from reporun.worker.bwrap import ETC_FILES, bwrap_argv, etc_copies, job_environment
 from reporun.worker.netjail import (
     REFUSED_RANGES,
     TUN_NAMESPACE,
@@ -178,3 +178,20 @@ def test_the_seccomp_filter_is_whole_and_known_machines_only() -> None:
     assert program is not None and len(program) % 8 == 0 and len(program) // 8 < 64
     assert socket_filter("aarch64") is not None
     assert socket_filter("mips") is None
+
+
+def test_the_hosts_etc_files_are_copied_in_and_only_its_directories_bound() -> None:
+    """Each file of ETC_FILES is a copy written into the root (read-only at the end), not a
+    mount; the directories among them are bound read-only; nothing else of /etc is there."""
+    copies = etc_copies()
+    assert "/etc/hosts" in copies and copies["/etc/hosts"] == Path("/etc/hosts").read_bytes()
+    copied = [(10 + n, path) for n, path in enumerate(copies)]
+    args = argv(copied=copied)
+    files = [args[i + 2] for i, a in enumerate(args) if a == "--file"]
+    assert files == list(copies)
+    at = [i for i, a in enumerate(args) if a == "--file"]
+    assert all(args[i - 2 : i] == ["--perms", "0644"] for i in at)
+    bound = [path for path in pairs(args, "--ro-bind") if path.startswith("/etc")]
+    assert bound and all(Path(path).is_dir() for path in bound)
+    assert set(bound) | set(files) <= {f"/etc/{name}" for name in ETC_FILES}
+    assert args.index("--remount-ro") > max(at)

@@ -43,15 +43,9 @@ async def run_process(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     pass_fds: tuple[int, ...] = (),
-    user: int | None = None,
 ) -> RunResult:
-    """Run, stream merged stdout/stderr capped at the log limit, kill the group on timeout/stop.
-    `user`: the uid (and gid) it runs as, with no supplementary groups (as `setpriv --reuid
-    --regid --clear-groups` would make it, without a program to start)."""
+    """Run, stream merged stdout/stderr capped at the log limit, kill the group on timeout/stop."""
     started = time.monotonic()
-    identity: dict[str, object] = {}
-    if user is not None:
-        identity = {"user": user, "group": user, "extra_groups": []}
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -62,7 +56,6 @@ async def run_process(
             env=dict(env or {}),
             start_new_session=True,
             pass_fds=pass_fds,
-            **identity,  # type: ignore[arg-type]
         )
     except OSError as exc:
         raise SandboxError(f"cannot start the sandbox: {exc}") from exc

@@ -24,7 +24,7 @@ from typing import Literal, Protocol
 
 from reporun.errors import ConfigError, SandboxError
 from reporun.jobs import Limits
-from reporun.worker.bwrap import brought, bwrap_argv, job_environment
+from reporun.worker.bwrap import brought, bwrap_argv, etc_copies, job_environment
 from reporun.worker.names import JobNames
 from reporun.worker.netjail import (
     OPEN_RESOLV_CONF,
@@ -111,6 +111,15 @@ def _data_fd(stack: contextlib.ExitStack, content: bytes) -> int:
     os.write(write, content)
     os.close(write)
     return read
+
+
+def _memory_fd(stack: contextlib.ExitStack, content: bytes) -> int:
+    """A descriptor to read `content` from, of any size (a memfd), closed with `stack`."""
+    fd = os.memfd_create("reporun-data", os.MFD_CLOEXEC)
+    stack.callback(os.close, fd)
+    os.write(fd, content)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _is_empty(path: Path) -> bool:
@@ -239,7 +248,9 @@ class Bubblewrap:
             if world.root is not None and _is_empty(world.root.path / "etc" / "hosts"):
                 files["/etc/hosts"] = HOSTS  # an image's, as a container runtime would write
             data = [(_data_fd(stack, content), path) for path, content in files.items()]
-            passed = [status_write, *(fd for fd, _ in data)]
+            copies = etc_copies() if world.root is None else {}
+            copied = [(_memory_fd(stack, content), path) for path, content in copies.items()]
+            passed = [status_write, *(fd for fd, _ in data), *(fd for fd, _ in copied)]
             seccomp = _data_fd(stack, self.seccomp) if self.seccomp is not None else None
             if seccomp is not None:
                 passed.append(seccomp)
@@ -252,14 +263,12 @@ class Bubblewrap:
                 if jail and limits.network == "open" and self.root and (not tun_usable_by_all())
                 else ()
             )
-            # Nothing to run as root first: the job's uid is taken at the start (no setpriv).
-            alone = uid is not None and not before
             argv = bwrap_argv(
                 workspace=workspace,
                 command=command,
                 env=env,
                 limits=limits,
-                uid=None if alone else uid,
+                uid=uid,
                 nproc=nproc,
                 status_fd=status_write,
                 root=world.root,
@@ -269,6 +278,7 @@ class Bubblewrap:
                 bring=brought(world.bring, workspace),
                 before=before,
                 data=data,
+                copied=copied,
                 seccomp_fd=seccomp,
             )
             began = _Mark(mark_read) if mark_read is not None else None
@@ -281,7 +291,6 @@ class Bubblewrap:
                     on_output=on_output,
                     stop=stop,
                     pass_fds=tuple(passed),
-                    user=uid if alone else None,
                 )
             finally:
                 os.close(status_write)
