@@ -104,16 +104,6 @@ def _read_all(fd: int) -> bytes:
 
 
 def _data_fd(stack: contextlib.ExitStack, content: bytes) -> int:
-    """A descriptor to read `content` from (a pipe: a few bytes, it holds them), closed with
-    `stack`."""
-    read, write = os.pipe()
-    stack.callback(os.close, read)
-    os.write(write, content)
-    os.close(write)
-    return read
-
-
-def _memory_fd(stack: contextlib.ExitStack, content: bytes) -> int:
     """A descriptor to read `content` from, of any size (a memfd), closed with `stack`."""
     fd = os.memfd_create("reporun-data", os.MFD_CLOEXEC)
     stack.callback(os.close, fd)
@@ -249,7 +239,7 @@ class Bubblewrap:
                 files["/etc/hosts"] = HOSTS  # an image's, as a container runtime would write
             data = [(_data_fd(stack, content), path) for path, content in files.items()]
             copies = etc_copies() if world.root is None else {}
-            copied = [(_memory_fd(stack, content), path) for path, content in copies.items()]
+            copied = [(_data_fd(stack, content), path) for path, content in copies.items()]
             passed = [status_write, *(fd for fd, _ in data), *(fd for fd, _ in copied)]
             seccomp = _data_fd(stack, self.seccomp) if self.seccomp is not None else None
             if seccomp is not None:
